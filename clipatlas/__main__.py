@@ -1,0 +1,5 @@
+import sys
+
+from clipatlas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""Atomic, schema-versioned file writes shared by every stage.
+
+Every file clipatlas writes goes to a temporary name in the same directory, is fsynced,
+then renamed over the target: a killed process leaves either the old file or the new
+one, never half of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from clipatlas.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+class SchemaError(UserError):
+    """A file on disk was written by an incompatible version of clipatlas."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry itself reaches the disk.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` on success.
+
+    The caller writes the temporary file however it likes (numpy, pyarrow, sqlite...).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(target: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """Write `obj` as JSON with `schema_version` first."""
+    payload = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in obj.items() if k != "schema_version"}}
+    atomic_write_bytes(target, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON file written by `atomic_write_json`, refusing newer schema versions."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path} is not valid JSON ({exc}); delete it and re-run the command that wrote it") from exc
+    version = obj.get("schema_version")
+    if version is None or version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has schema_version {version!r}; this clipatlas reads up to {SCHEMA_VERSION}. "
+            "Upgrade clipatlas or rebuild the file."
+        )
+    return obj
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
