@@ -47,3 +47,25 @@ def _no_network():
     socket.socket.connect = _real_connect
     socket.socket.connect_ex = _real_connect_ex
 
+
+
+DEMO_IMAGES = 400
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory):
+    """Real demo images (tuxpaint stamps, then emoji) embedded with efficientnet-lite0, a small
+    TopK SAE named "demo" and its atlas; built once per session. Treat it as read-only."""
+    from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.sae.training import TrainConfig, train
+    from clipatlas.sources import available_demo_sets
+    from clipatlas.store import embed
+
+    sets = [name for name in ("tuxpaint", "emoji") if name in available_demo_sets()]
+    if not sets:
+        pytest.skip("the demo images are not installed (make demo-data installs them as root)")
+    root = tmp_path_factory.mktemp("demo_workspace")
+    embed([f"demo:{name}" for name in sets], root, encoder="efficientnet-lite0", limit=DEMO_IMAGES, progress=False)
+    train(root, TrainConfig(name="demo", expansion=2, k=8, steps=300, batch_size=128))
+    build_atlas(root, "demo", config=AtlasConfig(top_k=16, map_method="pca"))
+    return root

@@ -2,3 +2,12 @@
 from clipatlas.store.core import METADATA_SCHEMA, Store, StoreError, StoreWriter, store_dir_of, write_store
 
 __all__ = ["METADATA_SCHEMA", "Store", "StoreError", "StoreWriter", "store_dir_of", "write_store"]
+
+
+def __getattr__(name: str):
+    # The pipeline pulls in torch and the encoders; readers of a store should not pay for that.
+    if name in ("embed", "EmbedConfig", "EmbedSummary"):
+        from clipatlas.store import pipeline as module
+
+        return getattr(module, name)
+    raise AttributeError(name)

@@ -1,0 +1,46 @@
+# Everything a fresh Debian machine needs: `make demo` and `make test` install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.clipatlas-installed
+EXTRAS := demo,clip,diffusion,atlas,web,dev
+WORKSPACE ?= demo-atlas
+# The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
+APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
+
+.PHONY: install demo demo-data test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory demo-data
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_SPEC)"
+	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+# Demo images (Tux Paint stamps, Noto Color Emoji) and Chromium for the browser tests.
+# Without root or apt we say so and go on: the demo uses whatever image sets are present.
+demo-data:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "Debian packages present:$(APT_PACKAGES)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "NOTE: cannot install$$missing (needs root and apt-get); the demo will use the image sets that are present, browser tests will be skipped."; fi
+
+demo: install
+	$(VENV)/bin/clipatlas demo -w $(WORKSPACE)
+
+test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py
+
+clean:
+	rm -rf $(VENV) $(WORKSPACE) test-artifacts .pytest_cache

@@ -1,0 +1,356 @@
+"""`Atlas`: the read API over a built feature encyclopedia (web, steering and labels use only this)."""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipatlas._io import read_json
+from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, DB_NAME, connect
+from clipatlas.errors import UserError
+from clipatlas.workspace import Workspace
+
+# Which label a feature shows first: any labeller's own label beats the lens labels.
+LENS_SOURCES = ("imagenet", "clip-text", "captions")
+
+
+class AtlasError(UserError):
+    """The atlas is missing, outdated, or asked about something it does not hold."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """An image that activates a feature. `decile` is set for quantile samples only."""
+
+    row: int
+    image_id: str
+    activation: float
+    rank: int
+    decile: int | None = None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A related feature: `score` is the Jaccard index (coactivating) or the cosine (similar)."""
+
+    feature: int
+    score: float
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Activation:
+    feature: int
+    activation: float
+
+
+@dataclass(frozen=True)
+class Label:
+    feature: int
+    source: str
+    text: str
+    score: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """Everything on a feature page except its examples and neighbours (separate calls)."""
+
+    feature: int
+    alive: bool
+    count: int
+    frequency: float
+    max_activation: float
+    mean_activation: float
+    hist_edges: list[float]  # len(hist_counts) + 1 edges, trimmed to the non-empty bins
+    hist_counts: list[int]
+    x: float | None
+    y: float | None
+    cluster: int | None
+    labels: list[Label]
+    icon: str | None
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0].text if self.labels else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "label": self.label}
+
+
+@dataclass(frozen=True)
+class MapPoints:
+    """The alive features' 2-D map, as parallel arrays (one entry per alive feature)."""
+
+    feature: np.ndarray  # int32
+    x: np.ndarray  # float32
+    y: np.ndarray  # float32
+    cluster: np.ndarray  # int32
+    label: list[str]  # "" where a feature has no label
+
+    def __len__(self) -> int:
+        return len(self.feature)
+
+
+_LABEL_ORDER_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {i + 1}" for i, s in enumerate(LENS_SOURCES)) + " ELSE 0 END"
+
+
+def _label_order(source: str) -> int:
+    return LENS_SOURCES.index(source) + 1 if source in LENS_SOURCES else 0
+
+
+class Atlas:
+    """A built atlas: `Atlas.open(workspace, name)`. Thread-safe for readers."""
+
+    def __init__(self, atlas_dir: Path, sae_dir: Path, workspace: Workspace):
+        self.dir = atlas_dir
+        self.sae_dir = sae_dir
+        self.workspace = workspace
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self.meta = {r["key"]: r["value"] for r in self._conn().execute("SELECT key, value FROM meta")}
+        version = int(self.meta.get("schema_version", -1))
+        if version != ATLAS_SCHEMA_VERSION:
+            raise AtlasError(f"{self.db_path} has atlas schema {version}, this clipatlas reads {ATLAS_SCHEMA_VERSION}; rebuild it with: clipatlas atlas -w {workspace.root}")
+        self.n_features = int(self.meta["n_features"])
+        self.n_images = int(self.meta["n_images"])
+        self.arrays_dir = self.dir / self.meta["arrays_dir"]
+        self.hist_edges = np.asarray(json.loads(self.meta["hist_edges"]), dtype=np.float64)
+        self._hist: np.ndarray | None = None
+        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._map: MapPoints | None = None
+        self._store = None
+        self._sae = None
+
+    @classmethod
+    def open(cls, workspace: str | Path | Workspace, name: str | None = None) -> "Atlas":
+        ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+        sae_dir = ws.sae_dir(name)
+        atlas_dir = sae_dir / "atlas"
+        if not (atlas_dir / DB_NAME).is_file():
+            flag = f" --name {sae_dir.name}" if name else ""
+            raise AtlasError(f"no atlas for SAE {sae_dir.name!r}; build it with: clipatlas atlas -w {ws.root}{flag}")
+        return cls(atlas_dir, sae_dir, ws)
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / DB_NAME
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.db_path, readonly=True)
+        return conn
+
+    def _check_feature(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.n_features:
+            raise AtlasError(f"feature {i} does not exist; this SAE has features 0..{self.n_features - 1}")
+        return i
+
+    # -- per feature ---------------------------------------------------------------------
+    def feature(self, i: int) -> FeatureInfo:
+        i = self._check_feature(i)
+        row = self._conn().execute("SELECT * FROM features WHERE feature = ?", (i,)).fetchone()
+        counts = self._histograms()[i]
+        nonzero = np.flatnonzero(counts)
+        lo, hi = (nonzero[0], nonzero[-1] + 1) if len(nonzero) else (0, 0)
+        icon = self.icon_path(i)
+        return FeatureInfo(
+            feature=i,
+            alive=bool(row["alive"]),
+            count=int(row["count"]),
+            frequency=float(row["frequency"]),
+            max_activation=float(row["max_activation"]),
+            mean_activation=float(row["mean_activation"]),
+            hist_edges=self.hist_edges[lo : hi + 1].tolist() if hi > lo else [],
+            hist_counts=counts[lo:hi].astype(int).tolist(),
+            x=row["x"],
+            y=row["y"],
+            cluster=row["cluster"],
+            labels=self.labels(i),
+            icon=str(icon) if icon else None,
+        )
+
+    def labels(self, i: int) -> list[Label]:
+        """Labels of feature i, best first (labeller labels, then imagenet, clip-text, captions)."""
+        i = self._check_feature(i)
+        rows = self._conn().execute("SELECT feature, source, text, score FROM labels WHERE feature = ? ORDER BY id", (i,)).fetchall()
+        labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
+        return sorted(labels, key=lambda label: _label_order(label.source))
+
+    def _examples(self, i: int, kind: str) -> list[Example]:
+        i = self._check_feature(i)
+        rows = self._conn().execute(
+            "SELECT row, image_id, activation, rank, decile FROM examples WHERE feature = ? AND kind = ? ORDER BY rank", (i, kind)
+        ).fetchall()
+        return [Example(r["row"], r["image_id"], r["activation"], r["rank"], r["decile"]) for r in rows]
+
+    def top_images(self, i: int) -> list[Example]:
+        """The images that activate feature i most, strongest first (at most top_k)."""
+        return self._examples(i, "top")
+
+    def quantile_samples(self, i: int) -> list[Example]:
+        """A few images per tenth of [0, max activation] (`decile` 0 = weakest), weakest first."""
+        return self._examples(i, "quantile")
+
+    def coactivating(self, i: int) -> list[Neighbour]:
+        """Features that fire on the same images, by Jaccard index; `count` = images where both fire."""
+        i = self._check_feature(i)
+        rows = self._conn().execute("SELECT other, jaccard, count FROM coactivating WHERE feature = ? ORDER BY rank", (i,)).fetchall()
+        return [Neighbour(r["other"], r["jaccard"], r["count"]) for r in rows]
+
+    def similar(self, i: int, by: str = "decoder") -> list[Neighbour]:
+        """Alive features whose decoder (or encoder) direction is nearest by cosine, nearest first."""
+        if by not in ("decoder", "encoder"):
+            raise AtlasError(f"similar(by={by!r}): use 'decoder' or 'encoder'")
+        i = self._check_feature(i)
+        rows = self._conn().execute("SELECT other, cosine FROM similar WHERE feature = ? AND kind = ? ORDER BY rank", (i, by)).fetchall()
+        return [Neighbour(r["other"], r["cosine"]) for r in rows]
+
+    # -- per image -----------------------------------------------------------------------
+    def features_of_image(self, image_id: str) -> list[Activation]:
+        """The active features of a stored image, strongest first (at most `codes_per_image`)."""
+        try:
+            row = self.store.row_of(image_id)
+        except KeyError:
+            raise AtlasError(f"no image with id {image_id!r} in this workspace's store") from None
+        indptr, features, values = self._image_codes()
+        lo, hi = int(indptr[row]), int(indptr[row + 1])
+        return [Activation(int(f), float(v)) for f, v in zip(features[lo:hi], values[lo:hi])]
+
+    def features_of_embedding(self, x: Any) -> list[Activation]:
+        """Run the SAE on one raw-scale embedding (d,) and list its active features, strongest first."""
+        import torch
+
+        vector = np.asarray(x, dtype=np.float32)
+        sae = self.sae
+        d_in = int(sae.cfg.d_in)
+        if vector.shape != (d_in,):
+            raise AtlasError(f"expected an embedding of shape ({d_in},), got {vector.shape}")
+        if not np.isfinite(vector).all():
+            raise AtlasError("the embedding contains NaN or Inf values")
+        with torch.no_grad():
+            z = sae.encode(torch.from_numpy(vector)[None]).float().cpu().numpy()[0]
+        active = np.flatnonzero(z > 0)
+        order = active[np.lexsort((active, -z[active]))]
+        return [Activation(int(f), float(z[f])) for f in order]
+
+    # -- search, map, summary ------------------------------------------------------------
+    def search_labels(self, text: str, limit: int = 50) -> list[Label]:
+        """Labels containing `text` (case-insensitive), labeller labels first, then by feature."""
+        needle = text.strip()
+        if not needle:
+            return []
+        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._conn().execute(
+            "SELECT feature, source, text, score FROM labels WHERE text LIKE ? ESCAPE '\\' ORDER BY feature, id",
+            (f"%{escaped}%",),
+        ).fetchall()
+        labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
+        labels.sort(key=lambda label: (_label_order(label.source), label.feature))
+        return labels[:limit]
+
+    def map_points(self) -> MapPoints:
+        """x, y, cluster, feature id and best label of every alive feature (cached)."""
+        if self._map is None:
+            conn = self._conn()
+            rows = conn.execute("SELECT feature, x, y, cluster FROM features WHERE alive = 1 ORDER BY feature").fetchall()
+            table = np.array(rows, dtype=np.float64).reshape(-1, 4)
+            # Worst label first, so that dict() keeps each feature's best one.
+            best = dict(conn.execute(f"SELECT feature, text FROM labels ORDER BY {_LABEL_ORDER_SQL} DESC, id DESC"))
+            ids = table[:, 0].astype(np.int32)
+            self._map = MapPoints(
+                feature=ids,
+                x=table[:, 1].astype(np.float32),
+                y=table[:, 2].astype(np.float32),
+                cluster=table[:, 3].astype(np.int32),
+                label=[best.get(f, "") for f in ids.tolist()],
+            )
+        return self._map
+
+    def summary(self) -> dict[str, Any]:
+        """Encoder id, SAE name, counts, build parameters, and the SAE's metrics.json if any."""
+        n_alive = self._conn().execute("SELECT COUNT(*) FROM features WHERE alive = 1").fetchone()[0]
+        n_labelled = self._conn().execute("SELECT COUNT(DISTINCT feature) FROM labels").fetchone()[0]
+        metrics_path = self.sae_dir / "metrics.json"
+        return {
+            "sae": self.sae_dir.name,
+            "encoder": self.meta["encoder"],
+            "n_images": self.n_images,
+            "n_features": self.n_features,
+            "n_alive": int(n_alive),
+            "n_labelled": int(n_labelled),
+            "top_k": int(self.meta["top_k"]),
+            "codes_per_image": int(self.meta["codes_per_image"]),
+            "metrics": read_json(metrics_path) if metrics_path.is_file() else None,
+        }
+
+    # -- files ---------------------------------------------------------------------------
+    def thumbnail_path(self, image_id: str) -> Path | None:
+        """The ~128 px webp of an example image, or None if the atlas made none for it."""
+        row = self._conn().execute("SELECT path FROM thumbnails WHERE image_id = ?", (image_id,)).fetchone()
+        return self.dir / row[0] if row else None
+
+    def icon_path(self, i: int) -> Path | None:
+        i = self._check_feature(i)
+        row = self._conn().execute("SELECT path FROM icons WHERE feature = ?", (i,)).fetchone()
+        if row is None:
+            return None
+        path = Path(row[0])
+        return path if path.is_absolute() else self.sae_dir / path
+
+    def set_icon(self, i: int, path: str | Path) -> None:
+        """Record feature i's icon (kept across atlas rebuilds); paths inside the SAE dir are stored relative."""
+        i = self._check_feature(i)
+        path = Path(path).resolve()
+        stored = path.relative_to(self.sae_dir.resolve()) if path.is_relative_to(self.sae_dir.resolve()) else path
+        self._write("INSERT OR REPLACE INTO icons VALUES (?, ?)", (i, str(stored)))
+
+    def add_label(self, i: int, source: str, text: str, score: dict[str, Any] | None = None) -> None:
+        """Add a label row (labellers call this); lens labels are rebuilt with the atlas, others kept."""
+        i = self._check_feature(i)
+        if not source or not text:
+            raise AtlasError("a label needs a non-empty source and text")
+        self._write("INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)", (i, source, text, json.dumps(score or {})))
+
+    def _write(self, sql: str, params: tuple) -> None:
+        with self._write_lock:
+            conn = connect(self.db_path, readonly=False)
+            try:
+                with conn:
+                    conn.execute(sql, params)
+            finally:
+                conn.close()
+        self._map = None
+
+    # -- lazily loaded ---------------------------------------------------------------------
+    def _histograms(self) -> np.ndarray:
+        if self._hist is None:
+            self._hist = np.load(self.arrays_dir / "hist.npy", mmap_mode="r")
+        return self._hist
+
+    def _image_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._codes is None:
+            self._codes = tuple(np.load(self.arrays_dir / f"codes_{part}.npy", mmap_mode="r") for part in ("indptr", "features", "values"))
+        return self._codes
+
+    @property
+    def store(self):
+        if self._store is None:
+            from clipatlas.store import Store
+
+            self._store = Store.open(self.workspace.root)
+        return self._store
+
+    @property
+    def sae(self):
+        if self._sae is None:
+            from clipatlas.sae import SAE
+
+            self._sae = SAE.from_pretrained(self.sae_dir).eval()
+        return self._sae

@@ -1,0 +1,73 @@
+"""What every encoder offers the pipeline.
+
+The split matters for speed: `preprocess` (PIL -> CHW float tensor) runs in DataLoader worker
+processes, `encode_tensors` (a batch on the device) in the main one, so the model never waits
+for image decoding.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipatlas.errors import UserError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    device: str = "auto"
+    dtype: str = "auto"  # float16 on CUDA, float32 elsewhere
+
+    def resolve(self) -> tuple[torch.device, torch.dtype]:
+        device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
+                              "cpu" if self.device == "auto" else self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if self.dtype == "auto":
+            return device, torch.float16 if device.type == "cuda" else torch.float32
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose one of auto, {', '.join(DTYPES)}")
+        if device.type == "cpu" and self.dtype == "float16":
+            raise UserError("float16 is slow and inexact on the CPU; use --dtype float32 or bfloat16")
+        return device, DTYPES[self.dtype]
+
+
+class Encoder(ABC):
+    """An image encoder: `id` (what the store records), `dim`, preprocess, encode."""
+
+    id: str
+    dim: int
+    device: torch.device
+    dtype: torch.dtype
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One RGB image to a (3, H, W) float32 tensor; must be picklable for workers."""
+
+    @abstractmethod
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) on the device, in the model dtype, to (n, dim) embeddings."""
+
+    @torch.inference_mode()
+    def encode_tensors(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels (n, 3, H, W) to float32 embeddings on the CPU."""
+        pixels = pixels.to(self.device, self.dtype, non_blocking=True)
+        return self._forward(pixels).float().cpu()
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+        """RGB images to a float32 (n, dim) array."""
+        out = [np.empty((0, self.dim), np.float32)]
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([self.preprocess(image.convert("RGB")) for image in images[start : start + batch_size]])
+            out.append(self.encode_tensors(batch).numpy())
+        return np.concatenate(out, axis=0)
+
+    def info(self) -> dict[str, Any]:
+        """What the store manifest records about the encoder."""
+        return {"id": self.id, "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type}

@@ -1,0 +1,386 @@
+"""Train SAEs on a workspace's store: shuffled batches, Adam with warm-up and decay, AuxK,
+dead-latent tracking, a held-out split, atomic checkpoints and exact resumption.
+
+Several SAEs that share a data stream (batch size, steps, seed, split) train together: each
+batch is read once and fed to all of them (`train_many`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clipatlas._io import SCHEMA_VERSION, atomic_path, atomic_write_bytes, read_json
+from clipatlas.errors import UserError
+from clipatlas.sae.model import ARCHITECTURES, CFG_NAME, SAE, WEIGHTS_NAME, config_from_dict, make_config
+from clipatlas.workspace import Workspace
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "train_log.jsonl"
+# Load the whole training split into memory (or onto the GPU) below this many bytes.
+IN_MEMORY_LIMIT = 8 << 30
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str = "sae"
+    arch: str = "topk"
+    expansion: int = 16
+    k: int = 32
+    l1: float | None = None  # relu: L1 coefficient, jumprelu: L0 coefficient; None = the architecture's default
+    lr: float = 4e-4
+    batch_size: int = 4096
+    steps: int | None = None
+    epochs: float | None = None  # used when steps is None; default 10 epochs
+    seed: int = 0
+    device: str = "cpu"
+    k_aux: int = 512
+    aux_weight: float = 1 / 32
+    warmup_steps: int = 100
+    decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
+    l1_warmup_fraction: float = 0.05
+    eval_fraction: float = 0.1
+    dead_window: int | None = None  # samples without firing before a latent counts as dead; None = min(train rows, 10M)
+    b_dec_init: str = "mean"  # or "geometric_median"
+    resample_every: int = 0  # relu: every N steps, re-point dead latents at badly reconstructed inputs; 0 = off
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        for field in ("expansion", "k", "batch_size"):
+            if getattr(self, field) < 1:
+                raise UserError(f"--{field.replace('_', '-')} must be at least 1, got {getattr(self, field)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UserError(f"--epochs must be positive, got {self.epochs}")
+        if not 0 < self.eval_fraction < 1:
+            raise UserError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
+        if self.resample_every < 0:
+            raise UserError(f"--resample-every must be 0 (off) or positive, got {self.resample_every}")
+        if self.b_dec_init not in ("mean", "geometric_median"):
+            raise UserError(f"b_dec_init must be 'mean' or 'geometric_median', got {self.b_dec_init!r}")
+
+    def stream_key(self) -> tuple:
+        """Runs with equal keys see the same batches in the same order and can train together."""
+        return (self.batch_size, self.steps, self.epochs, self.seed, self.eval_fraction, self.device)
+
+    def total_steps(self, n_train: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return max(1, math.ceil((self.epochs or 10.0) * n_train / self.batch_size))
+
+
+# -- data --------------------------------------------------------------------------------
+def split_rows(n: int, eval_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, eval rows): a seeded shuffle, the last `eval_fraction` held out."""
+    if n < 2:
+        raise UserError(f"the store holds {n} embedding(s); training needs at least 2 (one is held out)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_eval = min(max(1, round(n * eval_fraction)), n - 1)
+    return np.sort(order[: n - n_eval]), np.sort(order[n - n_eval :])
+
+
+class BatchStream:
+    """Batch t of a run is a pure function of (seed, t): an epoch-seeded permutation, sliced."""
+
+    def __init__(self, store, rows: np.ndarray, batch_size: int, seed: int, device: str):
+        self.rows = rows
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self._cache: dict[int, np.ndarray] = {}
+        self.data: torch.Tensor | None = None
+        self.store = store
+        if len(rows) * store.d * 4 <= IN_MEMORY_LIMIT:
+            self.data = torch.from_numpy(store.rows(rows)).to(device)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._cache:
+            self._cache = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))}
+        return self._cache[epoch]
+
+    def positions(self, step: int) -> np.ndarray:
+        """Positions within the training split of batch `step`."""
+        n = len(self.rows)
+        flat = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
+        epochs, offsets = np.divmod(flat, n)
+        return np.concatenate([self._permutation(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+
+    def batch(self, step: int) -> torch.Tensor:
+        positions = self.positions(step)
+        if self.data is not None:
+            return self.data[torch.from_numpy(positions).to(self.data.device)]
+        return torch.from_numpy(self.store.rows(self.rows[positions])).to(self.device)
+
+
+def sample_for_init(store, rows: np.ndarray, seed: int, limit: int = 65_536) -> np.ndarray:
+    chosen = np.sort(np.random.default_rng([seed, 1]).choice(rows, size=min(limit, len(rows)), replace=False))
+    sample = store.rows(chosen)
+    if not np.isfinite(sample).all():
+        raise UserError("the store holds NaN or infinite embeddings; re-embed the bad images or drop them from the store")
+    return sample
+
+
+def geometric_median(points: torch.Tensor, iterations: int = 50) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
+    median = points.mean(dim=0)
+    for _ in range(iterations):
+        weights = 1.0 / (points - median).norm(dim=1).clamp_min(1e-8)
+        median = (weights[:, None] * points).sum(dim=0) / weights.sum()
+    return median
+
+
+# -- one SAE in training -------------------------------------------------------------------
+def build_sae(cfg: TrainConfig, sample: np.ndarray, store) -> SAE:
+    """A fresh SAE: input scale from the data, b_dec at its mean (or median), W_enc = W_dec^T."""
+    d = sample.shape[1]
+    input_scale = float(math.sqrt(d / np.mean(np.sum(sample.astype(np.float64) ** 2, axis=1))))
+    fields: dict[str, Any] = dict(d_in=d, d_sae=d * cfg.expansion, input_scale=input_scale, k=cfg.k, k_aux=cfg.k_aux,
+                                  aux_weight=cfg.aux_weight, store=str(store.dir), encoder=store.encoder)
+    if cfg.l1 is not None:
+        fields["l1"] = cfg.l1
+    sae = ARCHITECTURES[cfg.arch](make_config(cfg.arch, **fields))
+    sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+    scaled = torch.from_numpy(sample).double() * input_scale
+    centre = scaled.mean(dim=0) if cfg.b_dec_init == "mean" else geometric_median(scaled)
+    with torch.no_grad():
+        sae.b_dec.copy_(centre.float())
+    return sae
+
+
+def lr_factor(step: int, total: int, warmup: int, decay_fraction: float) -> float:
+    """Linear warm-up, constant, then linear decay to zero over the last `decay_fraction`."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    decay_start = total * (1 - decay_fraction)
+    decay = 1.0 if step < decay_start else max(0.0, (total - step) / max(1.0, total - decay_start))
+    return warm * decay
+
+
+def _adam(sae: SAE, lr: float) -> torch.optim.Adam:
+    # The fused kernel makes one pass over each parameter instead of one per Adam operation.
+    return torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999), fused=True)
+
+
+class Run:
+    """One SAE with its optimiser, counters, log and checkpoint directory."""
+
+    def __init__(self, cfg: TrainConfig, sae_dir: Path, sae: SAE, total_steps: int, dead_window: int, meta: dict[str, Any]):
+        self.cfg, self.dir, self.sae, self.total_steps, self.dead_window = cfg, sae_dir, sae, total_steps, dead_window
+        self.meta = meta
+        self.optimizer = _adam(sae, cfg.lr)
+        self.samples_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=sae.W_enc.device)
+        self.step = 0
+        self.last: dict[str, float] = {}
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / "checkpoints" / CHECKPOINT_NAME
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.samples_since_fired >= self.dead_window
+
+    def train_step(self, x: torch.Tensor, autocast: bool) -> None:
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(self.step, self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
+        sparsity_scale = min(1.0, (self.step + 1) / max(1.0, cfg.l1_warmup_fraction * self.total_steps))
+        x_scaled = x * self.sae.cfg.input_scale
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            parts = self.sae.training_loss(x_scaled, self.dead_mask(), sparsity_scale)
+        if not torch.isfinite(parts.loss):
+            raise UserError(f"SAE {self.dir.name}: the loss became {parts.loss.item()} at step {self.step}; "
+                            "lower --lr or check the store for extreme values")
+        self.optimizer.zero_grad(set_to_none=True)
+        parts.loss.backward()
+        self.sae.remove_parallel_decoder_grad()
+        self.optimizer.step()
+        self.sae.normalise_decoder()
+        self.samples_since_fired += len(x)
+        self.samples_since_fired[parts.fired] = 0
+        if cfg.resample_every and (self.step + 1) % cfg.resample_every == 0:
+            self.resample_dead(x_scaled, parts.x_hat)
+        variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum(dim=1).mean()
+        self.last = {"loss": parts.loss.item(), "mse": parts.mse.item(), "aux": parts.aux.item(),
+                     "sparsity": parts.sparsity.item(), "fvu": (parts.mse / variance.clamp_min(1e-12)).item(),
+                     "l0": parts.l0, "dead_fraction": float(self.dead_mask().float().mean()),
+                     "lr": self.optimizer.param_groups[0]["lr"]}
+        self.step += 1
+
+    @torch.no_grad()
+    def resample_dead(self, x_scaled: torch.Tensor, x_hat: torch.Tensor) -> int:
+        """Point each dead latent at a batch input it reconstructs badly (Anthropic's resampling).
+
+        Inputs are drawn with probability proportional to their squared error; the decoder row
+        becomes the unit residual, the encoder column the same at 0.2x the alive columns' mean
+        norm; the latents' Adam moments restart from zero. Returns the number resampled.
+        """
+        dead = self.dead_mask().nonzero().flatten()
+        if len(dead) == 0:
+            return 0
+        residual = (x_scaled - x_hat).float()
+        weights = residual.pow(2).sum(dim=1)
+        if not weights.sum() > 0:
+            return 0
+        generator = torch.Generator(device=weights.device).manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        chosen = torch.multinomial(weights, len(dead), replacement=True, generator=generator)
+        directions = residual[chosen] / residual[chosen].norm(dim=1, keepdim=True).clamp_min(1e-8)
+        alive = ~self.dead_mask()
+        enc_norm = self.sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        self.sae.W_dec[dead] = directions
+        self.sae.W_enc[:, dead] = directions.t() * 0.2 * enc_norm
+        self.sae.b_enc[dead] = 0.0
+        for param, index in ((self.sae.W_dec, (dead,)), (self.sae.W_enc, (slice(None), dead)), (self.sae.b_enc, (dead,))):
+            for moment in ("exp_avg", "exp_avg_sq"):
+                self.optimizer.state[param][moment][index] = 0.0
+        self.samples_since_fired[dead] = 0
+        return len(dead)
+
+    # -- persistence -------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {"schema_version": SCHEMA_VERSION, "train_config": dataclasses.asdict(self.cfg), "step": self.step,
+                 "sae_config": self.sae.cfg.to_dict(), "model": self.sae.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "samples_since_fired": self.samples_since_fired}
+        with atomic_path(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.sae.W_enc.device, weights_only=True)
+        if state["train_config"] != json.loads(json.dumps(dataclasses.asdict(self.cfg))):
+            raise UserError(f"{self.checkpoint_path} was written with other settings; re-run with the same ones, "
+                            f"or delete {self.dir} to start over")
+        rebuilt = ARCHITECTURES[self.cfg.arch](config_from_dict(state["sae_config"])).to(self.sae.W_enc.device)
+        rebuilt.load_state_dict(state["model"])
+        self.sae = rebuilt
+        self.optimizer = _adam(rebuilt, self.cfg.lr)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.samples_since_fired = state["samples_since_fired"]
+        self.step = int(state["step"])
+        self._truncate_log()
+        return True
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint, so a resumed log reads like one run."""
+        path = self.dir / LOG_NAME
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
+        atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+    def append_log(self, samples_per_s: float) -> None:
+        record = {"schema_version": SCHEMA_VERSION, "step": self.step, **self.last, "samples_per_s": samples_per_s}
+        with open(self.dir / LOG_NAME, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def finish(self) -> Path:
+        self.sae.save_pretrained(self.dir, extra={"training": {**dataclasses.asdict(self.cfg), **self.meta,
+                                                               "trained_steps": self.step}})
+        self.checkpoint_path.unlink(missing_ok=True)
+        return self.dir
+
+
+# -- the loop ------------------------------------------------------------------------------
+def _is_finished(sae_dir: Path, cfg: TrainConfig) -> bool:
+    if not (sae_dir / WEIGHTS_NAME).is_file() or not (sae_dir / CFG_NAME).is_file():
+        return False
+    training = read_json(sae_dir / CFG_NAME).get("training", {})
+    if {k: training.get(k) for k in dataclasses.asdict(cfg)} != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        raise UserError(f"SAE {cfg.name!r} already exists with other settings; choose another --name "
+                        f"or delete {sae_dir} to retrain it")
+    return True
+
+
+def train(workspace: str | Path | Workspace, cfg: TrainConfig) -> Path:
+    """Train one SAE; returns its directory `W/saes/NAME`. Re-running resumes or returns at once."""
+    return train_many(workspace, [cfg])[0]
+
+
+def train_many(workspace: str | Path | Workspace, configs: Sequence[TrainConfig], progress: bool = True) -> list[Path]:
+    """Train SAEs, grouping those that share a data stream so each batch is read once."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise UserError(f"SAE names must be unique, got {names}")
+    groups: dict[tuple, list[TrainConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.stream_key(), []).append(cfg)
+    for group in groups.values():
+        _train_group(ws, group, progress)
+    return [ws.sae_dir(c.name) for c in configs]
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> None:
+    from clipatlas.store import Store
+
+    pending = [c for c in configs if not _is_finished(ws.sae_dir(c.name, must_exist=False), c)]
+    if not pending:
+        return
+    first = pending[0]
+    device = _device(first.device)
+    store = Store.open(ws.root)
+    train_rows, eval_rows = split_rows(len(store), first.eval_fraction, first.seed)
+    sample = sample_for_init(store, train_rows, first.seed)
+    meta = {"n_train": int(len(train_rows)), "n_eval": int(len(eval_rows)), "store_count": len(store)}
+    runs = []
+    for cfg in pending:
+        total = cfg.total_steps(len(train_rows))
+        dead_window = cfg.dead_window or min(len(train_rows), 10_000_000)
+        run = Run(cfg, ws.sae_dir(cfg.name, must_exist=False), build_sae(cfg, sample, store).to(device), total,
+                  dead_window, meta)
+        if not run.load_checkpoint():
+            run.dir.mkdir(parents=True, exist_ok=True)
+            (run.dir / LOG_NAME).unlink(missing_ok=True)
+        runs.append(run)
+    stream = BatchStream(store, train_rows, first.batch_size, first.seed, str(device))
+    _loop(runs, stream, autocast=device.type == "cuda", progress=progress)
+
+
+def _loop(runs: list[Run], stream: BatchStream, autocast: bool, progress: bool) -> None:
+    total = max(r.total_steps for r in runs)
+    start = min(r.step for r in runs)
+    names = ", ".join(r.cfg.name for r in runs)
+    bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", disable=not progress, dynamic_ncols=True)
+    last_time, last_step = time.perf_counter(), start
+    for step in range(start, total):
+        x = stream.batch(step)
+        active = [r for r in runs if r.step == step and step < r.total_steps]
+        for run in active:
+            run.train_step(x, autocast)
+        if (step + 1) % runs[0].cfg.log_every == 0 or step + 1 == total:
+            now = time.perf_counter()
+            rate = (step + 1 - last_step) * len(x) / max(now - last_time, 1e-9)
+            last_time, last_step = now, step + 1
+            for run in active:
+                run.append_log(rate)
+            head = active[0].last if active else runs[0].last
+            bar.set_postfix(fvu=f"{head['fvu']:.3f}", l0=f"{head['l0']:.1f}", dead=f"{head['dead_fraction']:.1%}")
+        if (step + 1) % runs[0].cfg.checkpoint_every == 0:
+            for run in active:
+                if run.step < run.total_steps:
+                    run.save_checkpoint()
+        for run in active:
+            if run.step == run.total_steps:
+                run.finish()
+        bar.update(1)
+    bar.close()

@@ -1,0 +1,253 @@
+"""Decoders turn (edited) embeddings into images. A registry maps names to factories:
+
+- `retrieval`: the store images nearest (cosine) to each embedding, as a ranked list and a
+  contact sheet. Works for any encoder, needs no GPU.
+- `kandinsky[:PATH_OR_ID]`: diffusers `KandinskyV22Pipeline` (image_embeds -> image).
+- `kandinsky-img2img[:PATH_OR_ID]`: `KandinskyV22Img2ImgPipeline`, keeping the input's layout.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from clipatlas.errors import UserError
+
+KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
+# The seed system's Cog predictor: 512 px, 12 steps, guidance 4, fp16, seed 1.
+KANDINSKY_DEFAULTS = {"steps": 12, "guidance": 4.0, "height": 512, "width": 512, "strength": 0.5}
+RETRIEVAL_DEFAULTS = {"k": 16, "tile": 128}
+NOT_CLIP_ENCODERS = ("efficientnet",)
+_SEARCH_BATCH_ROWS = 65536  # store rows per float32 batch while building the index
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    image_id: str
+    score: float  # cosine similarity
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One image per input embedding; retrieval also gives its ranked hits and the hits' store rows."""
+
+    images: list[Image.Image]
+    rankings: list[list[Hit]] | None = None
+
+
+# -- retrieval -------------------------------------------------------------------------------------
+class CosineIndex:
+    """The store's rows, unit-normalised, in RAM in the store's dtype (float16 stores stay float16:
+    1.4M x 1280 is 3.6 GB); one matrix-vector product per query batch. Exact, no approximation."""
+
+    def __init__(self, store):
+        self.d = store.d
+        dtype = torch.float16 if store.dtype == np.float16 else torch.float32
+        self.unit_rows = torch.empty((len(store), store.d), dtype=dtype)
+        batches = store.iter_batches(_SEARCH_BATCH_ROWS)
+        for start, batch in tqdm(batches, total=-(-len(store) // _SEARCH_BATCH_ROWS), desc="retrieval index",
+                                 unit="batch", disable=len(store) < 20 * _SEARCH_BATCH_ROWS):
+            norms = np.sqrt(np.einsum("ij,ij->i", batch, batch))[:, None]
+            self.unit_rows[start : start + len(batch)] = torch.from_numpy(batch / np.maximum(norms, 1e-12))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cosines), each (B, k), best first; ties go to the lower row."""
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.d:
+            raise UserError(f"embeddings have {queries.shape[1]} dims, the store holds {self.d}-dim embeddings")
+        k = min(int(k), len(self.unit_rows))
+        if k < 1:
+            raise UserError("retrieval needs a non-empty store and k >= 1")
+        unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        scores = (self.unit_rows @ torch.from_numpy(unit).to(self.unit_rows.dtype).T).float().T.numpy()
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(scores, part, 1)
+        order = np.lexsort((part, -top), axis=1)
+        return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(top, order, 1)
+
+
+def nearest_rows(store, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cosines), each (B, k) best first: an exact cosine search over the store."""
+    return CosineIndex(store).search(queries, k)
+
+
+def _tile(store, row: int, size: int) -> Image.Image:
+    try:
+        image = store.open_image(row).convert("RGB")
+    except Exception:  # synthetic stores and moved files have no pixels; show the id instead
+        image = Image.new("RGB", (size, size), (200, 200, 200))
+        ImageDraw.Draw(image).text((4, size // 2 - 6), str(store.meta(row)["image_id"])[:18], fill=(40, 40, 40))
+    image.thumbnail((size, size))
+    tile = Image.new("RGB", (size, size), (255, 255, 255))
+    tile.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return tile
+
+
+def contact_sheet(store, rows: Sequence[int], tile: int) -> Image.Image:
+    """The images of `rows` in a near-square grid, best first (left to right, top to bottom)."""
+    cols = max(1, math.ceil(math.sqrt(len(rows))))
+    lines = max(1, math.ceil(len(rows) / cols))
+    sheet = Image.new("RGB", (cols * tile, lines * tile), (255, 255, 255))
+    for i, row in enumerate(rows):
+        sheet.paste(_tile(store, int(row), tile), ((i % cols) * tile, (i // cols) * tile))
+    return sheet
+
+
+class RetrievalDecoder:
+    """Nearest store images; `k` == 1 gives the single nearest image (icons)."""
+
+    name = "retrieval"
+
+    def __init__(self, store):
+        self.store = store
+        self._index: CosineIndex | None = None
+        self._index_lock = threading.Lock()
+
+    @property
+    def index(self) -> CosineIndex:
+        with self._index_lock:  # the web's worker threads share one decoder: build the index once
+            if self._index is None:
+                self._index = CosineIndex(self.store)
+            return self._index
+
+    def decode(self, embeddings: np.ndarray, *, seed: int = 1, settings: dict[str, Any] | None = None,
+               init_images: Sequence[Image.Image] | None = None) -> Decoded:
+        opts = _options(RETRIEVAL_DEFAULTS, settings, self.name)
+        rows, scores = self.index.search(embeddings, int(opts["k"]))
+        ids = self.store.metadata.column("image_id")
+        rankings = [[Hit(int(r), str(ids[int(r)]), float(s)) for r, s in zip(rr, ss)] for rr, ss in zip(rows, scores)]
+        images = [contact_sheet(self.store, rr, int(opts["tile"])) for rr in rows]
+        return Decoded(images, rankings)
+
+
+def _options(defaults: dict[str, Any], settings: dict[str, Any] | None, decoder: str) -> dict[str, Any]:
+    settings = dict(settings or {})
+    unknown = set(settings) - set(defaults)
+    if unknown:
+        raise UserError(f"decoder {decoder!r} has no settings {sorted(unknown)}; it takes {sorted(defaults)}")
+    for key, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UserError(f"decoder setting {key!r} must be a positive number, got {value!r}")
+    return {**defaults, **settings}
+
+
+# -- Kandinsky 2.2 ---------------------------------------------------------------------------------
+def zero_image_embedding(encoder) -> np.ndarray:
+    """The encoder's embedding of an all-zero input tensor: Kandinsky's negative image embedding
+    (its prior pipeline feeds `torch.zeros(1, 3, size, size)` to the image encoder)."""
+    probe = encoder.preprocess(Image.new("RGB", (8, 8)))
+    with torch.no_grad():
+        return np.asarray(encoder.encode_tensors(torch.zeros((1, *probe.shape)))[0], dtype=np.float32)
+
+
+def _device_and_dtype() -> tuple[str, torch.dtype]:
+    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def load_kandinsky_pipeline(path_or_id: str = KANDINSKY_DECODER_ID, img2img: bool = False):
+    """The decoder pipeline in fp16 on CUDA (CPU offload when the GPU is small), fp32 on CPU."""
+    from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline
+
+    device, dtype = _device_and_dtype()
+    pipeline_class = KandinskyV22Img2ImgPipeline if img2img else KandinskyV22Pipeline
+    try:
+        pipe = pipeline_class.from_pretrained(path_or_id, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load the Kandinsky 2.2 decoder from {path_or_id!r} ({exc}); pass a local "
+                        f"copy with --decoder kandinsky:PATH, or use --decoder retrieval (no GPU needed)") from exc
+    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+class KandinskyDecoder:
+    """Kandinsky 2.2 decoder; `negative` is `zero_image_embedding` of the workspace's encoder."""
+
+    default_id = KANDINSKY_DECODER_ID
+
+    def __init__(self, path_or_id: str, negative: np.ndarray, img2img: bool = False):
+        self.img2img = img2img
+        self.name = ("kandinsky-img2img" if img2img else "kandinsky") + (
+            "" if path_or_id == KANDINSKY_DECODER_ID else f":{path_or_id}")
+        self.pipe = load_kandinsky_pipeline(path_or_id, img2img)
+        self.negative = np.asarray(negative, dtype=np.float32)
+        expected = self.pipe.unet.config.encoder_hid_dim
+        if self.negative.shape != (expected,):
+            raise UserError(f"the Kandinsky decoder takes {expected}-dim CLIP image embeddings, this workspace's "
+                            f"encoder gives {self.negative.shape[-1]}; embed with --encoder kandinsky-clip or "
+                            "steer with --decoder retrieval")
+
+    def decode(self, embeddings: np.ndarray, *, seed: int = 1, settings: dict[str, Any] | None = None,
+               init_images: Sequence[Image.Image] | None = None) -> Decoded:
+        opts = _options(KANDINSKY_DEFAULTS, settings, "kandinsky")
+        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        if embeddings.shape[1] != self.negative.shape[0]:
+            raise UserError(f"the decoder takes {self.negative.shape[0]}-dim embeddings, got {embeddings.shape[1]}")
+        device = self.pipe._execution_device
+        dtype = self.pipe.unet.dtype
+        n = len(embeddings)
+        # One generator per image, all with the same seed: every image starts from the same noise,
+        # so before/after pairs and icons differ only by their embeddings.
+        generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _ in range(n)]
+        kwargs: dict[str, Any] = dict(
+            image_embeds=torch.from_numpy(embeddings).to(device, dtype),
+            negative_image_embeds=torch.from_numpy(np.tile(self.negative, (n, 1))).to(device, dtype),
+            num_inference_steps=int(opts["steps"]), guidance_scale=float(opts["guidance"]),
+            height=int(opts["height"]), width=int(opts["width"]), generator=generators, output_type="pil",
+        )
+        if self.img2img:
+            if init_images is None or len(init_images) != n:
+                raise UserError("kandinsky-img2img needs the input image; give an image file or a store image")
+            if opts["strength"] > 1:
+                raise UserError(f"img2img strength is in (0, 1] (how much of the input to repaint), got {opts['strength']}")
+            kwargs.update(image=list(init_images), strength=float(opts["strength"]))
+        return Decoded(list(self.pipe(**kwargs).images))
+
+
+# -- registry ----------------------------------------------------------------------------------------
+DecoderFactory = Callable[[str | None, Any], Any]
+
+
+def _kandinsky_factory(img2img: bool) -> DecoderFactory:
+    def make(arg: str | None, ctx) -> KandinskyDecoder:
+        if ctx.store.encoder.startswith(NOT_CLIP_ENCODERS):
+            # Same width (1280) as ViT-bigG, so no size check would catch it: the images would be noise.
+            raise UserError(f"Kandinsky draws CLIP ViT-bigG image embeddings; this store holds {ctx.store.encoder} "
+                            "embeddings. Use --decoder retrieval, or embed with --encoder kandinsky-clip")
+        return KandinskyDecoder(arg or KANDINSKY_DECODER_ID, ctx.negative_embedding(), img2img=img2img)
+    return make
+
+
+DECODERS: dict[str, DecoderFactory] = {
+    "retrieval": lambda arg, ctx: RetrievalDecoder(ctx.store),
+    "kandinsky": _kandinsky_factory(img2img=False),
+    "kandinsky-img2img": _kandinsky_factory(img2img=True),
+}
+
+
+def split_decoder_name(spec: str) -> tuple[str, str | None]:
+    """'kandinsky:/models/k22' -> ('kandinsky', '/models/k22'); raises UserError on unknown names."""
+    base, sep, arg = spec.partition(":")
+    if base not in DECODERS:
+        raise UserError(f"unknown decoder {spec!r}; choose one of: retrieval, kandinsky[:PATH_OR_ID], kandinsky-img2img[:PATH_OR_ID]")
+    if base == "retrieval" and sep:
+        raise UserError("the retrieval decoder takes no path; write --decoder retrieval")
+    return base, (arg or None)
+
+
+def make_decoder(spec: str, ctx):
+    """A decoder by registry name; `ctx` gives `.store` and `.negative_embedding()`."""
+    base, arg = split_decoder_name(spec)
+    return DECODERS[base](arg, ctx)

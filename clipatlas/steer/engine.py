@@ -1,0 +1,158 @@
+"""Run recipes against a workspace: resolve images, apply edits, decode before and after."""
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from clipatlas.errors import UserError
+from clipatlas.steer.causal import CausalCheck, causal_check
+from clipatlas.steer.decoders import Hit, make_decoder, zero_image_embedding
+from clipatlas.steer.edits import SteerContext, steer_embedding
+from clipatlas.steer.recipe import Recipe
+from clipatlas.workspace import Workspace
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class SteerResult:
+    """Before (the unedited embedding) and after (the edited one), decoded with the same seed."""
+
+    recipe_hash: str
+    decoder: str
+    before: np.ndarray  # (d,) raw encoder scale
+    after: np.ndarray
+    before_png: bytes
+    after_png: bytes
+    before_ranking: list[Hit] | None = None  # retrieval decoder only
+    after_ranking: list[Hit] | None = None
+
+
+class Steerer:
+    """One workspace + SAE, with the SAE, atlas, store, encoder and decoders loaded once."""
+
+    def __init__(self, workspace: str | Path | Workspace, name: str | None = None):
+        from clipatlas.atlas import Atlas
+
+        self.atlas = Atlas.open(workspace, name)
+        self.workspace = self.atlas.workspace
+        self.store = self.atlas.store
+        self.sae = self.atlas.sae
+        self._encoder = None
+        self._decoders: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    # -- inputs ------------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            try:
+                from clipatlas.encoders import load_encoder
+            except ImportError as exc:
+                raise UserError(f"image files need the encoders stage to embed them ({exc}); "
+                                "name images by store image id instead") from exc
+            self._encoder = load_encoder(self.store.encoder, device="cuda" if torch.cuda.is_available() else "cpu")
+        return self._encoder
+
+    def negative_embedding(self) -> np.ndarray:
+        return zero_image_embedding(self.encoder)
+
+    def embedding_of(self, ref: str) -> np.ndarray:
+        """A store image id, `sha256:HEX` of a stored image, or an image file embedded now."""
+        row = self.row_of(ref)
+        if row is not None:
+            return np.array(self.store[row], dtype=np.float32)  # writable: torch.from_numpy shares it
+        return np.asarray(self.encoder.encode_images([self.image_of(ref)])[0], dtype=np.float32)
+
+    def row_of(self, ref: str) -> int | None:
+        if ref.startswith("sha256:"):
+            digests = self.store.metadata.column("sha256").to_pylist()
+            if ref[7:] not in digests:
+                raise UserError(f"no stored image has {ref}")
+            return digests.index(ref[7:])
+        try:
+            return self.store.row_of(ref)
+        except KeyError:
+            if Path(ref).expanduser().is_file():
+                return None
+            raise UserError(f"{ref!r} is neither a store image id nor an image file") from None
+
+    def image_of(self, ref: str) -> Image.Image:
+        row = self.row_of(ref)
+        if row is not None:
+            return self.store.open_image(row).convert("RGB")
+        try:
+            with Image.open(Path(ref).expanduser()) as image:
+                return image.convert("RGB")
+        except OSError as exc:
+            raise UserError(f"cannot read image {ref} ({exc})") from exc
+
+    def context(self) -> SteerContext:
+        def latents_of(ref: str) -> torch.Tensor:
+            x = torch.from_numpy(self.embedding_of(ref))[None]
+            with torch.no_grad():
+                return self.sae.encode(x)[0]
+
+        return SteerContext(latents_of=latents_of, max_activation=lambda f: self.atlas.feature(f).max_activation)
+
+    # -- running ---------------------------------------------------------------------------------
+    def decoder(self, spec: str):
+        with self._lock:
+            if spec not in self._decoders:
+                self._decoders[spec] = make_decoder(spec, self)
+            return self._decoders[spec]
+
+    def steer(self, recipe: Recipe, x: np.ndarray | None = None) -> np.ndarray:
+        """The edited embedding of the recipe's image (or of `x` when given)."""
+        x = self.embedding_of(recipe.image) if x is None else x
+        return steer_embedding(self.sae, x, recipe.edits, self.context())
+
+    def run(self, recipe: Recipe) -> SteerResult:
+        decoder = self.decoder(recipe.decoder)
+        before = self.embedding_of(recipe.image)
+        after = self.steer(recipe, before)
+        init = [self.image_of(recipe.image)] * 2 if "img2img" in recipe.decoder else None
+        decoded = decoder.decode(np.stack([before, after]), seed=recipe.seed, settings=recipe.settings_dict,
+                                 init_images=init)
+        rankings = decoded.rankings or [None, None]
+        return SteerResult(recipe.hash, decoder.name, before, after, png_bytes(decoded.images[0]),
+                           png_bytes(decoded.images[1]), rankings[0], rankings[1])
+
+    def verify(self, recipe: Recipe, result: SteerResult) -> list[CausalCheck]:
+        """Re-embed what the recipe produced and check each set/add target feature in it."""
+        if result.after_ranking is not None:  # retrieval: the top image's store embedding is exact
+            produced = np.array(self.store[result.after_ranking[0].row], dtype=np.float32)
+        else:
+            image = Image.open(io.BytesIO(result.after_png)).convert("RGB")
+            produced = np.asarray(self.encoder.encode_images([image])[0], dtype=np.float32)
+        targets = [edit.feature for edit in recipe.edits if edit.op in ("set", "add")]
+        return [causal_check(self.sae, result.before, produced, f) for f in targets]
+
+
+@functools.lru_cache(maxsize=4)
+def _steerer(root: Path, name: str | None, sae_mtime: float) -> Steerer:
+    return Steerer(root, name)
+
+
+def steerer_for(workspace: str | Path | Workspace, name: str | None = None) -> Steerer:
+    """A cached `Steerer` (the web calls this per request); a retrained SAE gets a fresh one."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    sae_dir = ws.sae_dir(name)
+    weights = sae_dir / "sae.safetensors"
+    return _steerer(ws.root, sae_dir.name, weights.stat().st_mtime if weights.exists() else 0.0)
+
+
+def run_recipe(workspace: str | Path | Workspace, recipe: Recipe, name: str | None = None) -> SteerResult:
+    """Run `recipe` on the workspace's SAE `name` (default: the recipe's, else the only one)."""
+    return steerer_for(workspace, name or recipe.sae).run(recipe)

@@ -1,0 +1,168 @@
+"""Sources -> encoder -> store: the resumable embedding pipeline.
+
+Images are read, decoded and preprocessed in DataLoader workers; the main process only runs the
+model and appends to the store. Inputs are listed in a deterministic order and batched from a
+fixed origin, and a batch is never split across shards, so the store's `consumed` count is always
+a batch boundary: a killed run, started again, skips what is on disk, forms the very same
+batches, and ends with shards byte-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from clipatlas.encoders import DEFAULT_ENCODER, Encoder, load_encoder
+from clipatlas.errors import UserError
+from clipatlas.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, SourceItem, iter_items, read_image
+from clipatlas.store.core import Store, StoreWriter, store_dir_of
+
+DUPLICATE_REASON = "duplicate image_id"
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    encoder: str = DEFAULT_ENCODER
+    batch_size: int = 64
+    device: str = "auto"
+    dtype: str = "auto"  # the model's compute dtype
+    store_dtype: str = "float16"
+    shard_size: int = 10_000
+    limit: int | None = None
+    workers: int | None = None  # DataLoader workers; default: up to 4, one per core
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError("--batch-size must be at least 1")
+        if self.limit is not None and self.limit < 0:
+            raise UserError("--limit must be zero or more")
+        if self.workers is not None and self.workers < 0:
+            raise UserError("--workers must be zero or more")
+
+    @property
+    def worker_count(self) -> int:
+        return min(4, os.cpu_count() or 1) if self.workers is None else self.workers
+
+
+@dataclass(frozen=True)
+class EmbedSummary:
+    store_dir: Path
+    embedded_now: int
+    skipped_now: int
+    resumed_from: int  # inputs already on disk when this run started
+    total_rows: int
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # over the whole store
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1]))
+        skipped_total = sum(self.skipped_by_reason.values())
+        rate = self.embedded_now / self.seconds if self.seconds > 0 else 0.0
+        lines = [f"embedded {self.embedded_now} images this run ({rate:.1f} images/s), skipped {self.skipped_now}"]
+        if self.resumed_from:
+            lines.append(f"resumed after {self.resumed_from} inputs already in the store")
+        lines.append(f"store {self.store_dir}: {self.total_rows} embeddings, skipped {skipped_total}" + (f" ({reasons})" if reasons else ""))
+        return "\n".join(lines)
+
+
+class _DecodeDataset(Dataset):
+    """Reads, decodes and preprocesses one item; failures come back as a reason, never raise."""
+
+    def __init__(self, items: Sequence[SourceItem], encoder: Encoder, max_pixels: int):
+        self.items, self.preprocess, self.max_pixels = items, encoder.preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any] | None, tuple[str, str] | None]:
+        item = self.items[index]
+        try:
+            decoded = read_image(item.uri, self.max_pixels)
+            pixels = self.preprocess(decoded.image)
+        except ImageDecodeError as exc:
+            return None, None, (item.uri, exc.reason)
+        except (OSError, ValueError, RuntimeError) as exc:  # a decoder or processor choking on odd data
+            return None, None, (item.uri, f"cannot preprocess ({type(exc).__name__})")
+        row = {"image_id": item.image_id, "uri": item.uri, "caption": item.caption, "source": item.source,
+               "width": decoded.image.width, "height": decoded.image.height, "sha256": decoded.sha256}
+        return pixels, row, None
+
+
+def _collate(samples):
+    ok = [s for s in samples if s[0] is not None]
+    pixels = torch.stack([s[0] for s in ok]) if ok else None
+    return pixels, [s[1] for s in ok], [s[2] for s in samples if s[0] is None]
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model
+
+
+def embed(sources: Sequence[str], workspace: str | Path, *, config: EmbedConfig | None = None,
+          progress: bool = True, **overrides: Any) -> EmbedSummary:
+    """Embed every image of `sources` into the store of `workspace`, resuming a partial store."""
+    config = replace(config or EmbedConfig(), **overrides)
+    if not sources:
+        raise UserError("give at least one SOURCE: a folder, a .tar shard, a .txt/.parquet list, or demo:samples")
+    started = time.perf_counter()
+    items = list(iter_items(list(sources), config.limit))
+    encoder = load_encoder(config.encoder, device=config.device, dtype=config.dtype)
+    writer = StoreWriter(store_dir_of(workspace), encoder=encoder.id, d=encoder.dim, dtype=config.store_dtype,
+                         shard_size=config.shard_size, sources=[str(s) for s in sources], encoder_info=encoder.info())
+    resumed_from = writer.consumed
+    if resumed_from > len(items):
+        raise UserError(f"the store already accounts for {resumed_from} inputs but the sources list only {len(items)}; "
+                        "did the sources or --limit shrink? Use a new workspace")
+    embedded, skipped = _run(items, resumed_from, encoder, writer, config, progress)
+    writer.close()
+    manifest = Store.open(writer.dir).manifest
+    reasons = collections.Counter(entry["reason"] for entry in manifest["skipped"])
+    return EmbedSummary(writer.dir, embedded, skipped, resumed_from, int(manifest["count"]), dict(reasons),
+                        time.perf_counter() - started)
+
+
+def _run(items: list[SourceItem], start: int, encoder: Encoder, writer: StoreWriter, config: EmbedConfig,
+         progress: bool) -> tuple[int, int]:
+    remaining = items[start:]
+    if not remaining:
+        return 0, 0
+    batches = [list(range(i, min(i + config.batch_size, len(remaining)))) for i in range(0, len(remaining), config.batch_size)]
+    loader = DataLoader(_DecodeDataset(remaining, encoder, config.max_pixels), batch_sampler=batches,
+                        num_workers=config.worker_count, collate_fn=_collate, worker_init_fn=_worker_init,
+                        pin_memory=encoder.device.type == "cuda")
+    embedded = skipped = 0
+    with tqdm(total=len(remaining), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
+        for pixels, rows, failures in loader:
+            pixels, rows, failures = _drop_duplicates(writer, pixels, rows, failures)
+            if len(rows) > writer.rows_until_flush:
+                writer.flush()  # close the shard at a batch boundary: resumes re-form the same batches
+            for uri, reason in failures:
+                writer.skip(uri, reason)
+            if rows:
+                writer.add(encoder.encode_tensors(pixels).numpy(), rows)
+            embedded, skipped = embedded + len(rows), skipped + len(failures)
+            bar.update(len(rows) + len(failures))
+            bar.set_postfix(skipped=skipped, refresh=False)
+    return embedded, skipped
+
+
+def _drop_duplicates(writer: StoreWriter, pixels, rows, failures):
+    """Rows whose image_id is already stored (two sources naming the same image) become skips."""
+    keep, seen = [], set()
+    for position, row in enumerate(rows):
+        if writer.has(row["image_id"]) or row["image_id"] in seen:
+            failures = failures + [(row["uri"], DUPLICATE_REASON)]
+        else:
+            keep.append(position)
+            seen.add(row["image_id"])
+    if len(keep) == len(rows):
+        return pixels, rows, failures
+    return (pixels[keep] if keep else None), [rows[i] for i in keep], failures

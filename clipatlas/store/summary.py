@@ -1,0 +1,44 @@
+"""A workspace in a few lines: the store, and what later stages left beside it."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+from clipatlas.store.core import Store
+from clipatlas.workspace import Workspace
+
+METRIC_KEYS = ("explained_variance", "l0", "dead_fraction")
+
+
+def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str, list[str]]:
+    """(printable summary, problems found); `verify` re-hashes every shard."""
+    ws = Workspace(workspace)
+    store = Store.open(ws.root)
+    manifest = store.manifest
+    reasons = collections.Counter(entry["reason"] for entry in manifest.get("skipped", []))
+    lines = [
+        f"workspace {ws.root}",
+        f"store: {len(store)} embeddings of dimension {store.d} ({store.dtype}) from encoder {store.encoder}",
+        f"  {len(manifest['shards'])} shards, {'complete' if store.complete else 'INCOMPLETE: re-run clipatlas embed to finish'}",
+        f"  sources: {', '.join(manifest.get('sources', [])) or '-'}",
+        f"  skipped {sum(reasons.values())}" + (": " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) if reasons else ""),
+    ]
+    problems = store.verify() if verify else []
+    if verify:
+        lines.append("  checksums: " + ("all shards intact" if not problems else "; ".join(problems)))
+    for name in ws.sae_names():
+        lines.append(_sae_line(ws.saes_dir / name))
+    return "\n".join(lines), problems
+
+
+def _sae_line(sae_dir: Path) -> str:
+    parts = [f"sae {sae_dir.name}"]
+    metrics_path = sae_dir / "metrics.json"
+    if metrics_path.is_file():
+        metrics = json.loads(metrics_path.read_text())
+        parts += [f"{key}={metrics[key]:.3f}" for key in METRIC_KEYS if isinstance(metrics.get(key), (int, float))]
+    else:
+        parts.append("(not evaluated: clipatlas eval)")
+    parts.append("atlas built" if (sae_dir / "atlas" / "atlas.sqlite").is_file() else "no atlas yet (clipatlas atlas)")
+    return "  ".join(parts)

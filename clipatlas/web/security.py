@@ -1,0 +1,127 @@
+"""Who may compute or upload, and how big an upload may be.
+
+The server binds 127.0.0.1 by default. On any other address a token is required for every
+endpoint that computes or uploads: the printed URL carries it once as `?token=`, the server
+answers with an HttpOnly cookie, and the page's scripts send that cookie back. Requests that
+come from another origin (a web page trying to drive a local server) are refused outright.
+"""
+from __future__ import annotations
+
+import io
+import ipaddress
+import secrets
+from dataclasses import dataclass
+
+from fastapi import HTTPException, Request
+from PIL import Image, UnidentifiedImageError
+
+TOKEN_HEADER = "x-clipatlas-token"
+TOKEN_COOKIE = "clipatlas_token"
+TOKEN_QUERY = "token"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 25_000_000
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def presented_token(request: Request) -> str | None:
+    return (
+        request.headers.get(TOKEN_HEADER)
+        or request.cookies.get(TOKEN_COOKIE)
+        or request.query_params.get(TOKEN_QUERY)
+    )
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:  # not sent by browsers for same-origin GETs, nor by curl
+        return True
+    host = request.headers.get("host", "")
+    return origin.split("://", 1)[-1] == host
+
+
+def check_compute_allowed(request: Request, token: str | None) -> None:
+    """Raise 403 unless this request may run a computation or upload a file."""
+    if not _same_origin(request):
+        raise HTTPException(403, "cross-origin requests may not compute or upload; open the app's own page")
+    if token is None:
+        client = request.client.host if request.client else None
+        if not is_loopback(client):
+            raise HTTPException(
+                403,
+                "this server has no token, so it computes only for loopback clients; "
+                "restart it with `clipatlas serve --host ADDRESS` to get a token URL",
+            )
+        return
+    given = presented_token(request)
+    if not given or not secrets.compare_digest(given.encode(), token.encode()):
+        raise HTTPException(401, "a token is required: open the URL `clipatlas serve` printed (it ends in ?token=...)")
+
+
+# Multipart framing and form fields around the file itself.
+BODY_OVERHEAD = 64 * 1024
+
+
+def oversized_body(request: Request, limits: UploadLimits) -> tuple[int, str] | None:
+    """(status, reason) when a POST body is, or may be, larger than an upload may be.
+
+    Checked before the body is read: the form parser would otherwise spool any size to disk.
+    """
+    if request.method != "POST":
+        return None
+    length = request.headers.get("content-length")
+    if length is None:
+        return 411, "send a Content-Length header (chunked uploads are not accepted)"
+    if not length.isdigit():
+        return 400, "the Content-Length header is not a number"
+    if int(length) > limits.max_bytes + BODY_OVERHEAD:
+        return 413, f"request body larger than {limits.max_bytes // (1024 * 1024)} MiB; send a smaller image"
+    return None
+
+
+async def read_upload_capped(upload, limits: UploadLimits) -> bytes:
+    """Read an uploaded file, refusing (413) anything larger than `limits.max_bytes`."""
+    chunks, total = [], 0
+    while block := await upload.read(1 << 16):
+        total += len(block)
+        if total > limits.max_bytes:
+            raise HTTPException(413, f"upload larger than {limits.max_bytes // (1024 * 1024)} MiB; send a smaller image")
+        chunks.append(block)
+    if total == 0:
+        raise HTTPException(400, "the uploaded file is empty; choose an image file")
+    return b"".join(chunks)
+
+
+def decode_upload(data: bytes, limits: UploadLimits) -> Image.Image:
+    """Decode an upload as RGB, checking the pixel count before any pixel is decoded."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, f"image has too many pixels ({exc}); the limit is {limits.max_pixels:,}") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise HTTPException(400, f"not a readable image ({type(exc).__name__}); upload a PNG, JPEG or WebP") from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise HTTPException(413, f"image is {width}x{height} pixels; the limit is {limits.max_pixels:,} pixels")
+    try:
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise HTTPException(400, f"the image file is damaged ({exc}); upload another") from exc
+    return image.convert("RGB")

@@ -1,0 +1,71 @@
+"""Run the app with uvicorn: loopback by default, a token on every other address."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from typing import Iterator
+
+from clipatlas.errors import UserError
+from clipatlas.web.app import WebConfig, create_app
+from clipatlas.web.security import is_loopback, new_token
+
+log = logging.getLogger(__name__)
+
+
+def app_url(host: str, port: int, token: str | None) -> str:
+    """The URL to open: a wildcard address is shown as this machine's name."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
+def check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port") from exc
+
+
+def serve(workspace, name: str | None = None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          decoder: str | None = None) -> None:
+    """Serve the atlas until interrupted, printing the URL to open."""
+    import uvicorn
+
+    if token is None and not is_loopback(host):
+        token = new_token()
+    app = create_app(workspace, name=name, token=token, config=WebConfig(decoder=decoder))
+    check_port_free(host, port)
+    app.state.views.map_json()  # the map is ready before the URL is printed
+    print(f"clipatlas is serving {workspace} at {app_url(host, port, token)}  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@contextlib.contextmanager
+def serving_in_thread(app, host: str = "127.0.0.1", start_timeout: float = 20.0) -> Iterator[str]:
+    """Run `app` with uvicorn on a free port in a background thread; yield its base URL.
+    For tests and benchmarks that drive the app from a browser in the same process."""
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -1,0 +1,214 @@
+"""Page data: what each page and JSON route shows, read through the Atlas query API only.
+
+Atlas answers with frozen dataclasses holding numpy values; `plain` turns them into JSON-ready
+dicts so the templates and the JSON API see one shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import io
+import json
+import math
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+
+from clipatlas.atlas import AtlasError
+from clipatlas.errors import UserError
+
+MAX_IMAGE_FEATURES = 48
+SAMPLE_IMAGES = 24
+THUMBNAIL_SIZE = 256
+
+
+def plain(obj: Any) -> Any:
+    """Recursively convert Atlas results into JSON-ready dicts, lists and scalars."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN or infinity
+    return obj
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureBrief:
+    label: str
+    max_activation: float
+
+
+class AtlasViews:
+    """The data of every page, from one open Atlas."""
+
+    def __init__(self, atlas):
+        self.atlas = atlas
+        self._map_lock = threading.Lock()
+        self._map_json: tuple[bytes, bytes] | None = None
+        self._map_labels: dict[int, str] | None = None
+        self._briefs: dict[int, FeatureBrief] = {}
+        # Every page shows these; the full summary counts rows, too slow to repeat per page.
+        self._summary_brief = {"encoder": atlas.summary()["encoder"], "n_features": atlas.n_features}
+
+    # -- summary --------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return plain(self.atlas.summary())
+
+    def summary_brief(self) -> dict[str, Any]:
+        return self._summary_brief
+
+    # -- features -------------------------------------------------------------------------------
+    def check_feature(self, feature_id: int) -> int:
+        if not 0 <= feature_id < self.atlas.n_features:
+            raise HTTPException(404, f"no feature {feature_id}; this atlas has features 0..{self.atlas.n_features - 1}")
+        return feature_id
+
+    def brief(self, feature_id: int) -> FeatureBrief:
+        """Label and max activation of a feature, cached: neighbour lists and sliders need many."""
+        if feature_id not in self._briefs:
+            info = self.atlas.feature(feature_id)
+            label = info.labels[0].text if info.labels else ""
+            self._briefs[feature_id] = FeatureBrief(label, float(info.max_activation))
+        return self._briefs[feature_id]
+
+    def label(self, feature_id: int) -> str:
+        """A feature's best label; alive features' labels come from the map, read once."""
+        if self._map_labels is None:
+            points = self.atlas.map_points()
+            self._map_labels = dict(zip(points.feature.tolist(), points.label))
+        found = self._map_labels.get(feature_id)
+        return found if found is not None else self.brief(feature_id).label
+
+    def feature_links(self, neighbours) -> list[dict[str, Any]]:
+        return [{"feature": int(n.feature), "score": float(n.score), "count": n.count, "label": self.label(int(n.feature))}
+                for n in neighbours]
+
+    def feature_page(self, feature_id: int) -> dict[str, Any]:
+        self.check_feature(feature_id)
+        info = self.atlas.feature(feature_id)
+        feature = plain(info)
+        del feature["icon"]  # a server path: the page links /icons/{id} instead
+        feature["label"] = info.labels[0].text if info.labels else ""
+        feature["has_icon"] = info.icon is not None
+        feature["top_images"] = plain(self.atlas.top_images(feature_id))
+        feature["quantile_samples"] = plain(self.atlas.quantile_samples(feature_id))
+        feature["coactivating"] = self.feature_links(self.atlas.coactivating(feature_id))
+        feature["similar_decoder"] = self.feature_links(self.atlas.similar(feature_id, by="decoder"))
+        feature["similar_encoder"] = self.feature_links(self.atlas.similar(feature_id, by="encoder"))
+        feature["histogram_bars"] = histogram_bars(info.hist_counts, info.hist_edges)
+        return feature
+
+    # -- images ---------------------------------------------------------------------------------
+    def image_page(self, image_id: str) -> dict[str, Any]:
+        try:
+            activations = self.atlas.features_of_image(image_id)
+        except AtlasError as exc:
+            raise HTTPException(404, str(exc)) from exc
+        return {"image_id": image_id, "features": self.activation_list(activations)}
+
+    def features_of_embedding(self, embedding: np.ndarray) -> list[dict[str, Any]]:
+        return self.activation_list(self.atlas.features_of_embedding(embedding))
+
+    def activation_list(self, activations) -> list[dict[str, Any]]:
+        """The strongest active features with labels, max activations and bar widths (percent)."""
+        items = sorted(activations, key=lambda a: -a.activation)[:MAX_IMAGE_FEATURES]
+        top = max((a.activation for a in items), default=0.0) or 1.0
+        listed = []
+        for a in items:
+            brief = self.brief(int(a.feature))
+            listed.append({"feature": int(a.feature), "activation": float(a.activation), "label": self.label(int(a.feature)),
+                           "max_activation": brief.max_activation, "width": round(100.0 * a.activation / top, 1)})
+        return listed
+
+    def sample_images(self, count: int = SAMPLE_IMAGES) -> list[str]:
+        """Images to start the playground from: the top image of successive map features."""
+        chosen: list[str] = []
+        for feature_id in self.atlas.map_points().feature[: count * 4]:
+            for example in self.atlas.top_images(int(feature_id))[:1]:
+                if example.image_id not in chosen:
+                    chosen.append(example.image_id)
+            if len(chosen) >= count:
+                break
+        return chosen
+
+    # -- search ---------------------------------------------------------------------------------
+    def search(self, query: str) -> dict[str, Any]:
+        """Features whose labels contain `query`; a number (or #number) names a feature directly."""
+        query = query.strip()
+        number = query.removeprefix("#")
+        exact = int(number) if number.isdigit() and int(number) < self.atlas.n_features else None
+        results, seen = [], set()
+        for label in self.atlas.search_labels(query) if query else []:
+            if label.feature in seen:
+                continue
+            seen.add(label.feature)
+            results.append({"feature": int(label.feature), "label": label.text, "source": label.source})
+        return {"query": query, "exact_feature": exact, "results": results}
+
+    # -- map ------------------------------------------------------------------------------------
+    def map_json(self) -> tuple[bytes, bytes]:
+        """The map as JSON and gzipped JSON, made once (the app warms it at start-up)."""
+        with self._map_lock:
+            if self._map_json is None:
+                points = self.atlas.map_points()
+                body = {
+                    "feature": points.feature.tolist(),
+                    "x": np.round(points.x.astype(np.float64), 4).tolist(),
+                    "y": np.round(points.y.astype(np.float64), 4).tolist(),
+                    "cluster": points.cluster.tolist(),
+                    "label": list(points.label),
+                }
+                raw = json.dumps(body, separators=(",", ":")).encode()
+                self._map_json = (raw, gzip.compress(raw, compresslevel=5))
+            return self._map_json
+
+    # -- files ----------------------------------------------------------------------------------
+    def thumbnail_file(self, image_id: str) -> Path | None:
+        return existing_file(self.atlas.thumbnail_path(image_id))
+
+    @functools.lru_cache(maxsize=512)
+    def store_thumbnail(self, image_id: str) -> bytes | None:
+        """A WebP of a store image the atlas made no thumbnail for, opened by id via its store row."""
+        store = self.atlas.store
+        try:
+            image = store.open_image(store.row_of(image_id))
+        except (KeyError, ValueError, UserError, OSError, ImportError):  # unknown id, unreadable or unsupported URI
+            return None
+        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="WEBP", quality=85)
+        return buffer.getvalue()
+
+    def icon_file(self, feature_id: int) -> Path | None:
+        self.check_feature(feature_id)
+        return existing_file(self.atlas.icon_path(feature_id))
+
+
+def existing_file(path: Path | None) -> Path | None:
+    return path if path is not None and Path(path).is_file() else None
+
+
+def histogram_bars(counts: list[int], edges: list[float], width: float = 600, height: float = 120) -> list[dict]:
+    """SVG rectangles of an activation histogram; heights on a log scale so rare bins stay visible."""
+    if not counts:
+        return []
+    peak = math.log1p(max(counts)) or 1.0
+    step = width / len(counts)
+    bars = []
+    for i, count in enumerate(counts):
+        bar_height = height * math.log1p(count) / peak
+        bars.append({"x": round(i * step, 2), "y": round(height - bar_height, 2), "w": round(step * 0.9, 2),
+                     "h": round(bar_height, 2), "count": int(count), "low": edges[i], "high": edges[i + 1]})
+    return bars

@@ -1,0 +1,301 @@
+"""build_atlas + the Atlas query API on a random store and a random TopK SAE, checked by brute force."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, build_atlas
+from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
+from clipatlas.errors import UserError
+from clipatlas.sae import SAE, make_config
+from clipatlas.sae.model import ARCHITECTURES
+from clipatlas.store import write_store
+
+N, D, F, K, TOP_K = 600, 16, 64, 4, 8
+DEAD = range(8)  # features given a hopeless bias
+FAST = AtlasConfig(top_k=TOP_K, chunk_size=128, map_method="pca", n_similar=5, n_coactivating=5, per_decile=2)
+
+
+def topk_sae(d_in: int) -> SAE:
+    return ARCHITECTURES["topk"](make_config("topk", d_in=d_in, d_sae=F, k=K))
+
+
+def make_workspace(root: Path, n: int = N, seed: int = 0, images: bool = True) -> tuple[np.ndarray, SAE]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, D)).astype(np.float32) * 3
+    rows = []
+    for i in range(n):
+        uri = f"synthetic:{i}"
+        if images and i % 2 == 0:  # half the images exist on disk, so thumbnails can be made
+            uri = str(root / "images" / f"{i}.png")
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (200, 150), tuple(int(v) for v in rng.integers(0, 255, 3))).save(uri)
+        rows.append({"image_id": f"img{i:04d}", "uri": uri, "source": "test", "caption": f"a widget of kind {i % 7}"})
+    write_store(root, x, rows)
+    torch.manual_seed(seed)
+    sae = topk_sae(d_in=D)
+    with torch.no_grad():
+        sae.b_enc[list(DEAD)] = -1e4
+    sae.save_pretrained(root / "saes" / "t")
+    return x, sae
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atlas_ws")
+    x, sae = make_workspace(root)
+    atlas = build_atlas(root, "t", config=FAST)
+    with torch.no_grad():
+        z = sae.encode(torch.from_numpy(x)).numpy()
+    return root, x, z, sae, atlas
+
+
+def test_feature_statistics_equal_brute_force(built):
+    _, _, z, _, atlas = built
+    assert atlas.n_features == F and atlas.n_images == N
+    for f in range(F):
+        info = atlas.feature(f)
+        fires = z[:, f] > 0
+        assert info.alive == bool(fires.any()) and info.count == fires.sum()
+        assert info.frequency == pytest.approx(fires.mean())
+        assert info.max_activation == pytest.approx(z[:, f].max(), rel=1e-5)
+        if fires.any():
+            assert info.mean_activation == pytest.approx(z[fires, f].mean(), rel=1e-5)
+            counts, _ = np.histogram(z[fires, f], bins=HIST_EDGES)
+            nonzero = np.flatnonzero(counts)
+            assert info.hist_counts == counts[nonzero[0] : nonzero[-1] + 1].tolist()
+            assert info.hist_edges == pytest.approx(HIST_EDGES[nonzero[0] : nonzero[-1] + 2].tolist())
+    assert not any(atlas.feature(f).alive for f in DEAD)
+
+
+def test_top_images_equal_brute_force(built):
+    _, _, z, _, atlas = built
+    for f in range(F):
+        fires = np.flatnonzero(z[:, f] > 0)
+        expected = fires[np.argsort(-z[fires, f], kind="stable")][:TOP_K]
+        top = atlas.top_images(f)
+        assert [e.row for e in top] == expected.tolist()
+        assert [e.image_id for e in top] == [f"img{r:04d}" for r in expected]
+        np.testing.assert_allclose([e.activation for e in top], z[expected, f], rtol=1e-5)
+
+
+def test_quantile_samples_span_the_range(built):
+    _, _, z, _, atlas = built
+    alive = [f for f in range(F) if (z[:, f] > 0).any()]
+    for f in alive:
+        samples = atlas.quantile_samples(f)
+        assert samples, f
+        max_act = z[:, f].max()
+        for s in samples:
+            assert z[s.row, f] == pytest.approx(s.activation, rel=1e-5)
+            assert s.decile == min(int(s.activation / max_act * 10), 9)
+        assert [s.decile for s in samples] == sorted(s.decile for s in samples)
+    # Deciles below the top one are represented (the point of quantile samples).
+    assert sum(1 for f in alive for s in atlas.quantile_samples(f) if s.decile < 5) > len(alive)
+
+
+def test_image_features_and_embedding_features(built):
+    _, x, z, _, atlas = built
+    for row in (0, 17, 599):
+        active = np.flatnonzero(z[row] > 0)
+        expected = active[np.argsort(-z[row, active], kind="stable")]
+        from_store = atlas.features_of_image(f"img{row:04d}")
+        from_vector = atlas.features_of_embedding(x[row])
+        assert [a.feature for a in from_store] == expected.tolist()
+        assert [a.feature for a in from_vector] == expected.tolist()
+        np.testing.assert_allclose([a.activation for a in from_vector], z[row, expected], rtol=1e-5)
+
+
+def test_neighbours_equal_brute_force(built):
+    _, _, z, sae, atlas = built
+    alive = np.flatnonzero((z > 0).any(axis=0))
+    for by, weights in (("decoder", sae.W_dec.detach().numpy()), ("encoder", sae.W_enc.detach().numpy().T)):
+        unit = weights / np.linalg.norm(weights, axis=1, keepdims=True)
+        for f in (3, 20, 63):
+            keys = alive[alive != f]
+            sims = unit[keys] @ unit[f]
+            got = atlas.similar(f, by=by)
+            assert [n.feature for n in got] == keys[np.argsort(-sims)[:5]].tolist()
+            np.testing.assert_allclose([n.score for n in got], np.sort(sims)[::-1][:5], atol=1e-5)
+    fires = (z > 0).astype(np.int64)
+    both = fires.T @ fires
+    for f in alive[:10]:
+        got = atlas.coactivating(f)
+        jaccard = both[f] / (fires[:, f].sum() + fires.sum(axis=0) - both[f])
+        jaccard[f] = -1
+        expected = sorted((j for j in range(F) if both[f, j] and j != f), key=lambda j: (-jaccard[j], j))[:5]
+        assert [n.feature for n in got] == expected
+        assert [n.count for n in got] == both[f, expected].tolist()
+
+
+def test_map_points_cover_alive_features(built):
+    _, _, z, _, atlas = built
+    points = atlas.map_points()
+    alive = np.flatnonzero((z > 0).any(axis=0))
+    np.testing.assert_array_equal(points.feature, alive)
+    assert len(points.x) == len(points.y) == len(points.cluster) == len(points.label) == len(alive)
+    assert np.isfinite(points.x).all() and len(set(points.cluster.tolist())) > 1
+    info = atlas.feature(int(alive[0]))
+    assert (info.x, info.y, info.cluster) == pytest.approx((points.x[0], points.y[0], points.cluster[0]))
+    assert atlas.feature(DEAD[0]).x is None
+
+
+def test_caption_labels_and_search(built):
+    _, _, _, _, atlas = built
+    info = atlas.feature(20)
+    assert info.labels and info.labels[0].source == "captions" and "widget" in info.labels[0].text
+    hits = atlas.search_labels("WIDG", limit=1000)
+    assert {h.feature for h in hits} == {f for f in range(F) if atlas.feature(f).alive}
+    assert atlas.search_labels("zebra") == [] and atlas.search_labels("  ") == []
+    assert atlas.search_labels("%") == []  # LIKE wildcards are matched literally
+    assert len(atlas.search_labels("widget")) == 50  # the default limit
+
+
+def test_summary(built):
+    root, _, z, _, atlas = built
+    summary = atlas.summary()
+    assert summary["n_alive"] == int((z > 0).any(axis=0).sum())
+    assert summary["n_images"] == N and summary["n_features"] == F and summary["encoder"] == "synthetic"
+    assert summary["metrics"] is None and summary["top_k"] == TOP_K
+
+
+def test_thumbnails_only_for_reopenable_examples(built):
+    _, _, _, _, atlas = built
+    rows = {e.row for f in range(F) for e in atlas.top_images(f) + atlas.quantile_samples(f)}
+    for row in rows:
+        path = atlas.thumbnail_path(f"img{row:04d}")
+        if row % 2 == 0:
+            assert path is not None and path.is_file()
+            with Image.open(path) as thumb:
+                assert thumb.format == "WEBP" and max(thumb.size) == 128
+        else:
+            assert path is None
+
+
+def test_bad_queries_raise_user_errors(built):
+    _, _, _, _, atlas = built
+    with pytest.raises(AtlasError, match="does not exist"):
+        atlas.feature(F)
+    with pytest.raises(AtlasError):
+        atlas.top_images(-1)
+    with pytest.raises(AtlasError, match="no image"):
+        atlas.features_of_image("nope")
+    with pytest.raises(AtlasError, match="shape"):
+        atlas.features_of_embedding(np.zeros(D + 1))
+    with pytest.raises(AtlasError, match="NaN"):
+        atlas.features_of_embedding(np.full(D, np.nan))
+    with pytest.raises(AtlasError, match="decoder"):
+        atlas.similar(0, by="nonsense")
+
+
+def test_icons_and_labeller_labels_survive_a_rebuild(tmp_path):
+    make_workspace(tmp_path, n=200, images=False)
+    atlas = build_atlas(tmp_path, "t", config=FAST)
+    icon = tmp_path / "saes" / "t" / "icons" / "12.png"
+    icon.parent.mkdir()
+    icon.write_bytes(b"png")
+    atlas.set_icon(12, icon)
+    atlas.add_label(12, "vlm", "traffic lights at night", {"detection": 0.9})
+    assert atlas.icon_path(12) == icon and atlas.icon_path(13) is None
+    assert atlas.search_labels("traffic")[0].score == {"detection": 0.9}
+    assert atlas.feature(12).labels[0].source == "vlm"  # labeller labels rank first
+    rebuilt = build_atlas(tmp_path, "t", config=dataclasses.replace(FAST, top_k=3))
+    assert len(rebuilt.top_images(12)) <= 3
+    assert rebuilt.icon_path(12) == icon
+    assert [label.text for label in rebuilt.labels(12) if label.source == "vlm"] == ["traffic lights at night"]
+    assert len(list((tmp_path / "saes" / "t" / "atlas").glob("arrays-*"))) == 1  # the old arrays were removed
+    with pytest.raises(AtlasError):
+        rebuilt.add_label(12, "", "x")
+    topk_sae(d_in=D).save_pretrained(tmp_path / "saes" / "t")  # retrained: new weights, new features
+    retrained = build_atlas(tmp_path, "t", config=FAST)
+    assert retrained.icon_path(12) is None
+    assert all(label.source == "captions" for label in retrained.labels(12))
+
+
+def test_missing_prerequisites_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="clipatlas train"):
+        build_atlas(tmp_path, config=FAST)
+    make_workspace(tmp_path, n=50, images=False)
+    with pytest.raises(AtlasError, match="clipatlas atlas"):
+        Atlas.open(tmp_path, "t")
+    other = topk_sae(d_in=D + 1)
+    other.save_pretrained(tmp_path / "saes" / "wrong")
+    with pytest.raises(UserError, match="17-d inputs"):
+        build_atlas(tmp_path, "wrong", config=FAST)
+    diverged = topk_sae(d_in=D)
+    with torch.no_grad():
+        diverged.W_enc[0, 0] = float("nan")
+    diverged.save_pretrained(tmp_path / "saes" / "diverged")
+    with pytest.raises(UserError, match="NaN"):
+        build_atlas(tmp_path, "diverged", config=FAST)
+    with pytest.raises(UserError, match="top_k"):
+        AtlasConfig(top_k=0)
+    with pytest.raises(UserError, match="map method"):
+        AtlasConfig(map_method="tsne")
+
+
+def dump(db_path: Path) -> list[str]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_killed_build_rerun_gives_identical_database(tmp_path):
+    """SIGKILL the CLI mid-pass, re-run it, and compare with an uninterrupted build."""
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    make_workspace(killed, n=4000, images=False)
+    shutil.copytree(killed, straight)
+    args = ["--map", "pca", "--top-k", "8", "--chunk-size", "16", "--no-thumbnails"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "clipatlas", "atlas", "-w", str(killed), *args, "--checkpoint-seconds", "0"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atlas_dir = killed / "saes" / "t" / "atlas"
+    deadline = time.monotonic() + 120
+    while not list(atlas_dir.glob(f".build-*/{STATE_FILE}")) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not (atlas_dir / "atlas.sqlite").exists(), "the kill came too late to test resuming"
+    from clipatlas.atlas.stream import StreamState
+
+    partial = StreamState.load(next(atlas_dir.glob(f".build-*/{STATE_FILE}")), torch.device("cpu"))
+    assert 0 < partial.next_row < 4000
+    done = subprocess.run([sys.executable, "-m", "clipatlas", "atlas", "-w", str(killed), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "features alive" in done.stdout
+    build_atlas(straight, config=AtlasConfig(top_k=8, chunk_size=16, map_method="pca", thumbnails=False))
+    assert dump(atlas_dir / "atlas.sqlite") == dump(straight / "saes" / "t" / "atlas" / "atlas.sqlite")
+    assert not list(atlas_dir.glob(".build-*"))  # the finished build removed its checkpoint
+
+
+def test_cli_reports_missing_sae_as_one_line(tmp_path, capsys):
+    from clipatlas.cli import main
+
+    assert main(["atlas", "-w", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no trained SAE") and "clipatlas train" in err and err.count("\n") == 1
+
+
+def test_newer_atlas_schema_is_refused(tmp_path):
+    make_workspace(tmp_path, n=60, images=False)
+    atlas = build_atlas(tmp_path, "t", config=FAST)
+    conn = sqlite3.connect(atlas.db_path)
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(AtlasError, match="rebuild it with: clipatlas atlas"):
+        Atlas.open(tmp_path, "t")

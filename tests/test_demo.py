@@ -1,0 +1,58 @@
+"""`clipatlas demo`: every stage runs on the real demo images, ends by serving, and re-runs cheaply."""
+import json
+
+import pytest
+
+from clipatlas.cli import main
+from clipatlas.sources import available_demo_sets
+
+pytestmark = pytest.mark.skipif(not available_demo_sets(), reason="no demo images installed")
+
+LIMIT = 80
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, monkeypatch_module):
+    import clipatlas.web.server
+
+    served = []
+    monkeypatch_module.setattr(clipatlas.web.server, "serve", lambda workspace, **kw: served.append((workspace, kw)))
+    workspace = tmp_path_factory.mktemp("demo") / "atlas"
+    assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--port", "8123"]) == 0
+    return workspace, served
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_demo_runs_every_stage_then_serves(demo_run):
+    from clipatlas.atlas import Atlas
+    from clipatlas.store import Store
+
+    workspace, served = demo_run
+    store = Store.open(workspace)
+    assert len(store) == LIMIT and store.encoder == "efficientnet-lite0" and store.complete
+    metrics = json.loads((workspace / "saes" / "demo" / "metrics.json").read_text())
+    assert 0 < metrics["explained_variance"] <= 1 and metrics["l0"] == pytest.approx(16)
+    atlas = Atlas.open(workspace, "demo")
+    assert atlas.summary()["n_alive"] > 0
+    alive = [int(f) for f in atlas.map_points().feature]
+    assert any(atlas.labels(f) for f in alive)  # lens labels from the ImageNet head
+    icons = list((workspace / "saes" / "demo" / "icons").glob("*.png"))
+    assert len(icons) == len(alive)
+    recipe = json.loads((workspace / "recipes" / "example.json").read_text())
+    assert recipe["edits"] and (workspace / "recipes" / "example.png").stat().st_size > 0
+    assert served == [(workspace.resolve(), {"name": "demo", "host": "127.0.0.1", "port": 8123})]
+
+
+def test_demo_again_reuses_finished_work(demo_run, capsys):
+    workspace, _ = demo_run
+    before = (workspace / "saes" / "demo" / "sae.safetensors").read_bytes()
+    assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--no-serve"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
+    assert "clipatlas serve -w" in out
+    assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before

@@ -1,0 +1,211 @@
+"""Training from the command line: every architecture learns, resumption is exact, sweeps share batches."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clipatlas.cli import main
+from clipatlas.errors import UserError
+from clipatlas.sae import ARCHITECTURES, SAE, TrainConfig, make_config, train, train_many
+import clipatlas.sae.training as train_module
+from clipatlas.sae.training import BatchStream, split_rows
+from clipatlas.store import write_store
+
+D, N_FEATURES, N = 32, 96, 1200
+
+
+def _sparse_data(n=N, seed=0) -> np.ndarray:
+    """Inputs built from a few sparse directions of a random dictionary, offset from the origin."""
+    rng = np.random.default_rng(seed)
+    dictionary = rng.normal(size=(N_FEATURES, D))
+    codes = (rng.random((n, N_FEATURES)) < 0.04) * rng.random((n, N_FEATURES)) * 3
+    return (codes @ dictionary + 0.02 * rng.normal(size=(n, D)) + 4.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sae-ws")
+    write_store(root, _sparse_data(), encoder="synthetic-sparse")
+    return root
+
+
+FAST = ["--expansion", "4", "--batch-size", "128", "--lr", "3e-3", "--steps", "150", "--k", "6", "--checkpoint-every", "50"]
+
+
+@pytest.mark.parametrize("arch,extra", [("topk", []), ("batchtopk", []), ("relu", ["--l1", "0.3", "--resample-every", "50"]),
+                                        ("jumprelu", ["--l1", "0.02"])])
+def test_every_architecture_trains_and_evaluates_from_the_cli(workspace, arch, extra, capsys):
+    assert main(["train", "-w", str(workspace), "--name", arch, "--arch", arch, *FAST, *extra]) == 0
+    sae_dir = workspace / "saes" / arch
+    cfg = json.loads((sae_dir / "cfg.json").read_text())
+    assert cfg["schema_version"] == 1 and cfg["arch"] == arch
+    assert cfg["encoder"] == "synthetic-sparse" and cfg["training"]["trained_steps"] == 150
+    metrics = json.loads((sae_dir / "metrics.json").read_text())
+    assert metrics["schema_version"] == 1 and metrics["n_samples"] == 120  # the 10% held out
+    assert metrics["fvu"] < 0.5, metrics  # the mean predictor scores 1.0
+    assert 0 < metrics["l0"] < D * 4
+    log = [json.loads(line) for line in (sae_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(10, 151, 10))
+    assert {"fvu", "l0", "dead_fraction", "samples_per_s"} <= set(log[-1])
+    assert not (sae_dir / "checkpoints" / "checkpoint.pt").exists()
+    sae = SAE.from_pretrained(sae_dir)
+    x = torch.from_numpy(_sparse_data(8, seed=5))
+    assert sae.decode(sae.encode(x)).shape == x.shape
+    assert arch in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("k_aux", [0, 32])
+def test_auxk_revives_latents_that_start_dead(k_aux):
+    """Half the latents start with a bias that keeps them out of the top k: AuxK brings them back."""
+    x = torch.from_numpy(_sparse_data())
+    x = (x - x.mean(0)) * (D / (x - x.mean(0)).pow(2).sum(1).mean()).sqrt()
+    torch.manual_seed(0)
+    sae = ARCHITECTURES["topk"](make_config("topk", d_in=D, d_sae=128, k=4, k_aux=k_aux))
+    with torch.no_grad():
+        sae.b_enc[:64] = -3.0
+    optimizer = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    samples_since_fired = torch.zeros(128)
+    for _ in range(300):
+        parts = sae.training_loss(x[torch.randint(0, len(x), (128,))], samples_since_fired >= 512, 1.0)
+        optimizer.zero_grad()
+        parts.loss.backward()
+        optimizer.step()
+        sae.normalise_decoder()
+        samples_since_fired += 128
+        samples_since_fired[parts.fired] = 0
+    with torch.no_grad():
+        dead_fraction = float(((sae.activate(sae.preactivations(x)) != 0).sum(0) == 0).float().mean())
+    if k_aux:
+        assert dead_fraction < 0.1
+    else:
+        assert dead_fraction > 0.3
+
+
+def test_eval_all_and_plot_pareto(workspace, capsys):
+    main(["train", "-w", str(workspace), "--name", "plotted", *FAST, "--no-eval"])
+    assert main(["eval", "-w", str(workspace), "--plot"]) == 0
+    png = workspace / "saes" / "pareto.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plotted" in capsys.readouterr().out
+
+
+def _cfg(name, **kw):
+    base = dict(name=name, expansion=2, k=4, batch_size=64, steps=24, checkpoint_every=5, log_every=1, warmup_steps=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_killed_run_resumes_to_the_same_weights(workspace, monkeypatch):
+    reference = load_file(train(workspace, _cfg("straight")) / "sae.safetensors")
+
+    real_step = train_module.Run.train_step
+
+    def dying_step(self, x, autocast):
+        if self.step == 13:
+            raise KeyboardInterrupt
+        real_step(self, x, autocast)
+
+    monkeypatch.setattr(train_module.Run, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(workspace, _cfg("resumed"))
+    assert (workspace / "saes" / "resumed" / "checkpoints" / "checkpoint.pt").is_file()
+    monkeypatch.setattr(train_module.Run, "train_step", real_step)
+    resumed = load_file(train(workspace, _cfg("resumed")) / "sae.safetensors")
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0)
+    steps = [json.loads(line)["step"] for line in (workspace / "saes" / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 25))
+
+
+def test_sweep_trains_its_grid_in_one_pass_over_the_data(workspace, tmp_path, monkeypatch):
+    sweep = tmp_path / "grid.toml"
+    sweep.write_text('name = "g"\n[base]\narch = "topk"\nsteps = 20\nbatch_size = 64\nexpansion = 2\n[grid]\nk = [2, 8]\nlr = [0.001]\n')
+    reads = []
+    real_batch = BatchStream.batch
+    monkeypatch.setattr(BatchStream, "batch", lambda self, step: reads.append(step) or real_batch(self, step))
+    assert main(["train", "-w", str(workspace), "--sweep", str(sweep), "--no-eval"]) == 0
+    assert reads == list(range(20))
+    l0 = {}
+    for k in (2, 8):
+        cfg = json.loads((workspace / "saes" / f"g-k{k}-lr0.001" / "cfg.json").read_text())
+        assert cfg["k"] == k and cfg["training"]["lr"] == 0.001
+        l0[k] = json.loads((workspace / "saes" / f"g-k{k}-lr0.001" / "train_log.jsonl").read_text().splitlines()[-1])["l0"]
+    assert l0[2] <= 2 < l0[8] <= 8
+
+
+def test_batches_cover_every_training_row_once_per_epoch():
+    rows = np.arange(0, 100, 2)
+    stream = BatchStream.__new__(BatchStream)
+    stream.rows, stream.batch_size, stream.seed, stream._cache = rows, 7, 3, {}
+    seen = np.concatenate([stream.positions(t) for t in range(50)])  # 350 positions = 7 epochs of 50
+    for epoch in range(7):
+        assert sorted(seen[epoch * 50 : (epoch + 1) * 50]) == list(range(50))
+    train_rows, eval_rows = split_rows(100, 0.1, seed=3)
+    assert len(eval_rows) == 10 and not set(train_rows) & set(eval_rows) and len(train_rows) == 90
+
+
+def test_retraining_a_name_with_other_settings_is_refused(workspace):
+    train(workspace, _cfg("fixed", steps=5))
+    assert train(workspace, _cfg("fixed", steps=5)).name == "fixed"  # same settings: returns at once
+    with pytest.raises(UserError, match="other settings"):
+        train(workspace, _cfg("fixed", steps=6))
+
+
+def test_bad_input_is_reported(tmp_path, capsys):
+    assert main(["train", "-w", str(tmp_path), "--steps", "3"]) == 2
+    assert "clipatlas embed" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--k must be at least 1"):
+        TrainConfig(k=0)
+    with pytest.raises(UserError, match="unknown --arch"):
+        TrainConfig(arch="gated")
+    write_store(tmp_path / "nan", _sparse_data(50))
+    shard = np.load(next((tmp_path / "nan" / "store" / "img_emb").glob("*.npy")), mmap_mode="r+")
+    shard[7, 3] = np.nan  # a store edited or damaged after it was written
+    shard.flush()
+    with pytest.raises(UserError, match="NaN"):
+        train(tmp_path / "nan", _cfg("x"))
+    write_store(tmp_path / "one", _sparse_data(1))
+    with pytest.raises(UserError, match="at least 2"):
+        train(tmp_path / "one", _cfg("x"))
+
+
+def test_sweep_file_errors_name_the_problem(workspace, tmp_path):
+    from clipatlas.sae.sweep import load_sweep
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid]\nwidth = [1, 2]\n")
+    with pytest.raises(UserError, match="unknown setting"):
+        load_sweep(bad)
+    bad.write_text("[grid]\nk = 3\n")
+    with pytest.raises(UserError, match="non-empty lists"):
+        load_sweep(bad)
+    with pytest.raises(UserError, match="names must be unique"):
+        train_many(workspace, [_cfg("dup"), _cfg("dup")])
+
+
+def test_resampling_points_dead_latents_at_badly_reconstructed_inputs(tmp_path):
+    cfg = TrainConfig(arch="relu", expansion=2, steps=10, batch_size=32)
+    sae = ARCHITECTURES["relu"](make_config("relu", d_in=D, d_sae=2 * D))
+    run = train_module.Run(cfg, tmp_path, sae, total_steps=10, dead_window=100, meta={})
+    x = torch.from_numpy(_sparse_data(32))
+    run.train_step(x, autocast=False)  # creates the Adam moments
+    before = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    dead = torch.arange(2 * D) % 3 == 0
+    run.samples_since_fired[dead] = 1000
+    x_hat = x.clone()
+    x_hat[5] += 2.0  # only input 5 is badly reconstructed
+    assert run.resample_dead(x, x_hat) == int(dead.sum())
+    residual = (x - x_hat)[5] / (x - x_hat)[5].norm()
+    torch.testing.assert_close(sae.W_dec[dead], residual.expand(int(dead.sum()), -1))
+    enc = sae.W_enc[:, dead].t()
+    torch.testing.assert_close(enc / enc.norm(dim=1, keepdim=True), residual.expand(int(dead.sum()), -1))
+    assert (sae.b_enc[dead] == 0).all() and (run.samples_since_fired[dead] == 0).all()
+    assert (run.optimizer.state[sae.W_dec]["exp_avg"][dead] == 0).all()
+    assert (run.optimizer.state[sae.W_dec]["exp_avg"][~dead] != 0).any()
+    torch.testing.assert_close(sae.W_dec[~dead], before["W_dec"][~dead])
+    torch.testing.assert_close(sae.W_enc[:, ~dead], before["W_enc"][:, ~dead])
+    with pytest.raises(UserError, match="resample-every"):
+        TrainConfig(resample_every=-1)

@@ -1,0 +1,326 @@
+"""Steering: edit math against brute-force references, recipes, retrieval decoding, the CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clipatlas.errors import UserError
+from clipatlas.sae import ARCHITECTURES, ReLUConfig
+from clipatlas.steer import (
+    Edit, Recipe, SteerContext, apply_edits, nearest_rows, parse_edit, run_recipe, steer_embedding,
+)
+from clipatlas.steer import decoders as decoders_module
+
+D_IN, D_SAE, N_IMAGES = 16, 24, 240
+
+
+def make_sae(seed: int = 0, input_scale: float = 0.5):
+    torch.manual_seed(seed)
+    sae = ARCHITECTURES["relu"](ReLUConfig(d_in=D_IN, d_sae=D_SAE, input_scale=input_scale))
+    with torch.no_grad():
+        sae.b_enc.uniform_(0.0, 0.2)
+        sae.b_dec.normal_(0.0, 0.1)
+    return sae.eval()
+
+
+def ctx_with(latents: dict[str, torch.Tensor] | None = None, max_act: float = 2.0) -> SteerContext:
+    return SteerContext(latents_of=lambda ref: latents[ref], max_activation=lambda f: max_act * (f + 1))
+
+
+@pytest.fixture(scope="module")
+def steer_workspace(tmp_path_factory):
+    """A synthetic store (clusters), a ReLU SAE named 't' and its atlas."""
+    from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.store import write_store
+
+    root = tmp_path_factory.mktemp("steer_ws")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, D_IN)).astype(np.float32) * 3
+    emb = centres[rng.integers(0, 6, N_IMAGES)] + rng.normal(size=(N_IMAGES, D_IN)).astype(np.float32) * 0.3
+    write_store(root, emb, shard_size=100)
+    make_sae().save_pretrained(root / "saes" / "t")
+    build_atlas(root, "t", config=AtlasConfig(top_k=8, map_method="pca", thumbnails=False))
+    return root
+
+
+# -- edits ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, expected", [
+    ("set:12=7.5x", Edit("set", feature=12, value=7.5, relative=True)),
+    ("add:3=-2", Edit("add", feature=3, value=-2.0)),
+    ("scale:5=0.5", Edit("scale", feature=5, value=0.5)),
+    ("ban:42", Edit("ban", feature=42)),
+    ("transfer:img_a", Edit("transfer", image="img_a")),
+    ("transfer:/tmp/a:b.png:1,2", Edit("transfer", image="/tmp/a:b.png", features=(1, 2))),
+    ("difference:a,b=0.5", Edit("difference", image="a", other="b", value=0.5)),
+    ("difference:a,b", Edit("difference", image="a", other="b", value=1.0)),
+])
+def test_parse_edit_and_json_round_trip(spec, expected):
+    edit = parse_edit(spec)
+    assert edit == expected
+    assert Edit.from_dict(json.loads(json.dumps(edit.to_dict()))) == edit
+
+
+@pytest.mark.parametrize("spec", ["set:1", "set:a=2", "ban:", "ban:-1", "zap:1=2", "scale:1=2x", "difference:a=1",
+                                  "set:1=nan", "add:1=inf", "difference:a,b=2x", "set1=2"])
+def test_bad_edit_specs_raise_user_errors(spec):
+    with pytest.raises(UserError):
+        parse_edit(spec)
+
+
+def test_no_edits_returns_the_input_exactly():
+    sae = make_sae()
+    x = np.random.default_rng(1).normal(size=D_IN).astype(np.float32) * 5
+    out = steer_embedding(sae, x, [], ctx_with())
+    assert out.dtype == np.float32 and np.array_equal(out, x)
+
+
+def test_steered_embedding_matches_brute_force_decoder_sum():
+    """dec(z') + x - dec(z) == x + sum_i (z'_i - z_i) W_dec[i] / input_scale, written out per feature."""
+    sae = make_sae(input_scale=0.5)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=D_IN).astype(np.float32)
+    z = sae.encode(torch.from_numpy(x)[None])[0].detach().numpy().astype(np.float64)
+    active = int(np.flatnonzero(z)[0])
+    edits = [parse_edit("set:3=2x"), parse_edit("add:3=1"), parse_edit(f"ban:{active}"), parse_edit("scale:7=3")]
+    out = steer_embedding(sae, x, edits, ctx_with(max_act=2.0))
+
+    z_ref = z.copy()
+    z_ref[3] = 2 * (2.0 * 4) + 1  # max activation of feature 3 is 2.0 * (3 + 1)
+    z_ref[active] = 0.0
+    z_ref[7] *= 3
+    W_dec = sae.W_dec.detach().numpy().astype(np.float64)
+    expected = x.astype(np.float64)
+    for i in range(D_SAE):
+        expected += (z_ref[i] - z[i]) * W_dec[i] / 0.5
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ban_zeroes_the_latent_and_stacking_is_ordered():
+    z = torch.arange(1.0, D_SAE + 1.0)
+    banned = apply_edits(z, [parse_edit("ban:4")], ctx_with())
+    assert banned[4] == 0 and torch.equal(banned[:4], z[:4]) and torch.equal(z, torch.arange(1.0, D_SAE + 1.0))
+    set_then_scale = apply_edits(z, [parse_edit("set:2=10"), parse_edit("scale:2=0.5")], ctx_with())
+    scale_then_set = apply_edits(z, [parse_edit("scale:2=0.5"), parse_edit("set:2=10")], ctx_with())
+    assert set_then_scale[2] == 5 and scale_then_set[2] == 10
+
+
+def test_transfer_and_difference_use_the_other_images_latents():
+    z = torch.zeros(D_SAE)
+    za, zb = torch.rand(D_SAE), torch.rand(D_SAE)
+    ctx = ctx_with({"a": za, "b": zb})
+    assert torch.equal(apply_edits(z, [Edit("transfer", image="a")], ctx), za)
+    partial = apply_edits(z, [Edit("transfer", image="a", features=(1, 5))], ctx)
+    assert partial[1] == za[1] and partial[5] == za[5] and partial.count_nonzero() <= 2
+    diff = apply_edits(z + 1, [Edit("difference", image="a", other="b", value=2.0)], ctx)
+    torch.testing.assert_close(diff, 1 + 2 * (za - zb))
+
+
+def test_bad_inputs_are_refused():
+    sae = make_sae()
+    with pytest.raises(UserError, match="NaN"):
+        steer_embedding(sae, np.full(D_IN, np.nan, np.float32), [parse_edit("ban:1")], ctx_with())
+    with pytest.raises(UserError, match="size 16"):
+        steer_embedding(sae, np.zeros(D_IN + 1, np.float32), [parse_edit("ban:1")], ctx_with())
+    with pytest.raises(UserError, match="features 0..23"):
+        steer_embedding(sae, np.ones(D_IN, np.float32), [parse_edit("ban:24")], ctx_with())
+
+
+# -- recipes -------------------------------------------------------------------------------------
+def test_recipe_round_trip_and_stable_hash(tmp_path):
+    recipe = Recipe.from_dict({"image": "00000001", "edits": ["set:1=7.5x", {"op": "ban", "feature": 2}],
+                               "decoder": "retrieval", "settings": {"k": 4}, "seed": 3})
+    same = Recipe.from_dict(json.loads(json.dumps(dict(reversed(list(recipe.to_dict().items()))))))
+    assert same == recipe and same.hash == recipe.hash and len(recipe.hash) == 64
+    assert Recipe.from_dict({**recipe.to_dict(), "seed": 4}).hash != recipe.hash
+    built = Recipe("00000001", [parse_edit("set:1=7.5x"), parse_edit("ban:2")], settings={"k": 4}, seed=3)
+    assert built == recipe and built.hash == recipe.hash
+    recipe.save(tmp_path / "r.json")
+    assert Recipe.load(tmp_path / "r.json") == recipe
+    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"edits": []}, "image"),
+    ({"image": "a", "edits": "ban:1"}, "list"),
+    ({"image": "a", "seed": -1}, "seed"),
+    ({"image": "a", "colour": 1}, "unknown fields"),
+    ({"image": "a", "edits": [{"op": "set", "feature": 1.5, "value": 1}]}, "integers"),
+    ({"image": "a", "schema_version": 99}, "newer"),
+])
+def test_bad_recipes_say_what_is_wrong(bad, message):
+    with pytest.raises(UserError, match=message):
+        Recipe.from_dict(bad)
+
+
+# -- retrieval ------------------------------------------------------------------------------------
+def test_streaming_search_matches_brute_force(steer_workspace, monkeypatch):
+    from clipatlas.store import Store
+
+    store = Store.open(steer_workspace)
+    monkeypatch.setattr(decoders_module, "_SEARCH_BATCH_ROWS", 37)  # many partial batches
+    queries = np.random.default_rng(3).normal(size=(3, D_IN)).astype(np.float32)
+    rows, scores = nearest_rows(store, queries, 10)
+    all_rows = store.to_array()
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (all_rows / np.linalg.norm(all_rows, axis=1, keepdims=True)).T
+    np.testing.assert_array_equal(rows, np.argsort(-cos, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.sort(cos, axis=1)[:, ::-1][:, :10], rtol=1e-5)
+    with pytest.raises(UserError, match="dims"):
+        nearest_rows(store, np.zeros((1, D_IN + 2), np.float32), 3)
+
+
+def test_run_recipe_retrieval_is_replayable_and_ranks_the_edit(steer_workspace):
+    from clipatlas.atlas import Atlas
+
+    atlas = Atlas.open(steer_workspace, "t")
+    feature = max(range(D_SAE), key=lambda f: atlas.feature(f).max_activation)
+    recipe = Recipe(image="00000005", edits=(parse_edit(f"set:{feature}=50x"),), settings=(("k", 6),))
+    first, again = run_recipe(steer_workspace, recipe), run_recipe(steer_workspace, Recipe.from_dict(recipe.to_dict()))
+    assert first.after_png == again.after_png and first.before_png == again.before_png
+    assert first.before_ranking[0].image_id == "00000005" and first.before_ranking[0].score == pytest.approx(1.0, abs=1e-5)
+    # A strong feature dominates the edited embedding: the nearest images are those that express it most.
+    top_ids = {example.image_id for example in atlas.top_images(feature)}
+    assert first.after_ranking[0].image_id in top_ids
+    assert len(first.after_ranking) == 6 and first.after_png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(UserError, match="neither a store image id"):
+        run_recipe(steer_workspace, Recipe(image="no-such-image"))
+    with pytest.raises(UserError, match="unknown decoder"):
+        run_recipe(steer_workspace, Recipe(image="00000005", decoder="dalle"))
+    with pytest.raises(UserError, match="no settings"):
+        run_recipe(steer_workspace, Recipe(image="00000005", settings=(("steps", 3),)))
+
+
+def test_cli_steer_writes_png_and_recipe_that_replays(steer_workspace, tmp_path, capsys):
+    from clipatlas.cli import main
+
+    out, recipe_path = tmp_path / "out.png", tmp_path / "r.json"
+    assert main(["steer", "00000007", "-w", str(steer_workspace), "--edit", "set:2=3x", "--edit", "ban:1",
+                 "--transfer-from", "00000100", "-o", str(out), "--recipe-out", str(recipe_path)]) == 0
+    saved = json.loads(recipe_path.read_text())
+    assert [e["op"] for e in saved["edits"]] == ["set", "ban", "transfer"] and saved["hash"] == Recipe.load(recipe_path).hash
+    replay = tmp_path / "replay.png"
+    assert main(["steer", "--recipe", str(recipe_path), "-w", str(steer_workspace), "-o", str(replay)]) == 0
+    assert replay.read_bytes() == out.read_bytes()
+    assert main(["steer", "00000007", "-w", str(steer_workspace), "--edit", "set:999=1", "-o", str(out)]) == 2
+    assert "features 0..23" in capsys.readouterr().err
+
+
+# -- icons and the causal check ----------------------------------------------------------------------
+def test_icon_embeddings_equal_one_set_edit_each():
+    from clipatlas.steer.icons import icon_embeddings
+
+    sae = make_sae()
+    x = np.random.default_rng(4).normal(size=D_IN).astype(np.float32)
+    batch = icon_embeddings(sae, x, [0, 5, 9], np.array([1.0, 2.0, 3.0]))
+    for row, (feature, value) in zip(batch, [(0, 1.0), (5, 2.0), (9, 3.0)]):
+        np.testing.assert_allclose(row, steer_embedding(sae, x, [Edit("set", feature=feature, value=value)], ctx_with()), atol=1e-5)
+
+
+def test_causal_check_ranks_against_brute_force():
+    from clipatlas.steer.causal import causal_check
+
+    sae = make_sae()
+    rng = np.random.default_rng(5)
+    before, after = rng.normal(size=(2, D_IN)).astype(np.float32)
+    z = sae.encode(torch.from_numpy(np.stack([before, after]))).detach().numpy()
+    firing, silent = int(np.flatnonzero(z[1])[0]), int(np.flatnonzero(z[1] == 0)[0])
+    check = causal_check(sae, before, after, firing)
+    assert check.before_activation == pytest.approx(z[0, firing]) and check.after_activation == pytest.approx(z[1, firing])
+    assert check.after_rank == sorted(z[1], reverse=True).index(z[1, firing])
+    assert causal_check(sae, before, after, silent).after_rank == D_SAE  # not firing: last, not tied with the zeros
+
+
+def test_icons_are_written_recorded_resumed_and_verified(steer_workspace):
+    from clipatlas.atlas import Atlas
+    from clipatlas.steer.icons import IconConfig, make_icons, verify_icons
+
+    config = IconConfig(features="0,1,2,3", template="00000003", batch_size=3)
+    assert make_icons(steer_workspace, "t", config) == [0, 1, 2, 3]
+    icons_dir = steer_workspace / "saes" / "t" / "icons"
+    atlas = Atlas.open(steer_workspace, "t")
+    assert atlas.icon_path(2) == icons_dir / "2.png" and (icons_dir / "2.png").read_bytes()[:4] == b"\x89PNG"
+    assert make_icons(steer_workspace, "t", config) == []  # resumed: nothing left to do
+    (icons_dir / "1.png").unlink()
+    assert make_icons(steer_workspace, "t", config) == [1]
+    stronger = IconConfig(features="0,1,2,3", template="00000003", strength=30.0)
+    assert make_icons(steer_workspace, "t", stronger) == [0, 1, 2, 3]  # other settings: icons redone
+    report = verify_icons(steer_workspace, "t", stronger)
+    ranks = [c["after_rank"] for c in report["checks"]]
+    assert report["n_icons"] == 4 and report["top1_share"] == sum(r == 0 for r in ranks) / 4
+    assert json.loads((icons_dir / "verify.json").read_text())["schema_version"] == 1
+    with pytest.raises(UserError, match="features 0..23"):
+        make_icons(steer_workspace, "t", IconConfig(features="0,99", template="00000003"))
+
+
+def test_cli_icons_verify_reports_the_share(steer_workspace, capsys):
+    from clipatlas.cli import main
+
+    assert main(["icons", "-w", str(steer_workspace), "--name", "t", "--features", "4,5", "--template", "00000003",
+                 "--verify"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((steer_workspace / "saes" / "t" / "icons" / "verify.json").read_text())
+    assert "made 2 icons" in out and f"{report['top1_share']:.1%} activate their own feature most" in out
+    assert main(["icons", "-w", str(steer_workspace), "--name", "t", "--features", "x,y"]) == 2
+
+
+def test_demo_steering_writes_icons_and_a_replayable_recipe(steer_workspace, tmp_path):
+    import shutil
+
+    from clipatlas.cli import main
+    from clipatlas.steer.demo import write_demo_steering
+
+    workspace = shutil.copytree(steer_workspace, tmp_path / "ws")
+    recipe_path = write_demo_steering(workspace, "t", template="00000003")
+    recipe = Recipe.load(recipe_path)
+    assert recipe.edits[0].op == "set" and recipe.edits[0].relative and recipe.sae == "t"
+    alive = len(list((workspace / "saes" / "t" / "icons").glob("*.png")))
+    from clipatlas.atlas import Atlas
+
+    assert alive == len(Atlas.open(workspace, "t").map_points().feature) > 0
+    replay = tmp_path / "replay.png"
+    assert main(["steer", "--recipe", str(recipe_path), "-w", str(workspace), "-o", str(replay)]) == 0
+    assert replay.read_bytes() == (workspace / "recipes" / "example.png").read_bytes()
+
+
+def test_cli_steer_verify_reports_the_retrieved_images_activation(steer_workspace, tmp_path, capsys):
+    from clipatlas.atlas import Atlas
+    from clipatlas.cli import main
+    from clipatlas.store import Store
+
+    atlas = Atlas.open(steer_workspace, "t")
+    feature = max(range(D_SAE), key=lambda f: atlas.feature(f).max_activation)
+    assert main(["steer", "00000009", "-w", str(steer_workspace), "--name", "t", "--edit", f"set:{feature}=50x",
+                 "--verify", "-o", str(tmp_path / "o.png")]) == 0
+    out = capsys.readouterr().out
+    top_id = out.splitlines()[1].split("\t")[0].strip()  # the first ranked image
+    store = Store.open(steer_workspace)
+    z = atlas.sae.encode(torch.from_numpy(store.rows([store.row_of("00000009"), store.row_of(top_id)]))).detach()
+    rank = int((z[1] > z[1, feature]).sum()) if z[1, feature] > 0 else D_SAE
+    assert f"feature {feature}: activation {z[0, feature]:.3g} -> {z[1, feature]:.3g}, rank " in out
+    assert out.rstrip().endswith(f"-> {rank}")
+
+
+def test_kandinsky_refuses_a_non_clip_store(tmp_path):
+    from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.steer import steerer_for
+    from clipatlas.store import write_store
+
+    rng = np.random.default_rng(6)
+    write_store(tmp_path, rng.normal(size=(30, D_IN)).astype(np.float32), encoder="efficientnet-lite0")
+    make_sae().save_pretrained(tmp_path / "saes" / "t")
+    with pytest.MonkeyPatch.context() as patch:  # no lens labels: they would load the real encoder
+        patch.setattr("clipatlas.atlas.lens.encoder_lens_labels", lambda *args: [])
+        build_atlas(tmp_path, "t", config=AtlasConfig(top_k=4, map_method="pca", thumbnails=False))
+    with pytest.raises(UserError, match="--decoder retrieval"):
+        steerer_for(tmp_path, "t").run(Recipe(image="00000001", decoder="kandinsky"))
+
+
+def test_cli_settings_parse_numbers_and_refuse_the_rest():
+    from clipatlas.cli.steer import parse_settings
+
+    assert parse_settings(["steps=12", "guidance=4.5", "k=1e1"]) == (("guidance", 4.5), ("k", 10.0), ("steps", 12))
+    for bad in (["steps"], ["steps=many"], ["=3x"]):
+        with pytest.raises(UserError, match="KEY=NUMBER"):
+            parse_settings(bad)

@@ -1,0 +1,277 @@
+"""The Kandinsky 2.2 decoder path on tiny random pipelines of the production classes, saved and
+reloaded through the production loader."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipatlas.errors import UserError
+from clipatlas.steer import KandinskyDecoder, load_kandinsky_pipeline, zero_image_embedding
+
+EMB = 32  # the tiny CLIP's projection size, standing in for ViT-bigG's 1280
+SIZE = 64
+
+
+def tiny_decoder_pipeline(path):
+    """Tiny UNet (image_proj conditioning) + tiny MoVQ + the real decoder's DDPM scheduler settings."""
+    from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image", encoder_hid_dim=EMB,
+        encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
+        resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
+    )
+    movq = VQModel(
+        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+        up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], in_channels=3, out_channels=3,
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
+        num_vq_embeddings=12, vq_embed_dim=4,
+    )
+    # kandinsky-community/kandinsky-2-2-decoder scheduler/scheduler_config.json
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        steps_offset=1, prediction_type="epsilon", thresholding=False,
+        timestep_spacing="leading", variance_type="fixed_small",
+    )
+    KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(path)
+    return path
+
+
+class TinyClipEncoder:
+    """The ImageEncoder protocol over a tiny random transformers CLIPVisionModelWithProjection."""
+
+    def __init__(self, path):
+        from transformers import CLIPVisionModelWithProjection
+
+        self.model = CLIPVisionModelWithProjection.from_pretrained(path).eval()
+        self.size = self.model.config.image_size
+        self.dim = self.model.config.projection_dim
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float32) / 127.5 - 1
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(pixel_values=batch).image_embeds.float()
+
+    def encode_images(self, images) -> np.ndarray:
+        return self.encode_tensors(torch.stack([self.preprocess(i) for i in images])).numpy()
+
+
+@pytest.fixture(scope="module")
+def decoder_path(tmp_path_factory):
+    return tiny_decoder_pipeline(tmp_path_factory.mktemp("k22") / "decoder")
+
+
+@pytest.fixture(scope="module")
+def clip_encoder(tmp_path_factory):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(1)
+    config = CLIPVisionConfig(hidden_size=32, projection_dim=EMB, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=37, image_size=32, patch_size=8)
+    path = tmp_path_factory.mktemp("clip") / "vision"
+    CLIPVisionModelWithProjection(config).save_pretrained(path)
+    return TinyClipEncoder(path)
+
+
+def test_negative_embedding_is_the_prior_zero_image_embedding(clip_encoder):
+    """Kandinsky's prior feeds torch.zeros(1, 3, size, size) to its image encoder."""
+    zero = clip_encoder.model(pixel_values=torch.zeros(1, 3, clip_encoder.size, clip_encoder.size)).image_embeds[0]
+    negative = zero_image_embedding(clip_encoder)
+    np.testing.assert_allclose(negative, zero.detach().numpy(), rtol=1e-6, atol=1e-6)
+    black = clip_encoder.encode_images([Image.new("RGB", (32, 32))])[0]
+    assert not np.allclose(negative, black)  # a black picture is not the zero tensor after normalisation
+
+
+def test_decoder_matches_the_pipeline_and_is_seeded(decoder_path, clip_encoder):
+    negative = zero_image_embedding(clip_encoder)
+    decoder = KandinskyDecoder(str(decoder_path), negative)
+    embeddings = np.random.default_rng(0).normal(size=(2, EMB)).astype(np.float32)
+    settings = {"steps": 2, "height": SIZE, "width": SIZE}
+    first = decoder.decode(embeddings, seed=7, settings=settings).images
+    assert [im.size for im in first] == [(SIZE, SIZE)] * 2
+    again = decoder.decode(embeddings[:1], seed=7, settings=settings).images[0]
+    # Same seed, same starting noise whether alone or batched (only matmul rounding differs).
+    assert np.abs(np.asarray(first[0], np.int16) - np.asarray(again, np.int16)).max() <= 2
+    assert np.array_equal(np.asarray(decoder.decode(embeddings[:1], seed=7, settings=settings).images[0]), np.asarray(again))
+    assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
+
+    pipe = load_kandinsky_pipeline(str(decoder_path))
+    reference = pipe(image_embeds=torch.from_numpy(embeddings[1:]), negative_image_embeds=torch.from_numpy(negative[None]),
+                     num_inference_steps=2, guidance_scale=4.0, height=SIZE, width=SIZE,
+                     generator=torch.Generator().manual_seed(7)).images[0]
+    assert np.array_equal(np.asarray(reference), np.asarray(again_second := decoder.decode(embeddings[1:], seed=7, settings=settings).images[0]))
+    assert np.abs(np.asarray(again_second, np.int16) - np.asarray(first[1], np.int16)).max() <= 2
+
+
+def test_img2img_starts_from_the_input_and_needs_it(decoder_path, clip_encoder):
+    decoder = KandinskyDecoder(str(decoder_path), zero_image_embedding(clip_encoder), img2img=True)
+    embedding = np.ones((1, EMB), np.float32)
+    init = Image.new("RGB", (SIZE, SIZE), (255, 0, 0))
+    settings = {"steps": 4, "height": SIZE, "width": SIZE, "strength": 0.25}
+    out = decoder.decode(embedding, seed=1, settings=settings, init_images=[init]).images[0]
+    blue = decoder.decode(embedding, seed=1, settings=settings, init_images=[Image.new("RGB", (SIZE, SIZE), (0, 0, 255))]).images[0]
+    assert out.size == (SIZE, SIZE) and not np.array_equal(np.asarray(out), np.asarray(blue))
+    with pytest.raises(UserError, match="needs the input image"):
+        decoder.decode(embedding, seed=1, settings=settings)
+    with pytest.raises(UserError, match="strength is in"):
+        decoder.decode(embedding, seed=1, settings={**settings, "strength": 1.5}, init_images=[init])
+
+
+def test_wrong_sizes_and_missing_weights_are_user_errors(decoder_path, tmp_path):
+    with pytest.raises(UserError, match="takes 32-dim"):
+        KandinskyDecoder(str(decoder_path), np.zeros(EMB + 1, np.float32))
+    with pytest.raises(UserError, match="retrieval"):
+        KandinskyDecoder(str(tmp_path / "missing"), np.zeros(EMB, np.float32))
+    decoder = KandinskyDecoder(str(decoder_path), np.zeros(EMB, np.float32))
+    with pytest.raises(UserError, match="positive number"):
+        decoder.decode(np.zeros((1, EMB), np.float32), settings={"steps": 0})
+
+
+# -- through the workspace: recipes and text-to-image rules --------------------------------------------
+@pytest.fixture(scope="module")
+def clip_workspace(tmp_path_factory, clip_encoder):
+    """A 32-d store of tiny-CLIP embeddings of random images, a ReLU SAE 'k' and its atlas."""
+    from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.sae import ARCHITECTURES, ReLUConfig
+    from clipatlas.steer import steerer_for
+    from clipatlas.store import write_store
+
+    root = tmp_path_factory.mktemp("clip_ws")
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(40)]
+    write_store(root, clip_encoder.encode_images(images))  # "synthetic": the atlas skips encoder lens labels
+    torch.manual_seed(0)
+    sae = ARCHITECTURES["relu"](ReLUConfig(d_in=EMB, d_sae=48))
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)
+    sae.save_pretrained(root / "saes" / "k")
+    build_atlas(root, "k", config=AtlasConfig(top_k=4, map_method="pca", thumbnails=False))
+    steerer_for(root, "k")._encoder = clip_encoder  # the encoders stage would load it by its id
+    return root
+
+
+def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path, clip_encoder, tmp_path):
+    from clipatlas.steer import Recipe, run_recipe
+
+    image = tmp_path / "input.png"
+    Image.new("RGB", (32, 32), (30, 160, 90)).save(image)
+    recipe = Recipe.from_dict({"image": str(image), "edits": ["set:3=7.5x", "ban:5"], "decoder": f"kandinsky:{decoder_path}",
+                               "settings": {"steps": 2, "height": SIZE, "width": SIZE}, "seed": 3})
+    first = run_recipe(clip_workspace, recipe, name="k")
+    again = run_recipe(clip_workspace, Recipe.from_dict(recipe.to_dict()), name="k")
+    assert first.after_png == again.after_png and first.before_png == again.before_png
+    assert first.before_png != first.after_png and first.decoder == f"kandinsky:{decoder_path}"
+    np.testing.assert_allclose(first.before, clip_encoder.encode_images([Image.open(image)])[0], atol=1e-6)
+    assert first.before_ranking is None
+
+
+def _tiny_tokenizer(path):
+    """A CLIP BPE tokenizer over a handful of words (vocab.json + merges.txt written here)."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    path.mkdir(parents=True, exist_ok=True)
+    words = ["a</w>", "cat</w>", "dog</w>", "photo</w>", "of</w>", "red</w>"]
+    letters = sorted(set("acdefghoprt")) + [c + "</w>" for c in sorted(set("acdefghoprt"))]
+    merges = ["c a", "ca t</w>", "d o", "do g</w>", "p h", "ph o", "pho t", "phot o</w>", "o f</w>", "r e", "re d</w>"]
+    tokens = dict.fromkeys(["<|startoftext|>", "<|endoftext|>"] + letters + [m.replace(" ", "") for m in merges] + words)
+    vocab = {token: i for i, token in enumerate(tokens)}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+
+
+@pytest.fixture(scope="module")
+def prior_path(tmp_path_factory):
+    """Tiny KandinskyV22PriorPipeline: PriorTransformer, CLIP text + vision towers, UnCLIP scheduler."""
+    from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    root = tmp_path_factory.mktemp("prior")
+    tokenizer = _tiny_tokenizer(root / "tok")
+    torch.manual_seed(0)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=EMB, num_layers=1)
+    with torch.no_grad():  # the real prior's clip statistics are learned; ones keep the tiny one well scaled
+        prior.clip_std.fill_(1.0)
+    text = CLIPTextModelWithProjection(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, projection_dim=EMB, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer)))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=32, projection_dim=EMB, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=32, patch_size=8))
+    scheduler = UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
+                                clip_sample=True, clip_sample_range=10.0)
+    processor = CLIPImageProcessor(crop_size=32, size=32)
+    KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text, tokenizer=tokenizer,
+                              scheduler=scheduler, image_processor=processor).save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+def test_generate_bans_a_feature_of_the_prompt_embedding(clip_workspace, decoder_path, prior_path):
+    from clipatlas.steer import Edit, steer_embedding, steerer_for
+    from clipatlas.steer.generate import generate, load_prior_pipeline, prompt_embedding
+
+    settings = {"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2}
+    prior = load_prior_pipeline(str(prior_path))
+    x, negative = prompt_embedding(prior, "a photo of a cat", seed=5, steps=2, guidance=4.0)
+    zero = prior.image_encoder(torch.zeros(1, 3, 32, 32)).image_embeds[0].detach().numpy()
+    np.testing.assert_allclose(negative, zero, atol=1e-5)  # the prior's negative is the zero-image embedding
+    steerer = steerer_for(clip_workspace, "k")
+    z = steerer.sae.encode(torch.from_numpy(x)[None])[0]
+    strongest = int(z.argmax())
+    assert z[strongest] > 0
+    edits = [Edit("ban", feature=strongest)]
+    result = generate(clip_workspace, "a photo of a cat", edits, "k", decoder=f"kandinsky:{decoder_path}",
+                      prior=str(prior_path), seed=5, settings=dict(settings))
+    np.testing.assert_array_equal(result.before, x)
+    np.testing.assert_allclose(result.after, steer_embedding(steerer.sae, x, edits, steerer.context()), atol=1e-6)
+    assert result.before_png != result.after_png
+    again = generate(clip_workspace, "a photo of a cat", edits, "k", decoder=f"kandinsky:{decoder_path}",
+                     prior=str(prior_path), seed=5, settings=dict(settings))
+    assert again.after_png == result.after_png
+    with pytest.raises(UserError, match="Kandinsky decoder"):
+        generate(clip_workspace, "a cat", edits, "k", decoder="retrieval", prior=str(prior_path))
+    with pytest.raises(UserError, match="non-empty prompt"):
+        generate(clip_workspace, "  ", edits, "k", decoder=f"kandinsky:{decoder_path}", prior=str(prior_path), settings=dict(settings))
+
+
+def test_cli_generate_writes_the_ruled_image(clip_workspace, decoder_path, prior_path, tmp_path):
+    from clipatlas.cli import main
+    from clipatlas.steer import parse_edit
+    from clipatlas.steer.generate import generate
+
+    out, before = tmp_path / "out.png", tmp_path / "before.png"
+    assert main(["generate", "a red dog", "-w", str(clip_workspace), "--name", "k", "--edit", "ban:3",
+                 "--decoder", f"kandinsky:{decoder_path}", "--prior", str(prior_path), "--set", "steps=2",
+                 "--set", f"height={SIZE}", "--set", f"width={SIZE}", "--set", "prior_steps=2", "--seed", "2",
+                 "-o", str(out), "--before", str(before)]) == 0
+    expected = generate(clip_workspace, "a red dog", [parse_edit("ban:3")], "k", decoder=f"kandinsky:{decoder_path}",
+                        prior=str(prior_path), seed=2, settings={"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2})
+    assert out.read_bytes() == expected.after_png and before.read_bytes() == expected.before_png
+
+
+def test_verify_re_embeds_the_generated_image(clip_workspace, decoder_path, clip_encoder):
+    import io
+
+    from clipatlas.steer import Recipe, steerer_for
+
+    steerer = steerer_for(clip_workspace, "k")
+    recipe = Recipe.from_dict({"image": "00000002", "edits": ["set:7=7.5x"], "decoder": f"kandinsky:{decoder_path}",
+                               "settings": {"steps": 2, "height": SIZE, "width": SIZE}})
+    result = steerer.run(recipe)
+    (check,) = steerer.verify(recipe, result)
+    produced = clip_encoder.encode_images([Image.open(io.BytesIO(result.after_png)).convert("RGB")])
+    z = steerer.sae.encode(torch.from_numpy(produced))[0].detach()
+    assert check.feature == 7 and check.after_activation == pytest.approx(float(z[7]), rel=1e-5, abs=1e-6)
+    assert check.after_rank == (int((z > z[7]).sum()) if z[7] > 0 else z.shape[0])

@@ -1,0 +1,417 @@
+"""The web app's routes against a synthetic atlas: data shown equals the Atlas API's, and every
+security rule (token, loopback, origin, upload caps, ids not paths, escaping) holds."""
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from clipatlas.atlas import Atlas
+from clipatlas.errors import UserError
+from clipatlas.web.app import WebConfig, create_app
+from clipatlas.web.security import UploadLimits
+from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+
+LOOPBACK = ("127.0.0.1", 50000)
+HTML = {"accept": "text/html"}
+EVIL_LABEL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = write_synthetic_atlas(tmp_path_factory.mktemp("web-atlas"), SyntheticAtlasConfig(n_features=300, n_images=120))
+    atlas = Atlas.open(ws)
+    evil_feature = int(atlas.map_points().feature[0])
+    atlas.add_label(evil_feature, "llm", EVIL_LABEL, {"detection": 0.5})
+    return ws
+
+
+@pytest.fixture(scope="module")
+def atlas(workspace):
+    return Atlas.open(workspace)
+
+
+@pytest.fixture(scope="module")
+def client(workspace):
+    with TestClient(create_app(workspace.root), client=LOOPBACK) as test_client:
+        yield test_client
+
+
+def alive_feature(atlas, index=1):
+    return int(atlas.map_points().feature[index])
+
+
+def png_upload(size=(32, 32), colour=(200, 30, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return {"file": ("x.png", buffer.getvalue(), "image/png")}
+
+
+# ---- pages and JSON show the atlas's data -------------------------------------------------------
+def test_index_shows_summary_and_search(client, atlas):
+    page = client.get("/", headers=HTML)
+    assert page.status_code == 200
+    summary = atlas.summary()
+    assert f"<td>{summary['n_alive']}</td>" in page.text and 'action="/search"' in page.text
+    assert client.get("/api/summary").json()["n_features"] == summary["n_features"]
+
+
+def test_feature_json_equals_atlas(client, atlas):
+    fid = alive_feature(atlas)
+    body = client.get(f"/api/features/{fid}").json()
+    info = atlas.feature(fid)
+    assert body["max_activation"] == pytest.approx(info.max_activation)
+    assert [e["image_id"] for e in body["top_images"]] == [e.image_id for e in atlas.top_images(fid)]
+    assert [e["activation"] for e in body["top_images"]] == sorted((e["activation"] for e in body["top_images"]), reverse=True)
+    assert [n["feature"] for n in body["coactivating"]] == [n.feature for n in atlas.coactivating(fid)]
+    assert [n["feature"] for n in body["similar_decoder"]] == [n.feature for n in atlas.similar(fid, by="decoder")]
+    assert [n["feature"] for n in body["similar_encoder"]] == [n.feature for n in atlas.similar(fid, by="encoder")]
+    assert all(n["label"] == atlas.feature(n["feature"]).label for n in body["coactivating"])
+    assert sum(bar["count"] for bar in body["histogram_bars"]) == sum(info.hist_counts)
+    assert "icon" not in body  # server paths never leave the server
+
+
+def test_feature_page_lists_examples_and_links(client, atlas):
+    fid = alive_feature(atlas)
+    page = client.get(f"/features/{fid}", headers=HTML).text
+    for example in atlas.top_images(fid) + atlas.quantile_samples(fid):
+        assert f'src="/thumbs/{example.image_id}"' in page
+    for neighbour in atlas.coactivating(fid):
+        assert f'href="/features/{neighbour.feature}"' in page
+    assert f'href="/playground?feature={fid}"' in page
+    assert page.count("<rect ") == len(atlas.feature(fid).hist_counts)
+
+
+@pytest.mark.parametrize("url", ["/features/100000", "/features/-1", "/api/features/300"])
+def test_unknown_feature_is_404_with_help(client, url):
+    response = client.get(url, headers=HTML)
+    assert response.status_code == 404
+    assert "features 0..299" in response.text
+
+
+def test_non_integer_feature_is_422(client):
+    assert client.get("/api/features/abc").status_code == 422
+
+
+def test_map_has_every_alive_feature(client, atlas):
+    body = client.get("/api/map").json()
+    points = atlas.map_points()
+    assert body["feature"] == points.feature.tolist()
+    np.testing.assert_allclose(body["x"], points.x, atol=1e-4)
+    assert body["label"] == points.label
+    assert client.get("/map", headers=HTML).status_code == 200
+
+
+def test_map_served_gzipped_or_plain(client):
+    zipped = client.get("/api/map", headers={"accept-encoding": "gzip"})
+    plain = client.get("/api/map", headers={"accept-encoding": "identity"})
+    assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+    assert zipped.json() == plain.json()
+
+
+def test_api_index_lists_json_routes(client):
+    page = client.get("/api", headers=HTML).text
+    for path in ("/api/features/{feature_id}", "/api/map", "/api/search", "/api/generate", "/api/jobs/{job_id}"):
+        assert f"<code>{path}</code>" in page
+    assert "/api/features/{feature_id}" in client.get("/api/openapi.json").json()["paths"]
+
+
+def test_image_page_bars_follow_atlas(client, atlas):
+    image_id = atlas.top_images(alive_feature(atlas))[0].image_id
+    body = client.get(f"/api/images/{image_id}").json()
+    expected = sorted(atlas.features_of_image(image_id), key=lambda a: -a.activation)
+    assert [f["feature"] for f in body["features"]] == [a.feature for a in expected]
+    assert body["features"][0]["width"] == 100.0
+    page = client.get(f"/images/{image_id}", headers=HTML).text
+    assert page.index(f'href="/features/{expected[0].feature}"') < page.index(f'href="/features/{expected[-1].feature}"')
+
+
+def test_unknown_image_is_404(client):
+    assert client.get("/api/images/img999999").status_code == 404
+    assert client.get("/images/no-such-image", headers=HTML).status_code == 404
+
+
+def test_search_by_label_and_by_id(client, atlas):
+    body = client.get("/api/search", params={"q": "cat"}).json()
+    assert body["results"] and all("cat" in r["label"].lower() for r in body["results"])
+    assert {r["feature"] for r in body["results"]} == {label.feature for label in atlas.search_labels("cat")}
+    assert client.get("/api/search", params={"q": "#12"}).json()["exact_feature"] == 12
+    redirect = client.get("/search", params={"q": "12"}, follow_redirects=False)
+    assert redirect.status_code == 303 and redirect.headers["location"] == "/features/12"
+    assert "No feature label matches" in client.get("/search", params={"q": "zzzz"}, headers=HTML).text
+
+
+def test_playground_page_offers_store_images(client, atlas):
+    page = client.get("/playground", headers=HTML).text
+    samples = client.get("/api/samples").json()["images"]
+    assert samples and all(f'data-image="{image_id}"' in page for image_id in samples)
+    assert 'data-decoder="retrieval"' in page
+
+
+# ---- labels are escaped everywhere --------------------------------------------------------------
+def test_labels_are_escaped(client, atlas):
+    evil = int(atlas.map_points().feature[0])
+    pages = [client.get(f"/features/{evil}", headers=HTML).text,
+             client.get("/search", params={"q": "script"}, headers=HTML).text]
+    for page in pages:
+        assert "<script>alert" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert client.get("/api/map").json()["label"][0] == EVIL_LABEL  # JSON carries it as data
+
+
+# ---- files are served by id only ----------------------------------------------------------------
+def test_thumbnail_by_id(client, workspace, atlas):
+    image_id = atlas.top_images(alive_feature(atlas))[0].image_id
+    response = client.get(f"/thumbs/{image_id}")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    assert response.content == atlas.thumbnail_path(image_id).read_bytes()
+
+
+@pytest.mark.parametrize("attempt", ["..%2F..%2Fcfg.json", "%2Fetc%2Fpasswd", "img000001%00", "thumbs%2Fimg000001.webp",
+                                     "%2E%2E", "no-such-image"])
+def test_thumbnail_paths_are_refused(client, attempt):
+    assert client.get(f"/thumbs/{attempt}").status_code == 404
+
+
+def test_icons_by_feature_id(client, atlas, tmp_path):
+    fid = alive_feature(atlas, 2)
+    assert client.get(f"/icons/{fid}").status_code == 404
+    icon = tmp_path / "icon.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(icon)
+    atlas.set_icon(fid, icon)
+    response = client.get(f"/icons/{fid}")
+    assert response.status_code == 200 and response.content == icon.read_bytes()
+    assert client.get("/icons/99999").status_code == 404
+
+
+def test_unknown_upload_and_job_ids_are_404(client):
+    assert client.get("/uploads/../../etc/passwd").status_code == 404
+    assert client.get("/uploads/" + "0" * 32).status_code == 404
+    assert client.get("/api/uploads/" + "0" * 32).status_code == 404
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.get("/api/jobs/nope/images/0.png").status_code == 404
+
+
+# ---- who may compute or upload ------------------------------------------------------------------
+COMPUTE = [("post", "/api/uploads"), ("post", "/search/image"), ("post", "/api/generate")]
+
+
+@pytest.mark.parametrize("method,url", COMPUTE)
+def test_token_required_when_configured(workspace, method, url):
+    with TestClient(create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)) as remote:
+        assert getattr(remote, method)(url).status_code == 401
+        assert getattr(remote, method)(url, headers={"x-clipatlas-token": "wrong"}).status_code == 401
+        # Past the gate the request fails on its (empty) body, not on the token.
+        assert getattr(remote, method)(url, headers={"x-clipatlas-token": "s3cret"}).status_code in (400, 422)
+        assert remote.get("/api/summary").status_code == 200  # reading needs no token
+
+
+def test_token_url_sets_cookie_used_by_scripts(workspace):
+    with TestClient(create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)) as remote:
+        page = remote.get("/?token=s3cret", headers=HTML)
+        assert page.status_code == 200 and "httponly" in page.headers["set-cookie"].lower()
+        assert remote.post("/api/generate", content=b"[]").status_code == 422  # cookie accepted, body refused
+        remote.cookies.clear()
+        assert remote.post("/api/generate", content=b"[]").status_code == 401
+
+
+@pytest.mark.parametrize("method,url", COMPUTE)
+def test_without_token_only_loopback_clients_compute(workspace, method, url):
+    with TestClient(create_app(workspace.root), client=("192.168.1.20", 1234)) as remote:
+        response = getattr(remote, method)(url)
+        assert response.status_code == 403 and "token" in response.json()["detail"]
+        assert remote.get("/features/1").status_code in (200, 404)
+
+
+def test_cross_origin_compute_is_refused(client):
+    response = client.post("/api/generate", content=b"[]", headers={"origin": "http://evil.example"})
+    assert response.status_code == 403
+    same = client.post("/api/generate", content=b"[]", headers={"origin": "http://testserver"})
+    assert same.status_code == 422
+
+
+# ---- upload caps --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def capped(workspace):
+    limits = UploadLimits(max_bytes=4096, max_pixels=64 * 64)
+    with TestClient(create_app(workspace.root, config=WebConfig(limits=limits)), client=LOOPBACK) as test_client:
+        yield test_client
+
+
+def test_upload_over_byte_cap_is_413(capped):
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    noisy.save(buffer, format="PNG")
+    assert len(buffer.getvalue()) > 4096
+    response = capped.post("/api/uploads", files={"file": ("n.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 413 and "MiB" in response.json()["detail"]
+
+
+def test_upload_over_pixel_cap_is_413_before_decoding(capped):
+    response = capped.post("/api/uploads", files=png_upload(size=(65, 64)))
+    assert response.status_code == 413 and "65x64" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"GIF89a not really", "not a readable image"),
+                                            (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable image")])
+def test_bad_uploads_are_400(capped, payload, reason):
+    response = capped.post("/api/uploads", files={"file": ("x.png", payload, "image/png")})
+    assert response.status_code == 400 and reason in response.json()["detail"]
+
+
+def test_upload_to_workspace_without_image_encoder_explains(capped):
+    response = capped.post("/api/uploads", files=png_upload())
+    assert response.status_code == 409 and "choose an image from the store" in response.json()["detail"]
+
+
+# ---- recipes are validated ----------------------------------------------------------------------
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1, 2]", b'"text"'])
+def test_malformed_recipe_bodies(client, body):
+    response = client.post("/api/generate", content=body)
+    assert response.status_code in (400, 422)
+    assert re.search(r"JSON|recipe", response.json()["detail"])
+
+
+def test_security_headers(client):
+    response = client.get("/features/1", headers=HTML)
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "script-src" not in response.headers["content-security-policy"]  # falls back to default-src 'self'
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert "<script>" not in response.text.replace("<script src=", "")  # no inline scripts to allow
+
+
+def test_unknown_route_gets_html_error_page(client):
+    response = client.get("/no/such/page", headers=HTML)
+    assert response.status_code == 404 and "Back to the atlas" in response.text
+    assert client.get("/api/nothing").json() == {"detail": "Not Found"}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height pixels but carries no pixel data (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width,height", [(100, 100), (30_000, 30_000)])  # over our cap; over PIL's bomb limit
+def test_pixel_bombs_are_refused_without_decoding(capped, width, height):
+    response = capped.post("/api/uploads", files={"file": ("bomb.png", png_header_only(width, height), "image/png")})
+    assert response.status_code == 413 and "pixels" in response.json()["detail"]
+
+
+def test_oversized_bodies_refused_before_reading(capped):
+    huge = capped.post("/api/uploads", content=b"x" * (4096 + 64 * 1024 + 1),
+                       headers={"content-type": "multipart/form-data; boundary=b"})
+    assert huge.status_code == 413
+
+    def chunks():
+        yield b"--b\r\n"
+
+    chunked = capped.post("/api/uploads", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert chunked.status_code == 411
+
+
+@pytest.mark.parametrize("recipe,reason", [
+    ({"image": "/etc/passwd", "edits": []}, "not by path"),
+    ({"image": "img000001", "edits": [{"op": "transfer", "image": "..\\\\secret.png"}]}, "not by path"),
+    ({"image": "upload:" + "ab" * 16, "edits": []}, "upload the image again"),
+    ({"image": "upload:../../x", "edits": []}, "upload the image again"),
+])
+def test_recipes_may_not_name_server_paths(client, recipe, reason):
+    response = client.post("/api/generate", json=recipe)
+    assert response.status_code == 422 and reason in response.json()["detail"]
+
+
+@pytest.mark.parametrize("edits,reason", [
+    ([{"op": "boost", "feature": 1}], "unknown edit"),
+    ([{"op": "set", "feature": 300, "value": 1.0}], "0..299"),
+    ([{"op": "set", "feature": 1, "value": "lots"}], "bad edit"),
+    ([{"op": "set", "feature": 1, "value": 1.0, "colour": "red"}], "unknown fields"),
+    ([{"op": "ban", "feature": 1}] * 1025, "at most 1024"),
+])
+def test_invalid_edits_are_422(client, edits, reason):
+    response = client.post("/api/generate", json={"image": "img000001", "edits": edits, "seed": 1})
+    assert response.status_code == 422 and reason in response.json()["detail"]
+
+
+def test_negative_seed_is_422(client):
+    response = client.post("/api/generate", json={"image": "img000001", "edits": [], "seed": -3})
+    assert response.status_code == 422 and "seed" in response.json()["detail"]
+
+
+def test_server_chooses_decoder_settings_and_sae(client):
+    from clipatlas.steer import Recipe
+
+    sent = {"image": "img000001", "edits": [{"op": "ban", "feature": 3}], "seed": 7, "decoder": "kandinsky",
+            "settings": {"steps": 100000}, "sae": "other"}
+    job = client.post("/api/generate", json=sent).json()
+    expected = Recipe.from_dict({**sent, "decoder": "retrieval", "settings": {}, "sae": None})
+    assert job["id"] == expected.hash
+
+
+# ---- generation through the queue ---------------------------------------------------------------
+def wait_for_job(client, job_id, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in ("done", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"job still {job['status']} after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_generation_equals_steer_and_is_cached(client, workspace, atlas):
+    from clipatlas.steer import Recipe, run_recipe
+
+    image_id = atlas.top_images(alive_feature(atlas))[0].image_id
+    strongest = atlas.features_of_image(image_id)[0].feature
+    sent = {"image": image_id, "edits": [{"op": "ban", "feature": strongest}, {"op": "set", "feature": 5, "value": 3.0}],
+            "seed": 3}
+    submitted = client.post("/api/generate", json=sent).json()
+    assert submitted["cached"] is False and submitted["status"] in ("queued", "running", "done")
+    job = wait_for_job(client, submitted["id"])
+    assert job["status"] == "done", job["error"]
+    reference = run_recipe(workspace, Recipe.from_dict({**sent, "decoder": "retrieval"}))
+    assert client.get(job["result"]["before_url"]).content == reference.before_png
+    assert client.get(job["result"]["after_url"]).content == reference.after_png
+    assert [h["image_id"] for h in job["result"]["after_ranking"]] == [h.image_id for h in reference.after_ranking]
+    assert job["result"]["decoder"] == "retrieval" and job["progress"] == 1.0
+    again = client.post("/api/generate", json=sent).json()
+    assert again["cached"] is True and again["id"] == submitted["id"] and again["status"] == "done"
+
+
+def test_failed_generation_reports_its_error(client):
+    submitted = client.post("/api/generate", json={"image": "no-such-image", "edits": [], "seed": 1}).json()
+    job = wait_for_job(client, submitted["id"])
+    assert job["status"] == "failed" and "no-such-image" in job["error"]
+    assert client.get(f"/api/jobs/{job['id']}/images/0.png").status_code == 404
+
+
+def test_decoder_follows_workspace_encoder(tmp_path):
+    kandinsky_ws = write_synthetic_atlas(tmp_path / "k", SyntheticAtlasConfig(n_features=32, n_images=40, encoder="kandinsky-clip"))
+    with TestClient(create_app(kandinsky_ws.root), client=LOOPBACK) as kandinsky:
+        assert 'data-decoder="kandinsky"' in kandinsky.get("/playground", headers=HTML).text
+    with TestClient(create_app(kandinsky_ws.root, config=WebConfig(decoder="retrieval")), client=LOOPBACK) as chosen:
+        assert 'data-decoder="retrieval"' in chosen.get("/playground", headers=HTML).text
+
+
+def test_unknown_decoder_fails_at_start(workspace):
+    with pytest.raises(UserError, match="unknown decoder"):
+        create_app(workspace.root, config=WebConfig(decoder="dall-e"))
+
+
+@pytest.mark.parametrize("fields", [{"n_images": 20}, {"n_features": 10}])
+def test_synthetic_atlas_refuses_sizes_it_cannot_fill(fields):
+    with pytest.raises(UserError, match="synthetic atlas needs"):
+        SyntheticAtlasConfig(**fields)

@@ -1,0 +1,281 @@
+"""The web app in a real browser: Debian's chromium, headless, driven by Playwright.
+
+Screenshots go to test-artifacts/ (gitignored) so a person can look at what the tests saw.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clipatlas.atlas import Atlas
+from clipatlas.web.app import create_app
+from clipatlas.web.server import serving_in_thread as serving
+from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+EVIL_LABEL = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make install adds it)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package (the dev extra)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield opened
+    context.close()
+    assert not errors, f"the page raised JavaScript errors: {errors}"
+
+
+def loaded_widths(images) -> list[int]:
+    """Natural widths of images once loaded; lazy ones below the fold are loaded first."""
+    return images.evaluate_all(
+        "imgs => Promise.all(imgs.map(i => { i.loading = 'eager'; return i.decode().then(() => i.naturalWidth, () => 0); }))")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"web-{name}.png"), full_page=True)
+
+
+# ---- the synthetic atlas: browsing -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    ws = write_synthetic_atlas(tmp_path_factory.mktemp("browser-atlas"), SyntheticAtlasConfig(n_features=400, n_images=150))
+    atlas = Atlas.open(ws)
+    atlas.add_label(int(atlas.map_points().feature[0]), "llm", EVIL_LABEL, {})  # labels may come from an LLM
+    with serving(create_app(ws.root)) as url:
+        yield url, Atlas.open(ws)
+
+
+def test_llm_label_is_shown_as_text_never_run(page, synthetic):
+    url, atlas = synthetic
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    evil = int(atlas.map_points().feature[0])
+    page.goto(f"{url}/features/{evil}")
+    assert page.locator("h1 .label").inner_text() == EVIL_LABEL
+    assert page.locator("img[src=x]").count() == 0
+    page.goto(f"{url}/map")
+    page.wait_for_selector("body[data-map-ready]")
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate("window.clipatlasMap.screenOf(0)")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    page.locator("#map-tip").wait_for(state="visible")
+    assert EVIL_LABEL in page.locator("#map-tip").inner_text()
+    assert page.locator("#map-tip *").count() == 0 and not dialogs
+
+
+def test_feature_page_shows_top_images(page, synthetic):
+    url, atlas = synthetic
+    fid = int(atlas.map_points().feature[3])
+    page.goto(f"{url}/features/{fid}")
+    tiles = page.locator(".top-images img")
+    assert tiles.count() == len(atlas.top_images(fid))
+    assert all(width > 0 for width in loaded_widths(tiles))
+    assert page.locator("h1 .label").inner_text() == atlas.feature(fid).label
+    shot(page, "feature")
+    page.locator(".top-images a").first.click()
+    page.wait_for_url(f"**/images/{atlas.top_images(fid)[0].image_id}")
+    assert page.locator("ol.bars li").count() == len(atlas.features_of_image(atlas.top_images(fid)[0].image_id))
+
+
+def test_map_draws_every_point_hover_and_click(page, synthetic):
+    url, atlas = synthetic
+    points = atlas.map_points()
+    page.goto(f"{url}/map")
+    page.wait_for_selector("body[data-map-ready]")
+    assert page.evaluate("window.clipatlasMap.count") == len(points)
+    box = page.locator("#map").bounding_box()
+    x, y = page.evaluate("window.clipatlasMap.screenOf(5)")
+    page.mouse.move(box["x"] + x, box["y"] + y)
+    tip = page.locator("#map-tip")
+    tip.wait_for(state="visible")
+    hovered = int(tip.inner_text().split()[0].lstrip("#"))
+    assert tip.inner_text() == f"#{hovered} {points.label[list(points.feature).index(hovered)] or '(unlabelled)'}"
+    shot(page, "map")
+    page.mouse.down()
+    page.mouse.up()
+    page.wait_for_url(f"**/features/{hovered}")
+
+
+def test_map_pans_and_zooms(page, synthetic):
+    url, _ = synthetic
+    page.goto(f"{url}/map")
+    page.wait_for_selector("body[data-map-ready]")
+    box = page.locator("#map").bounding_box()
+    before = page.evaluate("window.clipatlasMap.screenOf(0)")
+    page.mouse.move(box["x"] + 300, box["y"] + 300)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 400, box["y"] + 350, steps=4)
+    page.mouse.up()
+    panned = page.evaluate("window.clipatlasMap.screenOf(0)")
+    assert panned == pytest.approx([before[0] + 100, before[1] + 50], abs=1)
+    page.mouse.wheel(0, -400)
+    page.wait_for_timeout(100)
+    zoomed = page.evaluate("window.clipatlasMap.screenOf(0)")
+    centre = (300 + 100, 300 + 50)  # the cursor stays over the same map point while zooming
+    assert abs(zoomed[0] - centre[0]) > abs(panned[0] - centre[0]) or abs(zoomed[1] - centre[1]) > abs(panned[1] - centre[1])
+
+
+def test_search_by_label_from_the_header(page, synthetic):
+    url, atlas = synthetic
+    page.goto(url)
+    page.fill("header input[name=q]", "mushroom")
+    page.press("header input[name=q]", "Enter")
+    page.wait_for_url("**/search?q=mushroom")
+    links = page.locator("ol.results a.feature-link")
+    expected = {label.feature for label in atlas.search_labels("mushroom")}
+    assert links.count() == len(expected) > 0
+    shot(page, "search")
+    links.first.click()
+    assert "mushroom" in page.locator("h1 .label").inner_text()
+
+
+def set_slider(page, feature: int, value: float) -> None:
+    slider = page.locator(f'input[type=range][data-feature="{feature}"]')
+    slider.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }",
+                    value)
+
+
+def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
+    url, atlas = synthetic
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    chosen = page.locator(".pick.chosen").get_attribute("data-image")
+    active = sorted(atlas.features_of_image(chosen), key=lambda a: -a.activation)
+    sliders = page.locator("#features input[type=range]")
+    assert sliders.count() == len(active)
+    assert [int(s) for s in sliders.evaluate_all("els => els.map(e => e.dataset.feature)")] == [a.feature for a in active]
+
+    set_slider(page, active[0].feature, 0.5)
+    page.locator(f'.slider-row:has(input[data-feature="{active[1].feature}"]) button.ban').click()
+    page.fill("#feature-search", "mushroom")
+    page.locator("#feature-results button").first.wait_for()
+    added = int(page.locator("#feature-results button").first.get_attribute("data-feature"))
+    page.locator("#feature-results button").first.click()
+    sync_api.expect(page.locator("#edits li")).to_have_count(3)
+    edits = page.locator("#edits li").all_inner_texts()
+    assert edits[0].startswith(f"set #{active[0].feature} = 0.5") and edits[1].startswith(f"ban #{active[1].feature}")
+    assert edits[2].startswith(f"set #{added} = {round(atlas.feature(added).max_activation, 4)}")
+    assert not any("/api/generate" in u or "/api/jobs" in u for u in requests), "sliders must not run the model"
+    shot(page, "playground-edits")
+
+    from urllib.parse import unquote
+
+    from clipatlas._io import read_json
+    from clipatlas.steer import Recipe
+
+    download = page.locator("#download-recipe").get_attribute("href")
+    recipe_file = ARTIFACTS / "web-playground-recipe.json"
+    recipe_file.write_text(unquote(download.split(",", 1)[1]))
+    replayable = Recipe.from_dict(read_json(recipe_file))  # what `clipatlas steer --recipe` reads
+    assert replayable.image == chosen and [e.op for e in replayable.edits] == ["set", "ban", "set"]
+
+    share = page.locator("#share-link").get_attribute("href")
+    page.goto(url + share)
+    page.wait_for_selector("body[data-playground-ready]")
+    assert page.locator("#edits li").all_inner_texts() == edits
+    assert page.locator(".pick.chosen").get_attribute("data-image") == chosen
+
+
+def test_playground_generates_before_and_after(page, synthetic):
+    url, atlas = synthetic
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    first = int(page.locator("#features input[type=range]").first.get_attribute("data-feature"))
+    page.locator(f'.slider-row:has(input[data-feature="{first}"]) button.ban').click()
+    page.click("#generate")
+    sync_api.expect(page.locator("#job-status")).to_contain_text("done", timeout=60_000)
+    for image in ("#before", "#after"):
+        sync_api.expect(page.locator(image)).to_have_attribute("src", re.compile(r"/api/jobs/[0-9a-f]{64}/images/[01]\.png"))
+    page.wait_for_load_state("load")
+    assert page.locator("#after").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#history li").count() == 1
+    shot(page, "playground-generated")
+    page.click("#generate")  # the same recipe again: answered from the cache
+    sync_api.expect(page.locator("#job-status")).to_contain_text("cached")
+    assert page.locator("#history li").count() == 2
+
+
+# ---- the demo-like atlas: real images, uploads and generation ------------------------------------
+@pytest.fixture(scope="module")
+def demo_site(demo_workspace):
+    with serving(create_app(demo_workspace, "demo")) as url:
+        yield url, Atlas.open(demo_workspace, "demo")
+
+
+@pytest.fixture(scope="module")
+def cat_png(tmp_path_factory):
+    from skimage import data
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("upload") / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    return path
+
+
+def test_demo_atlas_feature_and_search(page, demo_site):
+    url, atlas = demo_site
+    page.goto(url)
+    label = atlas.feature(int(atlas.map_points().feature[0])).label
+    page.fill("header input[name=q]", label)
+    page.press("header input[name=q]", "Enter")
+    page.locator("ol.results a.feature-link").first.click()
+    page.wait_for_load_state("load")
+    assert label in page.locator("h1 .label").inner_text()
+    assert page.locator(".top-images img").count() > 0
+    assert all(width > 0 for width in loaded_widths(page.locator(".top-images img")))
+    shot(page, "demo-feature")
+
+
+def test_demo_search_by_uploaded_image(page, demo_site, cat_png):
+    url, _ = demo_site
+    page.goto(url)
+    page.set_input_files(".upload-form input[type=file]", str(cat_png))
+    page.click(".upload-form button")
+    page.wait_for_load_state("load")
+    assert page.locator("h1").inner_text() == "Features of your image"
+    assert page.locator("ol.bars li").count() > 0
+    shot(page, "demo-upload-search")
+
+
+def test_demo_playground_generates_with_retrieval(page, demo_site, cat_png):
+    url, atlas = demo_site
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    page.set_input_files("#upload", str(cat_png))
+    sync_api.expect(page.locator("#job-status")).to_have_text("uploaded")
+    first = int(page.locator("#features input[type=range]").first.get_attribute("data-feature"))
+    page.locator(f'.slider-row:has(input[data-feature="{first}"]) button.ban').click()
+    page.click("#generate")
+    sync_api.expect(page.locator("#job-status")).to_contain_text("done", timeout=60_000)
+    page.wait_for_load_state("load")
+    assert page.locator("#after").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#before").evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#history li").count() == 1
+    shot(page, "demo-playground")
+    page.click("#generate")  # the same recipe again: served from the cache
+    sync_api.expect(page.locator("#job-status")).to_contain_text("cached")
+    assert page.locator("#history li").count() == 2
