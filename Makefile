@@ -39,7 +39,14 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
-bench: install
+PEERS_VENV := bench/.venv-peers
+# The peers' own trainers, in their own environment (bench/train.py runs them side by side).
+$(PEERS_VENV)/bin/python:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
+
+bench: install $(PEERS_VENV)/bin/python
 	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py
 
 clean:

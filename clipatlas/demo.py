@@ -79,10 +79,12 @@ def _demo_steps(workspace: Path) -> int:
 
 
 def _metrics_line(metrics) -> str:
-    return (f"explained variance {metrics.explained_variance:.3f}, L0 {metrics.l0:.1f}, "
-            f"dead {metrics.dead_fraction:.1%}, dense {metrics.dense_fraction:.1%}")
+    return (f"on {metrics.n_samples} held-out images: explained variance {metrics.explained_variance:.3f}, "
+            f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, {metrics.dead_fraction:.1%} of latents silent on all of them, "
+            f"{metrics.dense_fraction:.1%} dense")
 
 
 def _atlas_line(atlas) -> str:
     summary = atlas.summary()
-    return f"{summary['n_alive']}/{summary['n_features']} features alive, {summary['n_labelled']} labelled -> {atlas.db_path}"
+    return (f"{summary['n_alive']}/{summary['n_features']} features fire on at least one of the {summary['n_images']} images, "
+            f"{summary['n_labelled']} labelled -> {atlas.db_path}")
