@@ -11,6 +11,7 @@ from clipatlas.errors import UserError
 from clipatlas.steer import KandinskyDecoder, load_kandinsky_pipeline, zero_image_embedding
 
 EMB = 32  # the tiny CLIP's projection size, standing in for ViT-bigG's 1280
+CAPTIONS = ("a red cat", "a photo of a dog", "a red dog")
 SIZE = 64
 
 
@@ -43,48 +44,23 @@ def tiny_decoder_pipeline(path):
     return path
 
 
-class TinyClipEncoder:
-    """The ImageEncoder protocol over a tiny random transformers CLIPVisionModelWithProjection."""
-
-    def __init__(self, path):
-        from transformers import CLIPVisionModelWithProjection
-
-        self.model = CLIPVisionModelWithProjection.from_pretrained(path).eval()
-        self.size = self.model.config.image_size
-        self.dim = self.model.config.projection_dim
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image.convert("RGB").resize((self.size, self.size)), dtype=np.float32) / 127.5 - 1
-        return torch.from_numpy(array).permute(2, 0, 1)
-
-    def encode_tensors(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model(pixel_values=batch).image_embeds.float()
-
-    def encode_images(self, images) -> np.ndarray:
-        return self.encode_tensors(torch.stack([self.preprocess(i) for i in images])).numpy()
-
-
 @pytest.fixture(scope="module")
 def decoder_path(tmp_path_factory):
     return tiny_decoder_pipeline(tmp_path_factory.mktemp("k22") / "decoder")
 
 
 @pytest.fixture(scope="module")
-def clip_encoder(tmp_path_factory):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+def clip_encoder(prior_path):
+    """The prior's own image encoder, loaded as production loads it: --encoder kandinsky-clip:PATH."""
+    from clipatlas.encoders import load_encoder
 
-    torch.manual_seed(1)
-    config = CLIPVisionConfig(hidden_size=32, projection_dim=EMB, num_hidden_layers=2, num_attention_heads=4,
-                              intermediate_size=37, image_size=32, patch_size=8)
-    path = tmp_path_factory.mktemp("clip") / "vision"
-    CLIPVisionModelWithProjection(config).save_pretrained(path)
-    return TinyClipEncoder(path)
+    return load_encoder(f"kandinsky-clip:{prior_path}")
 
 
 def test_negative_embedding_is_the_prior_zero_image_embedding(clip_encoder):
     """Kandinsky's prior feeds torch.zeros(1, 3, size, size) to its image encoder."""
-    zero = clip_encoder.model(pixel_values=torch.zeros(1, 3, clip_encoder.size, clip_encoder.size)).image_embeds[0]
+    size = clip_encoder.model.config.image_size
+    zero = clip_encoder.model(pixel_values=torch.zeros(1, 3, size, size)).image_embeds[0]
     negative = zero_image_embedding(clip_encoder)
     np.testing.assert_allclose(negative, zero.detach().numpy(), rtol=1e-6, atol=1e-6)
     black = clip_encoder.encode_images([Image.new("RGB", (32, 32))])[0]
@@ -139,32 +115,51 @@ def test_wrong_sizes_and_missing_weights_are_user_errors(decoder_path, tmp_path)
 # -- through the workspace: recipes and text-to-image rules --------------------------------------------
 @pytest.fixture(scope="module")
 def clip_workspace(tmp_path_factory, clip_encoder):
-    """A 32-d store of tiny-CLIP embeddings of random images, a ReLU SAE 'k' and its atlas."""
+    """40 random images embedded by `clipatlas embed` with the prior's encoder, a ReLU SAE 'k' and its atlas:
+    the steerer loads the encoder by the id the store records, as it does for the real ViT-bigG."""
     from clipatlas.atlas import AtlasConfig, build_atlas
     from clipatlas.sae import ARCHITECTURES, ReLUConfig
-    from clipatlas.steer import steerer_for
-    from clipatlas.store import write_store
+    from clipatlas.store import embed
 
     root = tmp_path_factory.mktemp("clip_ws")
+    images = root / "images"
+    images.mkdir()
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(40)]
-    write_store(root, clip_encoder.encode_images(images))  # "synthetic": the atlas skips encoder lens labels
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+        (images / f"{i:02d}.txt").write_text(CAPTIONS[i % len(CAPTIONS)])  # words the tiny tokenizer knows
+    embed([str(images)], root, encoder=clip_encoder.id, store_dtype="float32", workers=0, progress=False)
     torch.manual_seed(0)
     sae = ARCHITECTURES["relu"](ReLUConfig(d_in=EMB, d_sae=48))
     with torch.no_grad():
         sae.b_enc.fill_(0.05)
     sae.save_pretrained(root / "saes" / "k")
     build_atlas(root, "k", config=AtlasConfig(top_k=4, map_method="pca", thumbnails=False))
-    steerer_for(root, "k")._encoder = clip_encoder  # the encoders stage would load it by its id
     return root
 
 
+def test_atlas_names_features_with_the_prior_text_tower(clip_workspace, clip_encoder):
+    """The prior repo ships text_encoder/ + tokenizer/: the atlas labels features by the caption word
+    whose CLIP text embedding is nearest their decoder direction."""
+    from clipatlas.atlas import Atlas
+    from clipatlas.atlas.lens import text_labels
+
+    atlas = Atlas.open(clip_workspace, "k")
+    features = atlas.map_points().feature
+    stored = [label for f in features for label in atlas.labels(int(f)) if label.source == "clip-text"]
+    assert len(stored) == len(features)
+    vocab = ["cat", "dog", "red"]  # the captions' words less stopwords ("a", "of", "photo")
+    expected = text_labels(clip_encoder.text_embeddings(vocab), vocab, atlas.sae.W_dec.detach().numpy()[features], features)
+    assert {(l.feature, l.text) for l in stored} == {(l.feature, l.text) for l in expected}
+
+
 def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path, clip_encoder, tmp_path):
-    from clipatlas.steer import Recipe, run_recipe
+    from clipatlas.steer import Recipe, run_recipe, steerer_for
 
     image = tmp_path / "input.png"
     Image.new("RGB", (32, 32), (30, 160, 90)).save(image)
-    recipe = Recipe.from_dict({"image": str(image), "edits": ["set:3=7.5x", "ban:5"], "decoder": f"kandinsky:{decoder_path}",
+    alive_feature = int(steerer_for(clip_workspace, "k").atlas.map_points().feature[0])
+    recipe = Recipe.from_dict({"image": str(image), "edits": [f"set:{alive_feature}=7.5x", "ban:5"], "decoder": f"kandinsky:{decoder_path}",
                                "settings": {"steps": 2, "height": SIZE, "width": SIZE}, "seed": 3})
     first = run_recipe(clip_workspace, recipe, name="k")
     again = run_recipe(clip_workspace, Recipe.from_dict(recipe.to_dict()), name="k")
@@ -267,7 +262,8 @@ def test_verify_re_embeds_the_generated_image(clip_workspace, decoder_path, clip
     from clipatlas.steer import Recipe, steerer_for
 
     steerer = steerer_for(clip_workspace, "k")
-    recipe = Recipe.from_dict({"image": "00000002", "edits": ["set:7=7.5x"], "decoder": f"kandinsky:{decoder_path}",
+    image_id = steerer.store.meta(2)["image_id"]
+    recipe = Recipe.from_dict({"image": image_id, "edits": ["set:7=7.5x"], "decoder": f"kandinsky:{decoder_path}",
                                "settings": {"steps": 2, "height": SIZE, "width": SIZE}})
     result = steerer.run(recipe)
     (check,) = steerer.verify(recipe, result)
