@@ -7,6 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.clipatlas-installed
 EXTRAS := demo,clip,diffusion,atlas,web,dev
 WORKSPACE ?= demo-atlas
+PORT ?= 8000
 # The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
 APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
@@ -34,7 +35,7 @@ demo-data:
 	else echo "NOTE: cannot install$$missing (needs root and apt-get); the demo will use the image sets that are present, browser tests will be skipped."; fi
 
 demo: install
-	$(VENV)/bin/clipatlas demo -w $(WORKSPACE)
+	$(VENV)/bin/clipatlas demo -w $(WORKSPACE) --port $(PORT)
 
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q

@@ -23,20 +23,34 @@ log = logging.getLogger(__name__)
 KANDINSKY_PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
 
 
-def _subfolder(path_or_id: str, name: str) -> str | None:
-    """`name` when the repo or folder uses the Kandinsky layout, else None (top level)."""
+def _subfolders(path_or_id: str, name: str) -> list[str]:
+    """Where to look for component `name`: its Kandinsky-layout subfolder, the top level, or both.
+
+    A local folder tells which layout it has; a hub repo is tried in the Kandinsky layout first,
+    then as a plain CLIP checkpoint.
+    """
     local = Path(path_or_id).expanduser()
     if local.is_dir():
-        return name if (local / name).is_dir() else None
-    return name  # hub ids: only the Kandinsky layout is assumed for remote repos of this kind
+        return [name] if (local / name).is_dir() else [""]
+    return [name, ""]
+
+
+def _from_pretrained(cls, path_or_id: str, name: str, **kwargs):
+    """`cls.from_pretrained` from the first place `_subfolders` names that holds the component."""
+    places = _subfolders(path_or_id, name)
+    for position, subfolder in enumerate(places):
+        try:
+            return cls.from_pretrained(path_or_id, subfolder=subfolder, **kwargs)
+        except (OSError, ValueError):
+            if position == len(places) - 1:
+                raise
 
 
 def _load_processor(path_or_id: str, image_size: int):
     from transformers import CLIPImageProcessor
 
-    subfolder = _subfolder(path_or_id, "image_processor")
     try:
-        return CLIPImageProcessor.from_pretrained(path_or_id, subfolder=subfolder or "")
+        return _from_pretrained(CLIPImageProcessor, path_or_id, "image_processor")
     except (OSError, ValueError):
         # A bare vision checkpoint: CLIP's standard preprocessing at the model's resolution.
         log.warning("no image processor config in %s; using CLIP's default preprocessing at %d px", path_or_id, image_size)
@@ -50,9 +64,8 @@ class ClipVisionEncoder(Encoder):
         self.id = encoder_id
         self.path_or_id = path_or_id
         self.device, self.dtype = options.resolve()
-        subfolder = _subfolder(path_or_id, "image_encoder")
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(path_or_id, subfolder=subfolder or "", dtype=self.dtype)
+            model = _from_pretrained(CLIPVisionModelWithProjection, path_or_id, "image_encoder", dtype=self.dtype)
         except (OSError, ValueError) as exc:
             raise UserError(
                 f"cannot load a CLIP vision model from {path_or_id!r} ({exc}). Give a local folder in the Kandinsky "
@@ -78,9 +91,9 @@ class ClipEncoderWithText(ClipVisionEncoder):
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
         super().__init__(encoder_id, path_or_id, options)
-        self.text_model = CLIPTextModelWithProjection.from_pretrained(
-            path_or_id, subfolder=_subfolder(path_or_id, "text_encoder") or "", dtype=self.dtype).eval().to(self.device)
-        self.tokenizer = CLIPTokenizer.from_pretrained(path_or_id, subfolder=_subfolder(path_or_id, "tokenizer") or "")
+        self.text_model = _from_pretrained(CLIPTextModelWithProjection, path_or_id, "text_encoder",
+                                           dtype=self.dtype).eval().to(self.device)
+        self.tokenizer = _from_pretrained(CLIPTokenizer, path_or_id, "tokenizer")
 
     @torch.inference_mode()
     def text_embeddings(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
@@ -93,10 +106,8 @@ class ClipEncoderWithText(ClipVisionEncoder):
         return np.concatenate(out, axis=0)
 
 
-def has_text_tower(path_or_id: str) -> bool:
-    local = Path(path_or_id).expanduser()
-    if not local.is_dir():
-        return False  # never probe the hub: loading stays offline-friendly
+def has_text_tower(local: Path) -> bool:
+    """Whether a local folder holds a CLIP text tower (Kandinsky layout or a full CLIP checkpoint)."""
     return ((local / "text_encoder").is_dir() and (local / "tokenizer").is_dir()) or (
         (local / "tokenizer_config.json").is_file() and _is_full_clip_config(local))
 
@@ -111,5 +122,13 @@ def _is_full_clip_config(local: Path) -> bool:
 
 
 def load_clip(encoder_id: str, path_or_id: str, options: EncoderOptions) -> ClipVisionEncoder:
-    cls = ClipEncoderWithText if has_text_tower(path_or_id) else ClipVisionEncoder
-    return cls(encoder_id, path_or_id, options)
+    """The encoder with its text tower where the repo has one (vocabulary labels), else vision only."""
+    local = Path(path_or_id).expanduser()
+    if local.is_dir():
+        cls = ClipEncoderWithText if has_text_tower(local) else ClipVisionEncoder
+        return cls(encoder_id, path_or_id, options)
+    try:
+        return ClipEncoderWithText(encoder_id, path_or_id, options)
+    except (OSError, ValueError) as exc:  # a hub repo without a text tower
+        log.info("no CLIP text tower in %s (%s); vocabulary labels will be skipped", path_or_id, exc)
+        return ClipVisionEncoder(encoder_id, path_or_id, options)

@@ -30,7 +30,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port") from exc
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port (make demo PORT=8001)") from exc
 
 
 def serve(workspace, name: str | None = None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
