@@ -174,6 +174,37 @@ def test_complete_store_resume_does_nothing_and_encoder_change_is_refused(tmp_pa
     assert store_files(workspace) == before
 
 
+def test_images_added_to_a_folder_later_are_embedded_and_nothing_is_lost(tmp_path, tiny_clip, capsys):
+    """A file that sorts into the middle of an embedded folder shifts the listing: a position-based
+    resume would skip it; the changed listing is detected and only the new images are embedded."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, seed in (("a.png", 1), ("c.png", 3), ("e.png", 5)):
+        (folder / name).write_bytes(encode(random_image(seed)))
+    workspace = tmp_path / "ws"
+    args = ("--batch-size", "2", "--shard-size", "2", "--workers", "0")
+    assert embed_cli([folder], workspace, f"hf:{tiny_clip}", *args) == 0
+    first = Store.open(workspace)
+    original = {first.meta(i)["image_id"]: first[i] for i in range(len(first))}
+    capsys.readouterr()
+
+    (folder / "b.png").write_bytes(encode(random_image(2)))
+    (folder / "d.jpg").write_bytes(encode(random_image(4), "JPEG"))
+    assert embed_cli([folder], workspace, f"hf:{tiny_clip}", *args) == 0
+    assert "sources changed" in capsys.readouterr().out
+    store = Store.open(workspace)
+    ids = store.metadata.column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 5
+    uris = sorted(Path(store.meta(i)["uri"]).name for i in range(len(store)))
+    assert uris == ["a.png", "b.png", "c.png", "d.jpg", "e.png"]
+    for image_id, embedding in original.items():  # the rows already there are untouched
+        np.testing.assert_array_equal(store[store.row_of(image_id)], embedding)
+    encoder = load_encoder(f"hf:{tiny_clip}")
+    new_row = next(i for i in range(len(store)) if store.meta(i)["uri"].endswith("b.png"))
+    np.testing.assert_allclose(store[new_row], encoder.encode_images([open_uri(str(folder / "b.png"))])[0], atol=2e-3)
+    assert store.verify() == [] and store.complete
+
+
 def test_nan_embeddings_stop_the_run_and_never_reach_the_store(tmp_path, tiny_clip, monkeypatch, capsys):
     corpus = make_corpus(tmp_path / "corpus", n_good=10)
     from clipatlas.store import pipeline

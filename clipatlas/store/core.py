@@ -147,11 +147,20 @@ class StoreWriter:
             manifest["complete"] = False
 
     def _committed_ids(self) -> set[str]:
-        ids: set[str] = set()
+        return set(self.committed_image_ids())
+
+    def committed_image_ids(self) -> list[str]:
+        """Image ids of the rows on disk, in store order."""
+        ids: list[str] = []
         for shard in self._manifest["shards"]:
             table = pq.read_table(self.dir / _meta_name(shard["index"]), columns=["image_id"])
-            ids.update(table.column("image_id").to_pylist())
+            ids.extend(table.column("image_id").to_pylist())
         return ids
+
+    @property
+    def skipped_uris(self) -> set[str]:
+        """Inputs recorded as skipped, committed or pending."""
+        return {entry["uri"] for entry in self._manifest["skipped"] + self._pending.skipped}
 
     @property
     def consumed(self) -> int:

@@ -61,13 +61,16 @@ class EmbedSummary:
     total_rows: int
     skipped_by_reason: dict[str, int] = field(default_factory=dict)  # over the whole store
     seconds: float = 0.0
+    added_to_changed_sources: bool = False  # the sources changed since the store was written
 
     def format(self) -> str:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1]))
         skipped_total = sum(self.skipped_by_reason.values())
         rate = self.embedded_now / self.seconds if self.seconds > 0 else 0.0
         lines = [f"embedded {self.embedded_now} images this run ({rate:.1f} images/s), skipped {self.skipped_now}"]
-        if self.resumed_from:
+        if self.added_to_changed_sources:
+            lines.append("the sources changed since the store was written: only images not yet in it were added")
+        elif self.resumed_from:
             lines.append(f"resumed after {self.resumed_from} inputs already in the store")
         lines.append(f"store {self.store_dir}: {self.total_rows} embeddings, skipped {skipped_total}" + (f" ({reasons})" if reasons else ""))
         return "\n".join(lines)
@@ -118,20 +121,35 @@ def embed(sources: Sequence[str], workspace: str | Path, *, config: EmbedConfig 
     writer = StoreWriter(store_dir_of(workspace), encoder=encoder.id, d=encoder.dim, dtype=config.store_dtype,
                          shard_size=config.shard_size, sources=[str(s) for s in sources], encoder_info=encoder.info())
     resumed_from = writer.consumed
-    if resumed_from > len(items):
-        raise UserError(f"the store already accounts for {resumed_from} inputs but the sources list only {len(items)}; "
-                        "did the sources or --limit shrink? Use a new workspace")
-    embedded, skipped = _run(items, resumed_from, encoder, writer, config, progress)
+    todo, changed = _remaining(items, writer)
+    embedded, skipped = _run(todo, encoder, writer, config, progress)
     writer.close()
     manifest = Store.open(writer.dir).manifest
     reasons = collections.Counter(entry["reason"] for entry in manifest["skipped"])
     return EmbedSummary(writer.dir, embedded, skipped, resumed_from, int(manifest["count"]), dict(reasons),
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, changed)
 
 
-def _run(items: list[SourceItem], start: int, encoder: Encoder, writer: StoreWriter, config: EmbedConfig,
+def _remaining(items: list[SourceItem], writer: StoreWriter) -> tuple[list[SourceItem], bool]:
+    """(inputs still to embed, whether the sources changed under an existing store).
+
+    Normally the listing is what it was, and the run continues after the `consumed` inputs on disk,
+    which re-forms the same batches as an uninterrupted run. When files were added to or removed from
+    a source in between, that position no longer means the same inputs: then every input whose
+    image_id is not stored and that was not skipped before is embedded, and nothing is lost.
+    """
+    consumed = writer.consumed
+    if consumed == 0:
+        return items, False
+    skipped = writer.skipped_uris
+    expected = [item.image_id for item in items[:consumed] if item.uri not in skipped]
+    if consumed <= len(items) and expected == writer.committed_image_ids():
+        return items[consumed:], False
+    return [item for item in items if not writer.has(item.image_id) and item.uri not in skipped], True
+
+
+def _run(remaining: list[SourceItem], encoder: Encoder, writer: StoreWriter, config: EmbedConfig,
          progress: bool) -> tuple[int, int]:
-    remaining = items[start:]
     if not remaining:
         return 0, 0
     batches = [list(range(i, min(i + config.batch_size, len(remaining)))) for i in range(0, len(remaining), config.batch_size)]
