@@ -44,7 +44,8 @@ class EfficientNetLite0Encoder(Encoder):
 
     def __init__(self, options: EncoderOptions = EncoderOptions()):
         self.device, self.dtype = options.resolve()
-        self.model = _load_model().eval().to(self.device, self.dtype)
+        # channels-last: the depthwise convolutions run 1.3-1.7x faster on CPU (bench/embed.py)
+        self.model = _load_model().eval().to(self.device, self.dtype, memory_format=torch.channels_last)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         # Shorter side to 224, centre crop, then the Lite models' (x - 127) / 128 scaling.
@@ -58,7 +59,7 @@ class EfficientNetLite0Encoder(Encoder):
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.extract_features(pixels).mean(dim=(2, 3))
+        return self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
     def imagenet_head(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """(weight (1000, 1280), bias (1000,), class names) of the ImageNet classifier."""
