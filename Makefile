@@ -12,7 +12,7 @@ PORT ?= 8000
 TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
 APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
 
-.PHONY: install demo demo-data test bench clean
+.PHONY: install demo demo-data bench-data test bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ demo-data:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "NOTE: cannot install$$missing (needs root and apt-get); the demo will use the image sets that are present, browser tests will be skipped."; fi
 
+# Fashion-MNIST (70k real images) for `bench/train.py --data fashion-mnist`.
+bench-data:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; \
+	else echo "NOTE: install dataset-fashion-mnist (Debian) for the Fashion-MNIST training benchmark"; fi; }
+
 demo: install
 	$(VENV)/bin/clipatlas demo -w $(WORKSPACE) --port $(PORT)
 
@@ -47,7 +53,7 @@ $(PEERS_VENV)/bin/python:
 	$(PEERS_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
 	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
 
-bench: install $(PEERS_VENV)/bin/python
+bench: install bench-data $(PEERS_VENV)/bin/python
 	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py
 
 clean:

@@ -24,7 +24,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
-EMBEDDINGS = OUT / "effnet_embeddings.npy"
 PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
 MAIN_PYTHON = HERE.parent / ".venv" / "bin" / "python"
 
@@ -76,6 +75,37 @@ def make_embeddings(limit: int) -> np.ndarray:
     if batch:
         flush()
     return np.concatenate(features)[:limit].astype(np.float32)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
+
+
+def _idx_images(path: Path) -> np.ndarray:
+    import gzip
+
+    data = gzip.decompress(path.read_bytes())
+    n, rows, cols = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
+    return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
+
+
+def make_fashion_mnist_embeddings(limit: int) -> np.ndarray:
+    """EfficientNet-lite0 features of Fashion-MNIST's 70,000 real images (train + test), at 224 px."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from clipatlas.encoders import load_encoder
+
+    if not FASHION_MNIST.is_dir():
+        raise SystemExit("install Debian's dataset-fashion-mnist for --data fashion-mnist")
+    images = np.concatenate([_idx_images(FASHION_MNIST / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")])[:limit]
+    encoder = load_encoder("efficientnet-lite0", device="cpu")
+    features = [encoder.encode_images([Image.fromarray(a).convert("RGB") for a in images[i : i + 256]])
+                for i in tqdm(range(0, len(images), 256), desc="embed fashion-mnist")]
+    return np.concatenate(features).astype(np.float32)
+
+
+DATASETS = {"stamps": (OUT / "effnet_embeddings.npy", make_embeddings),
+            "fashion-mnist": (OUT / "fmnist_embeddings.npy", make_fashion_mnist_embeddings)}
 
 
 def split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +215,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    x = np.load(EMBEDDINGS)
+    x = np.load(DATASETS[args.data][0])
     train_rows, eval_rows = split(len(x))
     batches = batch_positions(len(train_rows), args.batch_size, args.steps)
     peak = matmul_gflops(args)  # in this process, just before training: the same machine load
@@ -257,7 +287,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-embeddings", type=int, default=4096)
+    p.add_argument("--n-embeddings", type=int, default=4096, help="stamps: how many crops to embed; fashion-mnist: at most 70,000")
+    p.add_argument("--data", choices=list(DATASETS), default="stamps",
+                   help="stamps: random crops of the tuxpaint stamps (4,096 by default); fashion-mnist: 70,000 real images")
     p.add_argument("--trainers", default="clipatlas,overcomplete,saelens")
     p.add_argument("--seed-size-memory", action="store_true", help="measure peak RSS at 163,840 latents instead")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -267,13 +299,14 @@ def main() -> None:
     if args.seed_size_memory:
         return seed_size_memory(args)
     OUT.mkdir(exist_ok=True)
-    if not EMBEDDINGS.exists():
-        np.save(EMBEDDINGS, make_embeddings(args.n_embeddings))
+    embeddings, make = DATASETS[args.data]
+    if not embeddings.exists():
+        np.save(embeddings, make(args.n_embeddings))
     results = []
     for name in args.trainers.split(","):
         python = MAIN_PYTHON if name == "clipatlas" else PEER_PYTHON
         flags = [f"--steps={args.steps}", f"--batch-size={args.batch_size}", f"--latents={args.latents}",
-                 f"--k={args.k}", f"--lr={args.lr}", f"--threads={args.threads}", f"--worker={name}"]
+                 f"--k={args.k}", f"--lr={args.lr}", f"--threads={args.threads}", f"--data={args.data}", f"--worker={name}"]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
         proc = subprocess.run([str(python), __file__, *flags], capture_output=True, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -282,13 +315,13 @@ def main() -> None:
             continue
         results.append(json.loads(lines[0][7:]))
         print(json.dumps(results[-1]), flush=True)
-    d = int(np.load(EMBEDDINGS, mmap_mode="r").shape[1])
-    report = {"settings": vars(args), "n_embeddings": int(np.load(EMBEDDINGS, mmap_mode="r").shape[0]), "results": results}
+    d = int(np.load(embeddings, mmap_mode="r").shape[1])
+    report = {"settings": vars(args), "n_embeddings": int(np.load(embeddings, mmap_mode="r").shape[0]), "results": results}
     ours = next((r for r in results if r["trainer"] == "clipatlas"), None)
     if ours:
         report["clipatlas_gflops"] = step_gflop(args, d) * args.steps / ours["seconds"]
         report["matmul_gflops"] = ours["matmul_gflops"]
-    (OUT / "train.json").write_text(json.dumps(report, indent=2))
+    (OUT / f"train-{args.data}.json").write_text(json.dumps(report, indent=2))
     print("| trainer | torch | samples/s | FVU | L0 | dead |\n|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['trainer']} | {r['torch']} | {r['samples_per_s']:.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_fraction']:.2%} |")

@@ -256,6 +256,24 @@ def test_upload_over_pixel_cap_is_413_before_decoding(capped):
     assert response.status_code == 413 and "65x64" in response.json()["detail"]
 
 
+def test_uploads_are_decoded_like_embedded_images():
+    """Transparency lands on white and EXIF rotation is applied, as `clipatlas embed` does: the
+    same picture uploaded or embedded gives the same features."""
+    from clipatlas.web.security import decode_upload
+
+    transparent = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    buffer = io.BytesIO()
+    transparent.save(buffer, format="PNG")
+    decoded = decode_upload(buffer.getvalue(), UploadLimits())
+    assert decoded.mode == "RGB" and decoded.getpixel((3, 3)) == (255, 255, 255)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (0, 0, 255)).save(buffer, format="JPEG", exif=exif.tobytes())
+    assert decode_upload(buffer.getvalue(), UploadLimits()).size == (20, 40)
+
+
 @pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"GIF89a not really", "not a readable image"),
                                             (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable image")])
 def test_bad_uploads_are_400(capped, payload, reason):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from clipatlas.errors import UserError
+from clipatlas.sources import ImageDecodeError, open_uri
 from clipatlas.steer.causal import CausalCheck, causal_check
 from clipatlas.steer.decoders import Hit, make_decoder, zero_image_embedding
 from clipatlas.steer.edits import SteerContext, steer_embedding
@@ -93,9 +94,8 @@ class Steerer:
         if row is not None:
             return self.store.open_image(row).convert("RGB")
         try:
-            with Image.open(Path(ref).expanduser()) as image:
-                return image.convert("RGB")
-        except OSError as exc:
+            return open_uri(str(Path(ref).expanduser()))  # as `embed` reads it: EXIF-upright, alpha on white
+        except ImageDecodeError as exc:
             raise UserError(f"cannot read image {ref} ({exc})") from exc
 
     def context(self) -> SteerContext:

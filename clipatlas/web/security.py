@@ -7,13 +7,14 @@ come from another origin (a web page trying to drive a local server) are refused
 """
 from __future__ import annotations
 
-import io
 import ipaddress
 import secrets
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from clipatlas.sources import ImageDecodeError, decode_image
 
 TOKEN_HEADER = "x-clipatlas-token"
 TOKEN_COOKIE = "clipatlas_token"
@@ -110,18 +111,11 @@ async def read_upload_capped(upload, limits: UploadLimits) -> bytes:
 
 
 def decode_upload(data: bytes, limits: UploadLimits) -> Image.Image:
-    """Decode an upload as RGB, checking the pixel count before any pixel is decoded."""
+    """Decode an upload as the embed pipeline decodes images (upright RGB, transparency on white),
+    checking the pixel count before any pixel is decoded."""
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise HTTPException(413, f"image has too many pixels ({exc}); the limit is {limits.max_pixels:,}") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise HTTPException(400, f"not a readable image ({type(exc).__name__}); upload a PNG, JPEG or WebP") from exc
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise HTTPException(413, f"image is {width}x{height} pixels; the limit is {limits.max_pixels:,} pixels")
-    try:
-        image.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise HTTPException(400, f"the image file is damaged ({exc}); upload another") from exc
-    return image.convert("RGB")
+        return decode_image(data, max_pixels=limits.max_pixels)
+    except ImageDecodeError as exc:
+        if exc.reason == "too many pixels":
+            raise HTTPException(413, f"{exc}; the limit is {limits.max_pixels:,} pixels") from exc
+        raise HTTPException(400, f"not a readable image ({exc}); upload a PNG, JPEG or WebP") from exc
