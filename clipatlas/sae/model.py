@@ -288,7 +288,10 @@ class TopKSAE(SAE):
         if n_dead == 0 or self.cfg.k_aux == 0:
             return torch.zeros((), device=pre.device)
         with torch.no_grad():
-            _, indices = pre.masked_fill(~dead, -math.inf).topk(min(self.cfg.k_aux, n_dead), dim=1)
+            # top-k among the dead columns only: no masked copy of the whole (B, F) matrix
+            dead_columns = dead.nonzero().flatten()
+            _, local = pre.index_select(1, dead_columns).topk(min(self.cfg.k_aux, n_dead), dim=1)
+            indices = dead_columns[local]
         values = torch.relu(gather_preactivations(x_centred, self.b_dec, self.W_enc, self.b_enc, pre, indices))
         residual_hat = sparse_decode(indices, values, self.W_dec)
         # Normalised by the residual's own energy so the weight means the same at any FVU.
