@@ -56,3 +56,7 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
     assert "clipatlas serve -w" in out
     assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before
+    assert main(["info", "-w", str(workspace), "--verify"]) == 0
+    info = capsys.readouterr().out
+    assert f"store: {LIMIT} embeddings of dimension 1280" in info and "all shards intact" in info
+    assert "sae demo  explained_variance=" in info and "atlas built" in info
