@@ -24,7 +24,7 @@ import torch
 from clipatlas._io import atomic_path, sha256_file
 from clipatlas.atlas import db, lens, relations, stream
 from clipatlas.atlas.layout import feature_map
-from clipatlas.atlas.query import LENS_SOURCES, Atlas
+from clipatlas.atlas.query import LENS_SOURCES, Atlas, Label
 from clipatlas.atlas.thumbs import make_thumbnails
 from clipatlas.errors import UserError
 from clipatlas.workspace import Workspace
@@ -208,7 +208,7 @@ def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch
     }
 
 
-def _lens_labels(store, directions: np.ndarray, alive: np.ndarray, top_rows: np.ndarray, config: AtlasConfig) -> list[lens.LensLabel]:
+def _lens_labels(store, directions: np.ndarray, alive: np.ndarray, top_rows: np.ndarray, config: AtlasConfig) -> list[Label]:
     captions = store.metadata.column("caption").to_pylist()
     captions_of_feature = {int(f): [captions[r] for r in top_rows[f] if r >= 0] for f in alive}
     labels = lens.caption_labels(captions_of_feature)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from clipatlas.atlas.query import Label
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +27,14 @@ STOPWORDS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class LensLabel:
-    feature: int
-    source: str
-    text: str
-    score: dict[str, Any]
-
-
-def head_labels(weight: np.ndarray, class_names: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[LensLabel]:
+def head_labels(weight: np.ndarray, class_names: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[Label]:
     """For each feature, the classes whose logit its decoder direction raises most (bias ignored:
     a direction changes logits by weight @ direction)."""
     logits = directions @ np.asarray(weight, dtype=np.float32).T  # (n, classes)
     return _top_terms(logits, class_names, features, "imagenet", "logit")
 
 
-def text_labels(text_embeddings: np.ndarray, vocab: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[LensLabel]:
+def text_labels(text_embeddings: np.ndarray, vocab: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[Label]:
     """For each feature, the vocabulary entries nearest its decoder direction by cosine."""
     text = np.asarray(text_embeddings, dtype=np.float32)
     text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
@@ -49,12 +42,12 @@ def text_labels(text_embeddings: np.ndarray, vocab: Sequence[str], directions: n
     return _top_terms(unit @ text.T, vocab, features, "clip-text", "cosine")
 
 
-def _top_terms(scores: np.ndarray, names: Sequence[str], features: np.ndarray, source: str, score_name: str) -> list[LensLabel]:
+def _top_terms(scores: np.ndarray, names: Sequence[str], features: np.ndarray, source: str, score_name: str) -> list[Label]:
     labels = []
     top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_TERMS]
     for feature, row_scores, best in zip(features, scores, top):
         terms = [names[j] for j in best]
-        labels.append(LensLabel(int(feature), source, terms[0], {"terms": terms, score_name: [round(float(row_scores[j]), 5) for j in best]}))
+        labels.append(Label(int(feature), source, terms[0], {"terms": terms, score_name: [round(float(row_scores[j]), 5) for j in best]}))
     return labels
 
 
@@ -64,7 +57,7 @@ def caption_words(caption: str | None) -> set[str]:
     return {w for w in re.findall(r"[a-z]+", caption.lower()) if len(w) > 2 and w not in STOPWORDS}
 
 
-def caption_labels(captions_of_feature: dict[int, list[str | None]], min_share: float = 0.3) -> list[LensLabel]:
+def caption_labels(captions_of_feature: dict[int, list[str | None]], min_share: float = 0.3) -> list[Label]:
     """Words found in at least `min_share` (and at least two) of a feature's captioned top images."""
     labels = []
     for feature, captions in sorted(captions_of_feature.items()):
@@ -76,12 +69,12 @@ def caption_labels(captions_of_feature: dict[int, list[str | None]], min_share: 
         common = sorted(((n, w) for w, n in counts.items() if n >= needed), key=lambda item: (-item[0], item[1]))[:TOP_TERMS]
         if common:
             labels.append(
-                LensLabel(feature, "captions", ", ".join(w for _, w in common), {"words": {w: n for n, w in common}, "captioned": len(word_sets)})
+                Label(feature, "captions", ", ".join(w for _, w in common), {"words": {w: n for n, w in common}, "captioned": len(word_sets)})
             )
     return labels
 
 
-def encoder_lens_labels(encoder_id: str, directions: np.ndarray, features: np.ndarray, vocab: Sequence[str]) -> list[LensLabel]:
+def encoder_lens_labels(encoder_id: str, directions: np.ndarray, features: np.ndarray, vocab: Sequence[str]) -> list[Label]:
     """ImageNet-head and text-tower labels from the store's encoder, where it offers them."""
     if encoder_id == NO_ENCODER:
         return []
@@ -93,7 +86,7 @@ def encoder_lens_labels(encoder_id: str, directions: np.ndarray, features: np.nd
     except (UserError, OSError, ValueError) as exc:
         log.info("no encoder lens labels: cannot load encoder %r (%s)", encoder_id, exc)
         return []
-    labels: list[LensLabel] = []
+    labels: list[Label] = []
     if hasattr(encoder, "imagenet_head"):
         weight, _bias, class_names = encoder.imagenet_head()
         labels += head_labels(_numpy(weight), class_names, directions, features)
