@@ -25,8 +25,10 @@ class EncoderOptions:
     dtype: str = "auto"  # float16 on CUDA, float32 elsewhere
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
-        device = torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
-                              "cpu" if self.device == "auto" else self.device)
+        if self.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
         if self.dtype == "auto":

@@ -106,7 +106,8 @@ class StoreWriter:
         self.encoder_info = dict(encoder_info or {})
         self._manifest = self._load_or_start()
         self._pending = _Pending()
-        self._known_ids = self._committed_ids()
+        self.resumed_image_ids = self._committed_image_ids()  # read once: resume checks and `has` share it
+        self._known_ids = set(self.resumed_image_ids)
 
     # -- resume -------------------------------------------------------------------------
     def _load_or_start(self) -> dict[str, Any]:
@@ -146,10 +147,7 @@ class StoreWriter:
         if self.sources != previous:
             manifest["complete"] = False
 
-    def _committed_ids(self) -> set[str]:
-        return set(self.committed_image_ids())
-
-    def committed_image_ids(self) -> list[str]:
+    def _committed_image_ids(self) -> list[str]:
         """Image ids of the rows on disk, in store order."""
         ids: list[str] = []
         for shard in self._manifest["shards"]:

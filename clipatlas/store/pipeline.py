@@ -143,7 +143,7 @@ def _remaining(items: list[SourceItem], writer: StoreWriter) -> tuple[list[Sourc
         return items, False
     skipped = writer.skipped_uris
     expected = [item.image_id for item in items[:consumed] if item.uri not in skipped]
-    if consumed <= len(items) and expected == writer.committed_image_ids():
+    if consumed <= len(items) and expected == writer.resumed_image_ids:
         return items[consumed:], False
     return [item for item in items if not writer.has(item.image_id) and item.uri not in skipped], True
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
+from clipatlas._io import read_json
 from clipatlas.store.core import Store
 from clipatlas.workspace import Workspace
 
@@ -36,7 +36,7 @@ def _sae_line(sae_dir: Path) -> str:
     parts = [f"sae {sae_dir.name}"]
     metrics_path = sae_dir / "metrics.json"
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)  # schema-checked, like every file clipatlas writes
         parts += [f"{key}={metrics[key]:.3f}" for key in METRIC_KEYS if isinstance(metrics.get(key), (int, float))]
     else:
         parts.append("(not evaluated: clipatlas eval)")
