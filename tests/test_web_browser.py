@@ -200,10 +200,9 @@ def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
     assert page.locator(".pick.chosen").get_attribute("data-image") == chosen
 
 
-def test_playground_generates_before_and_after(page, synthetic):
-    url, atlas = synthetic
-    page.goto(f"{url}/playground")
-    page.wait_for_selector("body[data-playground-ready]")
+def ban_first_feature_and_generate_twice(page, screenshot: str) -> None:
+    """Ban the first listed feature and press Generate: before and after appear from the job, one
+    history entry; pressing it again with the same recipe is answered from the cache."""
     first = int(page.locator("#features input[type=range]").first.get_attribute("data-feature"))
     page.locator(f'.slider-row:has(input[data-feature="{first}"]) button.ban').click()
     page.click("#generate")
@@ -211,12 +210,20 @@ def test_playground_generates_before_and_after(page, synthetic):
     for image in ("#before", "#after"):
         sync_api.expect(page.locator(image)).to_have_attribute("src", re.compile(r"/api/jobs/[0-9a-f]{64}/images/[01]\.png"))
     page.wait_for_load_state("load")
-    assert page.locator("#after").evaluate("img => img.naturalWidth") > 0
+    for image in ("#before", "#after"):
+        assert page.locator(image).evaluate("img => img.naturalWidth") > 0
     assert page.locator("#history li").count() == 1
-    shot(page, "playground-generated")
-    page.click("#generate")  # the same recipe again: answered from the cache
+    shot(page, screenshot)
+    page.click("#generate")
     sync_api.expect(page.locator("#job-status")).to_contain_text("cached")
     assert page.locator("#history li").count() == 2
+
+
+def test_playground_generates_before_and_after(page, synthetic):
+    url, atlas = synthetic
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    ban_first_feature_and_generate_twice(page, "playground-generated")
 
 
 # ---- the demo-like atlas: real images, uploads and generation ------------------------------------
@@ -267,15 +274,4 @@ def test_demo_playground_generates_with_retrieval(page, demo_site, cat_png):
     page.wait_for_selector("body[data-playground-ready]")
     page.set_input_files("#upload", str(cat_png))
     sync_api.expect(page.locator("#job-status")).to_have_text("uploaded")
-    first = int(page.locator("#features input[type=range]").first.get_attribute("data-feature"))
-    page.locator(f'.slider-row:has(input[data-feature="{first}"]) button.ban').click()
-    page.click("#generate")
-    sync_api.expect(page.locator("#job-status")).to_contain_text("done", timeout=60_000)
-    page.wait_for_load_state("load")
-    assert page.locator("#after").evaluate("img => img.naturalWidth") > 0
-    assert page.locator("#before").evaluate("img => img.naturalWidth") > 0
-    assert page.locator("#history li").count() == 1
-    shot(page, "demo-playground")
-    page.click("#generate")  # the same recipe again: served from the cache
-    sync_api.expect(page.locator("#job-status")).to_contain_text("cached")
-    assert page.locator("#history li").count() == 2
+    ban_first_feature_and_generate_twice(page, "demo-playground")
