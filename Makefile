@@ -12,7 +12,7 @@ PORT ?= 8000
 TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
 APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
 
-.PHONY: install demo demo-data bench-data test bench clean
+.PHONY: install demo demo-data bench-data lint test bench clean
 
 install: $(STAMP)
 
@@ -43,7 +43,12 @@ bench-data:
 demo: install
 	$(VENV)/bin/clipatlas demo -w $(WORKSPACE) --port $(PORT)
 
-test: install
+# Lint and format checks first: they take a second and name the exact line.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 PEERS_VENV := bench/.venv-peers

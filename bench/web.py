@@ -11,6 +11,7 @@ schema, then
     being drawn: first visit (fresh browser, nothing cached) and second visit.
 Targets: feature page p95 < 30 ms; map load < 2 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,16 @@ from clipatlas._io import atomic_write_json, read_json  # noqa: E402
 from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def synthetic_workspace(out: Path, cfg: SyntheticAtlasConfig) -> Path:
@@ -61,9 +70,14 @@ def feature_pages(app, features: np.ndarray) -> dict:
             assert response.status_code == 200, response.text[:200]
             server_ms.append(float(response.headers["server-timing"].split("dur=")[1]))
             sizes.append(len(response.content))
-    return {"pages": len(features), "server_p50_ms": float(np.percentile(server_ms, 50)),
-            "server_p95_ms": float(np.percentile(server_ms, 95)), "server_max_ms": float(np.max(server_ms)),
-            "client_p95_ms": float(np.percentile(wall_ms, 95)), "html_kib_mean": float(np.mean(sizes) / 1024)}
+    return {
+        "pages": len(features),
+        "server_p50_ms": float(np.percentile(server_ms, 50)),
+        "server_p95_ms": float(np.percentile(server_ms, 95)),
+        "server_max_ms": float(np.max(server_ms)),
+        "client_p95_ms": float(np.percentile(wall_ms, 95)),
+        "html_kib_mean": float(np.mean(sizes) / 1024),
+    }
 
 
 def map_load(app) -> dict:
@@ -110,7 +124,11 @@ def main() -> None:
     atlas = Atlas.open(root)
     alive = atlas.map_points().feature
     chosen = np.random.default_rng(1).choice(alive, size=min(args.pages, len(alive)), replace=False)
-    results = {"features": args.features, "alive": int(len(alive)), **feature_pages(create_app(root, atlas=atlas), chosen)}
+    results = {
+        "features": args.features,
+        "alive": int(len(alive)),
+        **feature_pages(create_app(root, atlas=atlas), chosen),
+    }
     if Path(CHROMIUM).exists():
         served = create_app(root)
         served.state.views.map_json()  # as `clipatlas serve` does before printing the URL

@@ -1,4 +1,5 @@
 """clipatlas: find, explain and steer the features inside image embeddings."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

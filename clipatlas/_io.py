@@ -4,6 +4,7 @@ Every file clipatlas writes goes to a temporary name in the same directory, is f
 then renamed over the target: a killed process leaves either the old file or the new
 one, never half of one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from clipatlas.errors import UserError
 

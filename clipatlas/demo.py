@@ -4,12 +4,13 @@ embed (efficientnet-lite0) -> train a TopK SAE -> evaluate -> build the atlas ->
 an example steering recipe -> serve. Every step resumes or reuses finished work, so running the demo
 again after an interruption (or to serve again) only does what is missing.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from clipatlas.errors import UserError
 from clipatlas.sources import available_demo_sets
@@ -55,14 +56,23 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
         print("note: demo sets not installed: " + "; ".join(f"demo:{m} ({INSTALL_HINTS[m]})" for m in missing))
     sources = [f"demo:{name}" for name in sets]
 
-    _step(f"embedding {', '.join(sources)} with {DEMO_ENCODER}",
-          lambda: embed(sources, workspace, encoder=DEMO_ENCODER, limit=config.limit, batch_size=32).format())
-    _step(f"training the TopK SAE {config.name!r}",
-          lambda: str(train(workspace, TrainConfig(name=config.name, steps=_demo_steps(workspace), **DEMO_SAE))))
+    _step(
+        f"embedding {', '.join(sources)} with {DEMO_ENCODER}",
+        lambda: embed(sources, workspace, encoder=DEMO_ENCODER, limit=config.limit, batch_size=32).format(),
+    )
+    _step(
+        f"training the TopK SAE {config.name!r}",
+        lambda: str(train(workspace, TrainConfig(name=config.name, steps=_demo_steps(workspace), **DEMO_SAE))),
+    )
     _step("evaluating it on held-out images", lambda: _metrics_line(evaluate(workspace, config.name)))
     _step("building the atlas", lambda: _atlas_line(build_atlas(workspace, config.name)))
-    _step("retrieval icons and an example steering recipe",
-          lambda: f"replay with: clipatlas steer --recipe {write_demo_steering(workspace, config.name)} -w {workspace} -o out.png")
+    _step(
+        "retrieval icons and an example steering recipe",
+        lambda: (
+            f"replay with: clipatlas steer --recipe {write_demo_steering(workspace, config.name)} "
+            f"-w {workspace} -o out.png"
+        ),
+    )
     if config.serve:
         from clipatlas.web.server import serve
 
@@ -79,12 +89,18 @@ def _demo_steps(workspace: Path) -> int:
 
 
 def _metrics_line(metrics) -> str:
-    return (f"on {metrics.n_samples} held-out images: explained variance {metrics.explained_variance:.3f}, "
-            f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, {metrics.dead_fraction:.1%} of latents silent on all of them, "
-            f"{metrics.dense_fraction:.1%} dense")
+    return (
+        f"on {metrics.n_samples} held-out images: explained variance {metrics.explained_variance:.3f}, "
+        f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, "
+        f"{metrics.dead_fraction:.1%} of latents silent on all of them, "
+        f"{metrics.dense_fraction:.1%} dense"
+    )
 
 
 def _atlas_line(atlas) -> str:
     summary = atlas.summary()
-    return (f"{summary['n_alive']}/{summary['n_features']} features fire on at least one of the {summary['n_images']} images, "
-            f"{summary['n_labelled']} labelled -> {atlas.db_path}")
+    return (
+        f"{summary['n_alive']}/{summary['n_features']} features fire on at least one "
+        f"of the {summary['n_images']} images, "
+        f"{summary['n_labelled']} labelled -> {atlas.db_path}"
+    )

@@ -1,4 +1,5 @@
 """Paths inside a workspace directory (see docs/ARCHITECTURE.md for the layout)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Test-wide guards: offline, one torch thread, no network connections."""
+
 from __future__ import annotations
 
 import os
@@ -46,7 +47,6 @@ def _no_network():
     yield
     socket.socket.connect = _real_connect
     socket.socket.connect_ex = _real_connect_ex
-
 
 
 DEMO_IMAGES = 400

@@ -1,4 +1,5 @@
 """build_atlas + the Atlas query API on a random store and a random TopK SAE, checked by brute force."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -274,7 +275,9 @@ def test_killed_build_rerun_gives_identical_database(tmp_path):
 
     partial = StreamState.load(next(atlas_dir.glob(f".build-*/{STATE_FILE}")), torch.device("cpu"))
     assert 0 < partial.next_row < 4000
-    done = subprocess.run([sys.executable, "-m", "clipatlas", "atlas", "-w", str(killed), *args], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "clipatlas", "atlas", "-w", str(killed), *args], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "features alive" in done.stdout
     build_atlas(straight, config=AtlasConfig(top_k=8, chunk_size=16, map_method="pca", thumbnails=False))

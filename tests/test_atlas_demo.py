@@ -4,6 +4,7 @@ The store holds the pooled features the ImageNet head reads, so each image's own
 predictions are `weight @ x + bias`. A feature labelled "mushroom" by the lens should have
 top images that the classifier itself calls mushrooms far more often than images at large.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,9 @@ def test_demo_atlas_has_imagenet_labelled_features(demo):
     atlas, _, names, _ = demo
     summary = atlas.summary()
     assert summary["encoder"] == "efficientnet-lite0" and summary["n_alive"] > 20
-    imagenet = [label for f in atlas.map_points().feature for label in atlas.labels(int(f)) if label.source == "imagenet"]
+    imagenet = [
+        label for f in atlas.map_points().feature for label in atlas.labels(int(f)) if label.source == "imagenet"
+    ]
     assert len(imagenet) == summary["n_alive"]
     assert all(label.text in names for label in imagenet)
 

@@ -1,4 +1,5 @@
 """Lens labels and the feature map, on constructed inputs whose answer is known."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,10 @@ def test_head_labels_name_the_class_a_direction_raises():
     names = [f"class{i}" for i in range(10)]
     directions = np.stack([2 * weight[3], weight[7] + 0.5 * weight[1]])
     labels = lens.head_labels(weight, names, directions, np.array([40, 41]))
-    assert [(l.feature, l.source, l.text) for l in labels] == [(40, "imagenet", "class3"), (41, "imagenet", "class7")]
+    assert [(label.feature, label.source, label.text) for label in labels] == [
+        (40, "imagenet", "class3"),
+        (41, "imagenet", "class7"),
+    ]
     assert labels[0].score["logit"][0] == pytest.approx(2.0, abs=1e-5)
     assert labels[1].score["terms"][:2] == ["class7", "class1"]
     assert len(labels[1].score["terms"]) == lens.TOP_TERMS
@@ -29,7 +33,7 @@ def test_text_labels_pick_the_nearest_vocabulary_entry():
     vocab = ["cat", "dog", "tree", "car", "sky", "sea"]
     directions = np.stack([text[4] * 0.1, text[0] + text[2] * 0.3])
     labels = lens.text_labels(text, vocab, directions, np.array([0, 1]))
-    assert [l.text for l in labels] == ["sky", "cat"]
+    assert [label.text for label in labels] == ["sky", "cat"]
     assert labels[0].score["cosine"][0] == pytest.approx(1.0, abs=1e-5)
     assert labels[1].score["terms"][1] == "tree"
 
@@ -40,7 +44,7 @@ def test_caption_labels_keep_recurring_words_only():
         4: ["only one caption"],
         5: ["dog", "cat", "bird", "fish"],
     }
-    labels = {l.feature: l for l in lens.caption_labels(captions)}
+    labels = {label.feature: label for label in lens.caption_labels(captions)}
     assert set(labels) == {3}
     assert labels[3].text == "light, traffic, red"
     assert labels[3].score == {"words": {"light": 3, "traffic": 3, "red": 2}, "captioned": 4}
@@ -93,8 +97,11 @@ def test_encoder_lens_labels_use_whatever_the_encoder_offers(monkeypatch):
     monkeypatch.setattr(clipatlas.encoders, "load_encoder", lambda name: encoder, raising=False)
     directions = np.stack([basis[2] + basis[5], basis[1] + basis[6]])  # head part + text part
     labels = lens.encoder_lens_labels("fake", directions, np.array([7, 9]), ["w0", "w1", "w2", "w3"])
-    assert [(l.feature, l.source, l.text) for l in labels] == [
-        (7, "imagenet", "class2"), (9, "imagenet", "class1"), (7, "clip-text", "w1"), (9, "clip-text", "w2"),
+    assert [(label.feature, label.source, label.text) for label in labels] == [
+        (7, "imagenet", "class2"),
+        (9, "imagenet", "class1"),
+        (7, "clip-text", "w1"),
+        (9, "clip-text", "w2"),
     ]
 
     def unavailable(name):

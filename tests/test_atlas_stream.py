@@ -3,6 +3,7 @@
 The "SAE" here is the identity followed by ReLU, so the activation matrix is known exactly:
 z = relu(X) for the stored X.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,17 @@ def activations(tmp_path_factory):
 
 
 def run(store, work_dir, checkpoint_seconds=0.0):
-    return stream.run_stream(store, relu_sparse, F, work_dir=work_dir, top_k=TOP_K, codes_per_image=CAP, chunk_size=CHUNK,
-                             device=torch.device("cpu"), checkpoint_seconds=checkpoint_seconds)
+    return stream.run_stream(
+        store,
+        relu_sparse,
+        F,
+        work_dir=work_dir,
+        top_k=TOP_K,
+        codes_per_image=CAP,
+        chunk_size=CHUNK,
+        device=torch.device("cpu"),
+        checkpoint_seconds=checkpoint_seconds,
+    )
 
 
 def brute_top(z: np.ndarray, k: int):
@@ -158,7 +168,9 @@ def test_coactivation_equals_dense_jaccard(activations):
     fires = (z > 0).astype(np.int64)
     both = fires.T @ fires
     n = fires.sum(axis=0)
-    feature, rank, other, count, jaccard = relations.coactivation(*csr_of(z)[:2], n_features=F, limit=5, cells_per_block=16 * F)
+    feature, rank, other, count, jaccard = relations.coactivation(
+        *csr_of(z)[:2], n_features=F, limit=5, cells_per_block=16 * F
+    )
     for f in range(F):
         with np.errstate(invalid="ignore"):
             scores = both[f] / (n[f] + n - both[f])

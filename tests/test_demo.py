@@ -1,4 +1,5 @@
 """`clipatlas demo`: every stage runs on the real demo images, ends by serving, and re-runs cheaply."""
+
 import json
 
 import pytest

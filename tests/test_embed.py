@@ -1,5 +1,6 @@
 """`clipatlas embed` end to end with a tiny random CLIP: broken inputs, metadata, exactness, NaN
 guard, and a run killed with SIGKILL that resumes to byte-identical shards."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,12 @@ from clipatlas.store import Store, StoreError, embed
 
 REPO = Path(__file__).resolve().parents[1]
 N_GOOD = 20
-SKIPPED = {"bomb.png": "too many pixels", "empty.jpg": "empty file", "readme.jpg": "not an image",
-           "truncated.jpg": "truncated or corrupt image"}
+SKIPPED = {
+    "bomb.png": "too many pixels",
+    "empty.jpg": "empty file",
+    "readme.jpg": "not an image",
+    "truncated.jpg": "truncated or corrupt image",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +44,17 @@ def tiny_clip(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        image_size=32, patch_size=8, projection_dim=16)).save_pretrained(path)
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        )
+    ).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
@@ -63,7 +76,12 @@ def random_image(seed: int) -> Image.Image:
 def bomb_png() -> bytes:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def make_corpus(root: Path, n_good: int = N_GOOD) -> Path:
@@ -102,7 +120,10 @@ def store_files(workspace: Path) -> dict[str, bytes]:
 def test_embed_cli_on_a_messy_folder(tmp_path, tiny_clip, capsys):
     corpus = make_corpus(tmp_path / "corpus")
     workspace = tmp_path / "ws"
-    assert embed_cli([corpus], workspace, f"hf:{tiny_clip}", "--batch-size", "4", "--shard-size", "8", "--workers", "2") == 0
+    assert (
+        embed_cli([corpus], workspace, f"hf:{tiny_clip}", "--batch-size", "4", "--shard-size", "8", "--workers", "2")
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"embedded {N_GOOD + 3} images this run" in out and "skipped 4" in out
     for reason in SKIPPED.values():
@@ -139,7 +160,7 @@ def test_embed_cli_on_a_messy_folder(tmp_path, tiny_clip, capsys):
     expected = encoder.encode_images([open_uri(row["uri"]) for row in rows], batch_size=5)
     stored = store.to_array()
     np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=2e-3)
-    assert np.abs(stored - expected).max() <= np.abs(expected).max() * 2 ** -10
+    assert np.abs(stored - expected).max() <= np.abs(expected).max() * 2**-10
     png_row = [row["uri"] for row in rows].index(str(corpus / "img_04.png"))
     np.testing.assert_allclose(stored[png_row], encoder.encode_images([random_image(4)])[0], rtol=2e-3, atol=2e-3)
 
@@ -236,8 +257,12 @@ def test_nan_embeddings_stop_the_run_and_never_reach_the_store(tmp_path, tiny_cl
     assert np.isfinite(store.to_array()).all()
 
     calls.clear()
-    assert embed_cli([corpus], tmp_path / "ws_cli", f"hf:{tiny_clip}", "--batch-size", "2", "--shard-size", "4",
-                     "--workers", "0") == 2
+    assert (
+        embed_cli(
+            [corpus], tmp_path / "ws_cli", f"hf:{tiny_clip}", "--batch-size", "2", "--shard-size", "4", "--workers", "0"
+        )
+        == 2
+    )
     assert "NaN" in capsys.readouterr().err
     assert np.isfinite(Store.open(tmp_path / "ws_cli").to_array()).all()
 
@@ -250,9 +275,11 @@ def test_nan_embeddings_stop_the_run_and_never_reach_the_store(tmp_path, tiny_cl
 
 def feed_fifo(path: Path, data: bytes) -> threading.Thread:
     """Serve `data` once to the next reader of the named pipe `path`."""
+
     def serve():
         with open(path, "wb") as fh:  # blocks until a reader opens the pipe
             fh.write(data)
+
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     return thread
@@ -303,8 +330,13 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path, tiny_clip, capsys
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with open(tmp_path / "killed.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "clipatlas", "embed", str(listing), "-w", str(killed), *args],
-                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clipatlas", "embed", str(listing), "-w", str(killed), *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             manifest_path = killed / "store" / "manifest.json"
             wait_until_blocked(process, manifest_path)
@@ -323,8 +355,11 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path, tiny_clip, capsys
     assert [shard["count"] for shard in partial["shards"]] == [4, 3, 4, 4, 4]
     assert partial["skipped"] == [{"uri": str(images / "empty.png"), "reason": "empty file"}]
     shard_count = len(partial["shards"])
-    assert sorted(partial_files) == sorted(["manifest.json"] + [f"img_emb/img_emb_{i:05d}.npy" for i in range(shard_count)]
-                                            + [f"metadata/metadata_{i:05d}.parquet" for i in range(shard_count)])
+    assert sorted(partial_files) == sorted(
+        ["manifest.json"]
+        + [f"img_emb/img_emb_{i:05d}.npy" for i in range(shard_count)]
+        + [f"metadata/metadata_{i:05d}.parquet" for i in range(shard_count)]
+    )
     assert "embedded" not in (tmp_path / "killed.log").read_text()  # it never got to its summary
 
     feeder = feed_fifo(images / "slow.png", slow_bytes)
@@ -347,7 +382,9 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path, tiny_clip, capsys
         if name != "manifest.json":
             assert data == reference_files[name], name
     for name in shard_names:
-        assert hashlib.sha256(resumed_files[name]).hexdigest() == hashlib.sha256(reference_files[name]).hexdigest(), name
+        assert hashlib.sha256(resumed_files[name]).hexdigest() == hashlib.sha256(reference_files[name]).hexdigest(), (
+            name
+        )
         if name.endswith(".npy"):
             np.testing.assert_array_equal(np.load(killed / "store" / name), np.load(reference / "store" / name))
     resumed_manifest = json.loads(resumed_files["manifest.json"])

@@ -1,5 +1,6 @@
 """Encoders by name: tiny random CLIP checkpoints saved in both layouts the loader understands, and
 the real EfficientNet-Lite0 weights recognising a cat."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def write_tiny_tokenizer(folder):
 
     folder.mkdir(parents=True, exist_ok=True)
     chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + ["ca", "cat</w>", "do", "dog</w>"]
+    vocab = (
+        ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars] + ["ca", "cat</w>", "do", "dog</w>"]
+    )
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\nc a\nca t</w>\nd o\ndo g</w>\n")
     return len(vocab)
@@ -32,14 +35,30 @@ def write_tiny_tokenizer(folder):
 def save_tiny_clip(root, kandinsky_layout: bool, seed: int = 0):
     """A tiny random CLIP vision tower (+ processor), in a plain folder or the Kandinsky prior layout
     (then with a text tower and tokenizer as well). Returns the vision model."""
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer,
-                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     torch.manual_seed(seed)
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        image_size=IMAGE_SIZE, patch_size=8, projection_dim=PROJECTION)).eval()
-    processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    vision = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            projection_dim=PROJECTION,
+        )
+    ).eval()
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
     if not kandinsky_layout:
         vision.save_pretrained(root)
         processor.save_pretrained(root)
@@ -48,10 +67,20 @@ def save_tiny_clip(root, kandinsky_layout: bool, seed: int = 0):
     processor.save_pretrained(root / "image_processor")
     vocab_size = write_tiny_tokenizer(root / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
-    text = CLIPTextModelWithProjection(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=PROJECTION, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    text = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=PROJECTION,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).eval()
     text.save_pretrained(root / "text_encoder")
     return vision
 
@@ -106,16 +135,25 @@ def test_kandinsky_layout_with_text_tower(prior_clip):
     assert encoder.id == f"kandinsky-clip:{path}" and encoder.dim == PROJECTION
     images = sample_images()
     embeddings = encoder.encode_images(images)
-    np.testing.assert_allclose(embeddings, reference_embeddings(model, path, images, "image_processor"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        embeddings, reference_embeddings(model, path, images, "image_processor"), rtol=1e-5, atol=1e-5
+    )
 
     texts = ["a cat", "dog", "a dog and a cat", "CAT!"]
     text_embeddings = encoder.text_embeddings(texts, batch_size=3)
     assert text_embeddings.shape == (4, PROJECTION) and text_embeddings.dtype == np.float32
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
-    assert tokenizer.convert_ids_to_tokens(tokenizer("a cat")["input_ids"]) == ["<|startoftext|>", "a</w>", "cat</w>", "<|endoftext|>"]
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a cat")["input_ids"]) == [
+        "<|startoftext|>",
+        "a</w>",
+        "cat</w>",
+        "<|endoftext|>",
+    ]
     text_model = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder").eval()
     with torch.no_grad():
-        expected = np.concatenate([text_model(**tokenizer([t], return_tensors="pt")).text_embeds.numpy() for t in texts])
+        expected = np.concatenate(
+            [text_model(**tokenizer([t], return_tensors="pt")).text_embeds.numpy() for t in texts]
+        )
     np.testing.assert_allclose(text_embeddings, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(text_embeddings[0], text_embeddings[1])
     # the same folder through hf: is the same model
@@ -140,7 +178,9 @@ def test_missing_processor_falls_back_to_clip_defaults(plain_clip, tmp_path):
     encoder = load_encoder(f"hf:{bare}", device="cpu")
     assert encoder.preprocess(sample_images()[1]).shape == (3, IMAGE_SIZE, IMAGE_SIZE)
     images = sample_images()
-    np.testing.assert_allclose(encoder.encode_images(images), reference_embeddings(model, path, images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.encode_images(images), reference_embeddings(model, path, images), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bad_encoder_names_are_user_errors(tmp_path):

@@ -1,4 +1,5 @@
 """SAE metrics against brute-force formulas and scikit-learn."""
+
 from __future__ import annotations
 
 import itertools
@@ -97,7 +98,9 @@ def test_nan_reconstructions_are_refused(data):
 
 def test_metrics_check_their_own_consistency():
     with pytest.raises(ValueError, match="inconsistent"):
-        Metrics(n_samples=1, fvu=0.2, explained_variance=0.7, l0=1, dead_fraction=0, dense_fraction=0, cosine=1, d_sae=4)
+        Metrics(
+            n_samples=1, fvu=0.2, explained_variance=0.7, l0=1, dead_fraction=0, dense_fraction=0, cosine=1, d_sae=4
+        )
 
 
 def test_pareto_front_matches_brute_force():

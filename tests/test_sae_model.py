@@ -1,4 +1,5 @@
 """SAE architectures against brute-force references: activations, scaling, sparse gradients, files."""
+
 from __future__ import annotations
 
 import json

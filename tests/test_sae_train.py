@@ -1,4 +1,5 @@
 """Training from the command line: every architecture learns, resumption is exact, sweeps share batches."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import clipatlas.sae.training as train_module
 from clipatlas.cli import main
 from clipatlas.errors import UserError
 from clipatlas.sae import ARCHITECTURES, SAE, TrainConfig, make_config, train, train_many
-import clipatlas.sae.training as train_module
 from clipatlas.sae.training import BatchStream, split_rows
 from clipatlas.store import write_store
 
@@ -33,11 +34,31 @@ def workspace(tmp_path_factory):
     return root
 
 
-FAST = ["--expansion", "4", "--batch-size", "128", "--lr", "3e-3", "--steps", "150", "--k", "6", "--checkpoint-every", "50"]
+FAST = [
+    "--expansion",
+    "4",
+    "--batch-size",
+    "128",
+    "--lr",
+    "3e-3",
+    "--steps",
+    "150",
+    "--k",
+    "6",
+    "--checkpoint-every",
+    "50",
+]
 
 
-@pytest.mark.parametrize("arch,extra", [("topk", []), ("batchtopk", []), ("relu", ["--l1", "0.3", "--resample-every", "50"]),
-                                        ("jumprelu", ["--l1", "0.02"])])
+@pytest.mark.parametrize(
+    "arch,extra",
+    [
+        ("topk", []),
+        ("batchtopk", []),
+        ("relu", ["--l1", "0.3", "--resample-every", "50"]),
+        ("jumprelu", ["--l1", "0.02"]),
+    ],
+)
 def test_every_architecture_trains_and_evaluates_from_the_cli(workspace, arch, extra, capsys):
     assert main(["train", "-w", str(workspace), "--name", arch, "--arch", arch, *FAST, *extra]) == 0
     sae_dir = workspace / "saes" / arch
@@ -116,13 +137,19 @@ def test_killed_run_resumes_to_the_same_weights(workspace, monkeypatch):
     resumed = load_file(train(workspace, _cfg("resumed")) / "sae.safetensors")
     for key in reference:
         torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=0)
-    steps = [json.loads(line)["step"] for line in (workspace / "saes" / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (workspace / "saes" / "resumed" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(1, 25))
 
 
 def test_sweep_trains_its_grid_in_one_pass_over_the_data(workspace, tmp_path, monkeypatch):
     sweep = tmp_path / "grid.toml"
-    sweep.write_text('name = "g"\n[base]\narch = "topk"\nsteps = 20\nbatch_size = 64\nexpansion = 2\n[grid]\nk = [2, 8]\nlr = [0.001]\n')
+    sweep.write_text(
+        'name = "g"\n[base]\narch = "topk"\nsteps = 20\nbatch_size = 64\nexpansion = 2\n'
+        "[grid]\nk = [2, 8]\nlr = [0.001]\n"
+    )
     reads = []
     real_batch = BatchStream.batch
     monkeypatch.setattr(BatchStream, "batch", lambda self, step: reads.append(step) or real_batch(self, step))
@@ -132,7 +159,9 @@ def test_sweep_trains_its_grid_in_one_pass_over_the_data(workspace, tmp_path, mo
     for k in (2, 8):
         cfg = json.loads((workspace / "saes" / f"g-k{k}-lr0.001" / "cfg.json").read_text())
         assert cfg["k"] == k and cfg["training"]["lr"] == 0.001
-        l0[k] = json.loads((workspace / "saes" / f"g-k{k}-lr0.001" / "train_log.jsonl").read_text().splitlines()[-1])["l0"]
+        l0[k] = json.loads((workspace / "saes" / f"g-k{k}-lr0.001" / "train_log.jsonl").read_text().splitlines()[-1])[
+            "l0"
+        ]
     assert l0[2] <= 2 < l0[8] <= 8
 
 

@@ -1,5 +1,6 @@
 """Image sources and decoding: folders, WebDataset shards, path lists, demo sets, and the broken
 or unusual files real collections hold, each checked on the pixels that come out."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,13 @@ from PIL import Image
 
 from clipatlas.errors import UserError
 from clipatlas.sources import (
-    ImageDecodeError, available_demo_sets, decode_image, iter_items, iter_source, open_uri, read_image,
+    ImageDecodeError,
+    available_demo_sets,
+    decode_image,
+    iter_items,
+    iter_source,
+    open_uri,
+    read_image,
 )
 
 
@@ -83,14 +90,19 @@ def make_folder(root):
 def test_folder_is_recursive_sorted_and_skips_hidden_files_and_sidecars(tmp_path):
     root = make_folder(tmp_path / "photos")
     items = list(iter_source(str(root)))
-    relative = [str(item.uri)[len(str(root)) + 1:] for item in items]
+    relative = [str(item.uri)[len(str(root)) + 1 :] for item in items]
     # a folder's own files (sorted), then its subfolders (sorted), depth first
     assert relative == ["m.png", "z.png", "a_sub/one.jpg", "b_sub/fake.jpg", "b_sub/deeper/mislabelled.dat"]
     assert {item.source for item in items} == {str(root)}
     # captions come from the .txt / .caption sidecar, first non-empty line, stripped
     captions = {rel: item.caption for rel, item in zip(relative, items)}
-    assert captions == {"a_sub/one.jpg": "a green square", "b_sub/deeper/mislabelled.dat": None,
-                        "b_sub/fake.jpg": None, "m.png": None, "z.png": "a red square"}
+    assert captions == {
+        "a_sub/one.jpg": "a green square",
+        "b_sub/deeper/mislabelled.dat": None,
+        "b_sub/fake.jpg": None,
+        "m.png": None,
+        "z.png": "a red square",
+    }
     # listing again gives the very same items (resumes rely on it)
     assert list(iter_source(str(root))) == items
 
@@ -174,8 +186,11 @@ def test_webdataset_tar_is_read_in_place(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     items = list(iter_source(str(shard)))
     assert [item.caption for item in items] == ["a red rectangle", "a gradient", None]
-    assert [item.uri for item in items] == [f"tar://{shard}#000001.jpg", f"tar://{shard}#000002.png",
-                                            f"tar://{shard}#sub/000004.png"]
+    assert [item.uri for item in items] == [
+        f"tar://{shard}#000001.jpg",
+        f"tar://{shard}#000002.png",
+        f"tar://{shard}#sub/000004.png",
+    ]
     assert len({item.image_id for item in items}) == 3
     first = read_image(items[0].uri)
     assert first.sha256 == hashlib.sha256(jpg).hexdigest()
@@ -204,10 +219,16 @@ def test_txt_list_with_relative_paths_comments_and_a_missing_file(tmp_path):
     outside = tmp_path / "outside.png"
     outside.write_bytes(encode(solid((40, 50, 60))))
     listing = images / "list.txt"
-    listing.write_text(f"# my images\n\n  a.png  \n{outside}\n   # indented comment\nmissing.png\nhttps://example.com/x.jpg\n")
+    listing.write_text(
+        f"# my images\n\n  a.png  \n{outside}\n   # indented comment\nmissing.png\nhttps://example.com/x.jpg\n"
+    )
     items = list(iter_source(str(listing)))
-    assert [item.uri for item in items] == [str(images / "a.png"), str(outside), str(images / "missing.png"),
-                                            "https://example.com/x.jpg"]
+    assert [item.uri for item in items] == [
+        str(images / "a.png"),
+        str(outside),
+        str(images / "missing.png"),
+        "https://example.com/x.jpg",
+    ]
     assert items[0].caption == "caption beside a"
     assert (pixels(open_uri(items[1].uri)) == [40, 50, 60]).all()
     reasons = []
@@ -226,11 +247,20 @@ def test_txt_list_with_relative_paths_comments_and_a_missing_file(tmp_path):
 def test_parquet_list_with_path_and_caption_columns(tmp_path):
     (tmp_path / "p.png").write_bytes(encode(solid((1, 2, 3))))
     (tmp_path / "q.png").write_bytes(encode(solid((4, 5, 6))))
-    table = pa.table({"path": ["p.png", str(tmp_path / "q.png"), "gone.png"],
-                      "caption": ["first", None, "third"], "extra": [1, 2, 3]})
+    table = pa.table(
+        {
+            "path": ["p.png", str(tmp_path / "q.png"), "gone.png"],
+            "caption": ["first", None, "third"],
+            "extra": [1, 2, 3],
+        }
+    )
     pq.write_table(table, tmp_path / "list.parquet")
     items = list(iter_source(str(tmp_path / "list.parquet")))
-    assert [item.uri for item in items] == [str(tmp_path / "p.png"), str(tmp_path / "q.png"), str(tmp_path / "gone.png")]
+    assert [item.uri for item in items] == [
+        str(tmp_path / "p.png"),
+        str(tmp_path / "q.png"),
+        str(tmp_path / "gone.png"),
+    ]
     assert [item.caption for item in items] == ["first", None, "third"]
     assert (pixels(open_uri(items[1].uri)) == [4, 5, 6]).all()
     with pytest.raises(ImageDecodeError, match="file not found"):

@@ -1,4 +1,5 @@
 """Steering: edit math against brute-force references, recipes, retrieval decoding, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ import torch
 from clipatlas.errors import UserError
 from clipatlas.sae import ARCHITECTURES, ReLUConfig
 from clipatlas.steer import (
-    Edit, Recipe, SteerContext, apply_edits, nearest_rows, parse_edit, run_recipe, steer_embedding,
+    Edit,
+    Recipe,
+    SteerContext,
+    apply_edits,
+    nearest_rows,
+    parse_edit,
+    run_recipe,
+    steer_embedding,
 )
 from clipatlas.steer import decoders as decoders_module
 
@@ -47,24 +55,41 @@ def steer_workspace(tmp_path_factory):
 
 
 # -- edits ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec, expected", [
-    ("set:12=7.5x", Edit("set", feature=12, value=7.5, relative=True)),
-    ("add:3=-2", Edit("add", feature=3, value=-2.0)),
-    ("scale:5=0.5", Edit("scale", feature=5, value=0.5)),
-    ("ban:42", Edit("ban", feature=42)),
-    ("transfer:img_a", Edit("transfer", image="img_a")),
-    ("transfer:/tmp/a:b.png:1,2", Edit("transfer", image="/tmp/a:b.png", features=(1, 2))),
-    ("difference:a,b=0.5", Edit("difference", image="a", other="b", value=0.5)),
-    ("difference:a,b", Edit("difference", image="a", other="b", value=1.0)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("set:12=7.5x", Edit("set", feature=12, value=7.5, relative=True)),
+        ("add:3=-2", Edit("add", feature=3, value=-2.0)),
+        ("scale:5=0.5", Edit("scale", feature=5, value=0.5)),
+        ("ban:42", Edit("ban", feature=42)),
+        ("transfer:img_a", Edit("transfer", image="img_a")),
+        ("transfer:/tmp/a:b.png:1,2", Edit("transfer", image="/tmp/a:b.png", features=(1, 2))),
+        ("difference:a,b=0.5", Edit("difference", image="a", other="b", value=0.5)),
+        ("difference:a,b", Edit("difference", image="a", other="b", value=1.0)),
+    ],
+)
 def test_parse_edit_and_json_round_trip(spec, expected):
     edit = parse_edit(spec)
     assert edit == expected
     assert Edit.from_dict(json.loads(json.dumps(edit.to_dict()))) == edit
 
 
-@pytest.mark.parametrize("spec", ["set:1", "set:a=2", "ban:", "ban:-1", "zap:1=2", "scale:1=2x", "difference:a=1",
-                                  "set:1=nan", "add:1=inf", "difference:a,b=2x", "set1=2"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "set:1",
+        "set:a=2",
+        "ban:",
+        "ban:-1",
+        "zap:1=2",
+        "scale:1=2x",
+        "difference:a=1",
+        "set:1=nan",
+        "add:1=inf",
+        "difference:a,b=2x",
+        "set1=2",
+    ],
+)
 def test_bad_edit_specs_raise_user_errors(spec):
     with pytest.raises(UserError):
         parse_edit(spec)
@@ -130,8 +155,15 @@ def test_bad_inputs_are_refused():
 
 # -- recipes -------------------------------------------------------------------------------------
 def test_recipe_round_trip_and_stable_hash(tmp_path):
-    recipe = Recipe.from_dict({"image": "00000001", "edits": ["set:1=7.5x", {"op": "ban", "feature": 2}],
-                               "decoder": "retrieval", "settings": {"k": 4}, "seed": 3})
+    recipe = Recipe.from_dict(
+        {
+            "image": "00000001",
+            "edits": ["set:1=7.5x", {"op": "ban", "feature": 2}],
+            "decoder": "retrieval",
+            "settings": {"k": 4},
+            "seed": 3,
+        }
+    )
     same = Recipe.from_dict(json.loads(json.dumps(dict(reversed(list(recipe.to_dict().items()))))))
     assert same == recipe and same.hash == recipe.hash and len(recipe.hash) == 64
     assert Recipe.from_dict({**recipe.to_dict(), "seed": 4}).hash != recipe.hash
@@ -142,14 +174,17 @@ def test_recipe_round_trip_and_stable_hash(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"edits": []}, "image"),
-    ({"image": "a", "edits": "ban:1"}, "list"),
-    ({"image": "a", "seed": -1}, "seed"),
-    ({"image": "a", "colour": 1}, "unknown fields"),
-    ({"image": "a", "edits": [{"op": "set", "feature": 1.5, "value": 1}]}, "integers"),
-    ({"image": "a", "schema_version": 99}, "newer"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"edits": []}, "image"),
+        ({"image": "a", "edits": "ban:1"}, "list"),
+        ({"image": "a", "seed": -1}, "seed"),
+        ({"image": "a", "colour": 1}, "unknown fields"),
+        ({"image": "a", "edits": [{"op": "set", "feature": 1.5, "value": 1}]}, "integers"),
+        ({"image": "a", "schema_version": 99}, "newer"),
+    ],
+)
 def test_bad_recipes_say_what_is_wrong(bad, message):
     with pytest.raises(UserError, match=message):
         Recipe.from_dict(bad)
@@ -164,7 +199,9 @@ def test_streaming_search_matches_brute_force(steer_workspace, monkeypatch):
     queries = np.random.default_rng(3).normal(size=(3, D_IN)).astype(np.float32)
     rows, scores = nearest_rows(store, queries, 10)
     all_rows = store.to_array()
-    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (all_rows / np.linalg.norm(all_rows, axis=1, keepdims=True)).T
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        all_rows / np.linalg.norm(all_rows, axis=1, keepdims=True)
+    ).T
     np.testing.assert_array_equal(rows, np.argsort(-cos, axis=1, kind="stable")[:, :10])
     np.testing.assert_allclose(scores, np.sort(cos, axis=1)[:, ::-1][:, :10], rtol=1e-5)
     with pytest.raises(UserError, match="dims"):
@@ -179,7 +216,9 @@ def test_run_recipe_retrieval_is_replayable_and_ranks_the_edit(steer_workspace):
     recipe = Recipe(image="00000005", edits=(parse_edit(f"set:{feature}=50x"),), settings=(("k", 6),))
     first, again = run_recipe(steer_workspace, recipe), run_recipe(steer_workspace, Recipe.from_dict(recipe.to_dict()))
     assert first.after_png == again.after_png and first.before_png == again.before_png
-    assert first.before_ranking[0].image_id == "00000005" and first.before_ranking[0].score == pytest.approx(1.0, abs=1e-5)
+    assert first.before_ranking[0].image_id == "00000005" and first.before_ranking[0].score == pytest.approx(
+        1.0, abs=1e-5
+    )
     # A strong feature dominates the edited embedding: the nearest images are those that express it most.
     top_ids = {example.image_id for example in atlas.top_images(feature)}
     assert first.after_ranking[0].image_id in top_ids
@@ -196,10 +235,31 @@ def test_cli_steer_writes_png_and_recipe_that_replays(steer_workspace, tmp_path,
     from clipatlas.cli import main
 
     out, recipe_path = tmp_path / "out.png", tmp_path / "r.json"
-    assert main(["steer", "00000007", "-w", str(steer_workspace), "--edit", "set:2=3x", "--edit", "ban:1",
-                 "--transfer-from", "00000100", "-o", str(out), "--recipe-out", str(recipe_path)]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "00000007",
+                "-w",
+                str(steer_workspace),
+                "--edit",
+                "set:2=3x",
+                "--edit",
+                "ban:1",
+                "--transfer-from",
+                "00000100",
+                "-o",
+                str(out),
+                "--recipe-out",
+                str(recipe_path),
+            ]
+        )
+        == 0
+    )
     saved = json.loads(recipe_path.read_text())
-    assert [e["op"] for e in saved["edits"]] == ["set", "ban", "transfer"] and saved["hash"] == Recipe.load(recipe_path).hash
+    assert [e["op"] for e in saved["edits"]] == ["set", "ban", "transfer"] and saved["hash"] == Recipe.load(
+        recipe_path
+    ).hash
     replay = tmp_path / "replay.png"
     assert main(["steer", "--recipe", str(recipe_path), "-w", str(steer_workspace), "-o", str(replay)]) == 0
     assert replay.read_bytes() == out.read_bytes()
@@ -215,7 +275,9 @@ def test_icon_embeddings_equal_one_set_edit_each():
     x = np.random.default_rng(4).normal(size=D_IN).astype(np.float32)
     batch = icon_embeddings(sae, x, [0, 5, 9], np.array([1.0, 2.0, 3.0]))
     for row, (feature, value) in zip(batch, [(0, 1.0), (5, 2.0), (9, 3.0)]):
-        np.testing.assert_allclose(row, steer_embedding(sae, x, [Edit("set", feature=feature, value=value)], ctx_with()), atol=1e-5)
+        np.testing.assert_allclose(
+            row, steer_embedding(sae, x, [Edit("set", feature=feature, value=value)], ctx_with()), atol=1e-5
+        )
 
 
 def test_causal_check_ranks_against_brute_force():
@@ -227,7 +289,9 @@ def test_causal_check_ranks_against_brute_force():
     z = sae.encode(torch.from_numpy(np.stack([before, after]))).detach().numpy()
     firing, silent = int(np.flatnonzero(z[1])[0]), int(np.flatnonzero(z[1] == 0)[0])
     check = causal_check(sae, before, after, firing)
-    assert check.before_activation == pytest.approx(z[0, firing]) and check.after_activation == pytest.approx(z[1, firing])
+    assert check.before_activation == pytest.approx(z[0, firing]) and check.after_activation == pytest.approx(
+        z[1, firing]
+    )
     assert check.after_rank == sorted(z[1], reverse=True).index(z[1, firing])
     assert causal_check(sae, before, after, silent).after_rank == D_SAE  # not firing: last, not tied with the zeros
 
@@ -257,8 +321,23 @@ def test_icons_are_written_recorded_resumed_and_verified(steer_workspace):
 def test_cli_icons_verify_reports_the_share(steer_workspace, capsys):
     from clipatlas.cli import main
 
-    assert main(["icons", "-w", str(steer_workspace), "--name", "t", "--features", "4,5", "--template", "00000003",
-                 "--verify"]) == 0
+    assert (
+        main(
+            [
+                "icons",
+                "-w",
+                str(steer_workspace),
+                "--name",
+                "t",
+                "--features",
+                "4,5",
+                "--template",
+                "00000003",
+                "--verify",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((steer_workspace / "saes" / "t" / "icons" / "verify.json").read_text())
     assert "made 2 icons" in out and f"{report['top1_share']:.1%} activate their own feature most" in out
@@ -291,8 +370,24 @@ def test_cli_steer_verify_reports_the_retrieved_images_activation(steer_workspac
 
     atlas = Atlas.open(steer_workspace, "t")
     feature = max(range(D_SAE), key=lambda f: atlas.feature(f).max_activation)
-    assert main(["steer", "00000009", "-w", str(steer_workspace), "--name", "t", "--edit", f"set:{feature}=50x",
-                 "--verify", "-o", str(tmp_path / "o.png")]) == 0
+    assert (
+        main(
+            [
+                "steer",
+                "00000009",
+                "-w",
+                str(steer_workspace),
+                "--name",
+                "t",
+                "--edit",
+                f"set:{feature}=50x",
+                "--verify",
+                "-o",
+                str(tmp_path / "o.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     top_id = out.splitlines()[1].split("\t")[0].strip()  # the first ranked image
     store = Store.open(steer_workspace)

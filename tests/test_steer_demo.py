@@ -1,5 +1,6 @@
 """Semantic check on real weights: on the EfficientNet-Lite0 demo store, setting a feature whose top
 images share an ImageNet class brings images of that class to the top of the retrieval decoder."""
+
 from __future__ import annotations
 
 import collections
@@ -29,7 +30,7 @@ def concept_features(atlas, top1, limit=5, min_images=8):
         classes = [top1[e.row] for e in atlas.top_images(int(f))]
         if len(classes) < min_images:
             continue  # a feature of one or two images has no concept to share
-        (cls, count), = collections.Counter(classes).most_common(1)
+        ((cls, count),) = collections.Counter(classes).most_common(1)
         if count >= 0.5 * len(classes) and np.mean(top1 == cls) < 0.2:
             found.append((int(f), int(cls)))
     return found[:limit]

@@ -1,5 +1,6 @@
 """The Kandinsky 2.2 decoder path on tiny random pipelines of the production classes, saved and
 reloaded through the production loader."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,24 +22,47 @@ def tiny_decoder_pipeline(path):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
-        in_channels=4, out_channels=8, addition_embed_type="image", encoder_hid_dim=EMB,
-        encoder_hid_dim_type="image_proj", cross_attention_dim=32, attention_head_dim=4,
+        in_channels=4,
+        out_channels=8,
+        addition_embed_type="image",
+        encoder_hid_dim=EMB,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=32,
+        attention_head_dim=4,
         down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
-        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1,
-        resnet_time_scale_shift="scale_shift", class_embed_type=None, norm_num_groups=8,
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type=None,
+        norm_num_groups=8,
     )
     movq = VQModel(
-        block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
-        up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"], in_channels=3, out_channels=3,
-        latent_channels=4, layers_per_block=1, norm_num_groups=8, norm_type="spatial",
-        num_vq_embeddings=12, vq_embed_dim=4,
+        block_out_channels=[32, 64],
+        down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+        up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
     )
     # kandinsky-community/kandinsky-2-2-decoder scheduler/scheduler_config.json
     scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-        steps_offset=1, prediction_type="epsilon", thresholding=False,
-        timestep_spacing="leading", variance_type="fixed_small",
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+        thresholding=False,
+        timestep_spacing="leading",
+        variance_type="fixed_small",
     )
     KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(path)
     return path
@@ -77,14 +101,25 @@ def test_decoder_matches_the_pipeline_and_is_seeded(decoder_path, clip_encoder):
     again = decoder.decode(embeddings[:1], seed=7, settings=settings).images[0]
     # Same seed, same starting noise whether alone or batched (only matmul rounding differs).
     assert np.abs(np.asarray(first[0], np.int16) - np.asarray(again, np.int16)).max() <= 2
-    assert np.array_equal(np.asarray(decoder.decode(embeddings[:1], seed=7, settings=settings).images[0]), np.asarray(again))
+    assert np.array_equal(
+        np.asarray(decoder.decode(embeddings[:1], seed=7, settings=settings).images[0]), np.asarray(again)
+    )
     assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
 
     pipe = load_kandinsky_pipeline(str(decoder_path))
-    reference = pipe(image_embeds=torch.from_numpy(embeddings[1:]), negative_image_embeds=torch.from_numpy(negative[None]),
-                     num_inference_steps=2, guidance_scale=4.0, height=SIZE, width=SIZE,
-                     generator=torch.Generator().manual_seed(7)).images[0]
-    assert np.array_equal(np.asarray(reference), np.asarray(again_second := decoder.decode(embeddings[1:], seed=7, settings=settings).images[0]))
+    reference = pipe(
+        image_embeds=torch.from_numpy(embeddings[1:]),
+        negative_image_embeds=torch.from_numpy(negative[None]),
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        height=SIZE,
+        width=SIZE,
+        generator=torch.Generator().manual_seed(7),
+    ).images[0]
+    assert np.array_equal(
+        np.asarray(reference),
+        np.asarray(again_second := decoder.decode(embeddings[1:], seed=7, settings=settings).images[0]),
+    )
     assert np.abs(np.asarray(again_second, np.int16) - np.asarray(first[1], np.int16)).max() <= 2
 
 
@@ -94,7 +129,9 @@ def test_img2img_starts_from_the_input_and_needs_it(decoder_path, clip_encoder):
     init = Image.new("RGB", (SIZE, SIZE), (255, 0, 0))
     settings = {"steps": 4, "height": SIZE, "width": SIZE, "strength": 0.25}
     out = decoder.decode(embedding, seed=1, settings=settings, init_images=[init]).images[0]
-    blue = decoder.decode(embedding, seed=1, settings=settings, init_images=[Image.new("RGB", (SIZE, SIZE), (0, 0, 255))]).images[0]
+    blue = decoder.decode(
+        embedding, seed=1, settings=settings, init_images=[Image.new("RGB", (SIZE, SIZE), (0, 0, 255))]
+    ).images[0]
     assert out.size == (SIZE, SIZE) and not np.array_equal(np.asarray(out), np.asarray(blue))
     with pytest.raises(UserError, match="needs the input image"):
         decoder.decode(embedding, seed=1, settings=settings)
@@ -149,8 +186,10 @@ def test_atlas_names_features_with_the_prior_text_tower(clip_workspace, clip_enc
     stored = [label for f in features for label in atlas.labels(int(f)) if label.source == "clip-text"]
     assert len(stored) == len(features)
     vocab = ["cat", "dog", "red"]  # the captions' words less stopwords ("a", "of", "photo")
-    expected = text_labels(clip_encoder.text_embeddings(vocab), vocab, atlas.sae.W_dec.detach().numpy()[features], features)
-    assert {(l.feature, l.text) for l in stored} == {(l.feature, l.text) for l in expected}
+    expected = text_labels(
+        clip_encoder.text_embeddings(vocab), vocab, atlas.sae.W_dec.detach().numpy()[features], features
+    )
+    assert {(label.feature, label.text) for label in stored} == {(label.feature, label.text) for label in expected}
 
 
 def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path, clip_encoder, tmp_path):
@@ -159,8 +198,15 @@ def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path,
     image = tmp_path / "input.png"
     Image.new("RGB", (32, 32), (30, 160, 90)).save(image)
     alive_feature = int(steerer_for(clip_workspace, "k").atlas.map_points().feature[0])
-    recipe = Recipe.from_dict({"image": str(image), "edits": [f"set:{alive_feature}=7.5x", "ban:5"], "decoder": f"kandinsky:{decoder_path}",
-                               "settings": {"steps": 2, "height": SIZE, "width": SIZE}, "seed": 3})
+    recipe = Recipe.from_dict(
+        {
+            "image": str(image),
+            "edits": [f"set:{alive_feature}=7.5x", "ban:5"],
+            "decoder": f"kandinsky:{decoder_path}",
+            "settings": {"steps": 2, "height": SIZE, "width": SIZE},
+            "seed": 3,
+        }
+    )
     first = run_recipe(clip_workspace, recipe, name="k")
     again = run_recipe(clip_workspace, Recipe.from_dict(recipe.to_dict()), name="k")
     assert first.after_png == again.after_png and first.before_png == again.before_png
@@ -179,7 +225,9 @@ def _tiny_tokenizer(path):
     words = ["a</w>", "cat</w>", "dog</w>", "photo</w>", "of</w>", "red</w>"]
     letters = sorted(set("acdefghoprt")) + [c + "</w>" for c in sorted(set("acdefghoprt"))]
     merges = ["c a", "ca t</w>", "d o", "do g</w>", "p h", "ph o", "pho t", "phot o</w>", "o f</w>", "r e", "re d</w>"]
-    tokens = dict.fromkeys(["<|startoftext|>", "<|endoftext|>"] + letters + [m.replace(" ", "") for m in merges] + words)
+    tokens = dict.fromkeys(
+        ["<|startoftext|>", "<|endoftext|>"] + letters + [m.replace(" ", "") for m in merges] + words
+    )
     vocab = {token: i for i, token in enumerate(tokens)}
     (path / "vocab.json").write_text(json.dumps(vocab))
     (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -190,8 +238,13 @@ def _tiny_tokenizer(path):
 def prior_path(tmp_path_factory):
     """Tiny KandinskyV22PriorPipeline: PriorTransformer, CLIP text + vision towers, UnCLIP scheduler."""
     from diffusers import KandinskyV22PriorPipeline, PriorTransformer, UnCLIPScheduler
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     root = tmp_path_factory.mktemp("prior")
     tokenizer = _tiny_tokenizer(root / "tok")
@@ -199,17 +252,46 @@ def prior_path(tmp_path_factory):
     prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=EMB, num_layers=1)
     with torch.no_grad():  # the real prior's clip statistics are learned; ones keep the tiny one well scaled
         prior.clip_std.fill_(1.0)
-    text = CLIPTextModelWithProjection(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, projection_dim=EMB, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer)))
-    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=EMB, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        image_size=32, patch_size=8))
-    scheduler = UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", num_train_timesteps=1000,
-                                clip_sample=True, clip_sample_range=10.0)
+    text = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=32,
+            projection_dim=EMB,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+        )
+    )
+    vision = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            projection_dim=EMB,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    scheduler = UnCLIPScheduler(
+        variance_type="fixed_small_log",
+        prediction_type="sample",
+        num_train_timesteps=1000,
+        clip_sample=True,
+        clip_sample_range=10.0,
+    )
     processor = CLIPImageProcessor(crop_size=32, size=32)
-    KandinskyV22PriorPipeline(prior=prior, image_encoder=vision, text_encoder=text, tokenizer=tokenizer,
-                              scheduler=scheduler, image_processor=processor).save_pretrained(root / "pipe")
+    KandinskyV22PriorPipeline(
+        prior=prior,
+        image_encoder=vision,
+        text_encoder=text,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        image_processor=processor,
+    ).save_pretrained(root / "pipe")
     return root / "pipe"
 
 
@@ -227,18 +309,42 @@ def test_generate_bans_a_feature_of_the_prompt_embedding(clip_workspace, decoder
     strongest = int(z.argmax())
     assert z[strongest] > 0
     edits = [Edit("ban", feature=strongest)]
-    result = generate(clip_workspace, "a photo of a cat", edits, "k", decoder=f"kandinsky:{decoder_path}",
-                      prior=str(prior_path), seed=5, settings=dict(settings))
+    result = generate(
+        clip_workspace,
+        "a photo of a cat",
+        edits,
+        "k",
+        decoder=f"kandinsky:{decoder_path}",
+        prior=str(prior_path),
+        seed=5,
+        settings=dict(settings),
+    )
     np.testing.assert_array_equal(result.before, x)
     np.testing.assert_allclose(result.after, steer_embedding(steerer.sae, x, edits, steerer.context()), atol=1e-6)
     assert result.before_png != result.after_png
-    again = generate(clip_workspace, "a photo of a cat", edits, "k", decoder=f"kandinsky:{decoder_path}",
-                     prior=str(prior_path), seed=5, settings=dict(settings))
+    again = generate(
+        clip_workspace,
+        "a photo of a cat",
+        edits,
+        "k",
+        decoder=f"kandinsky:{decoder_path}",
+        prior=str(prior_path),
+        seed=5,
+        settings=dict(settings),
+    )
     assert again.after_png == result.after_png
     with pytest.raises(UserError, match="Kandinsky decoder"):
         generate(clip_workspace, "a cat", edits, "k", decoder="retrieval", prior=str(prior_path))
     with pytest.raises(UserError, match="non-empty prompt"):
-        generate(clip_workspace, "  ", edits, "k", decoder=f"kandinsky:{decoder_path}", prior=str(prior_path), settings=dict(settings))
+        generate(
+            clip_workspace,
+            "  ",
+            edits,
+            "k",
+            decoder=f"kandinsky:{decoder_path}",
+            prior=str(prior_path),
+            settings=dict(settings),
+        )
 
 
 def test_cli_generate_writes_the_ruled_image(clip_workspace, decoder_path, prior_path, tmp_path):
@@ -247,12 +353,49 @@ def test_cli_generate_writes_the_ruled_image(clip_workspace, decoder_path, prior
     from clipatlas.steer.generate import generate
 
     out, before = tmp_path / "out.png", tmp_path / "before.png"
-    assert main(["generate", "a red dog", "-w", str(clip_workspace), "--name", "k", "--edit", "ban:3",
-                 "--decoder", f"kandinsky:{decoder_path}", "--prior", str(prior_path), "--set", "steps=2",
-                 "--set", f"height={SIZE}", "--set", f"width={SIZE}", "--set", "prior_steps=2", "--seed", "2",
-                 "-o", str(out), "--before", str(before)]) == 0
-    expected = generate(clip_workspace, "a red dog", [parse_edit("ban:3")], "k", decoder=f"kandinsky:{decoder_path}",
-                        prior=str(prior_path), seed=2, settings={"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2})
+    assert (
+        main(
+            [
+                "generate",
+                "a red dog",
+                "-w",
+                str(clip_workspace),
+                "--name",
+                "k",
+                "--edit",
+                "ban:3",
+                "--decoder",
+                f"kandinsky:{decoder_path}",
+                "--prior",
+                str(prior_path),
+                "--set",
+                "steps=2",
+                "--set",
+                f"height={SIZE}",
+                "--set",
+                f"width={SIZE}",
+                "--set",
+                "prior_steps=2",
+                "--seed",
+                "2",
+                "-o",
+                str(out),
+                "--before",
+                str(before),
+            ]
+        )
+        == 0
+    )
+    expected = generate(
+        clip_workspace,
+        "a red dog",
+        [parse_edit("ban:3")],
+        "k",
+        decoder=f"kandinsky:{decoder_path}",
+        prior=str(prior_path),
+        seed=2,
+        settings={"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2},
+    )
     assert out.read_bytes() == expected.after_png and before.read_bytes() == expected.before_png
 
 
@@ -263,8 +406,14 @@ def test_verify_re_embeds_the_generated_image(clip_workspace, decoder_path, clip
 
     steerer = steerer_for(clip_workspace, "k")
     image_id = steerer.store.meta(2)["image_id"]
-    recipe = Recipe.from_dict({"image": image_id, "edits": ["set:7=7.5x"], "decoder": f"kandinsky:{decoder_path}",
-                               "settings": {"steps": 2, "height": SIZE, "width": SIZE}})
+    recipe = Recipe.from_dict(
+        {
+            "image": image_id,
+            "edits": ["set:7=7.5x"],
+            "decoder": f"kandinsky:{decoder_path}",
+            "settings": {"steps": 2, "height": SIZE, "width": SIZE},
+        }
+    )
     result = steerer.run(recipe)
     (check,) = steerer.verify(recipe, result)
     produced = clip_encoder.encode_images([Image.open(io.BytesIO(result.after_png)).convert("RGB")])

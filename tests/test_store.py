@@ -7,7 +7,10 @@ from clipatlas.store import Store, StoreError, StoreWriter, write_store
 
 
 def _rows(n, offset=0):
-    return [{"image_id": f"img{offset + i}", "uri": f"/x/{offset + i}.png", "source": "t", "width": 4, "height": 5} for i in range(n)]
+    return [
+        {"image_id": f"img{offset + i}", "uri": f"/x/{offset + i}.png", "source": "t", "width": 4, "height": 5}
+        for i in range(n)
+    ]
 
 
 def test_round_trip_across_shards(tmp_path):

@@ -1,5 +1,6 @@
 """The web app's routes against a synthetic atlas: data shown equals the Atlas API's, and every
 security rule (token, loopback, origin, upload caps, ids not paths, escaping) holds."""
+
 from __future__ import annotations
 
 import io
@@ -66,7 +67,9 @@ def test_feature_json_equals_atlas(client, atlas):
     info = atlas.feature(fid)
     assert body["max_activation"] == pytest.approx(info.max_activation)
     assert [e["image_id"] for e in body["top_images"]] == [e.image_id for e in atlas.top_images(fid)]
-    assert [e["activation"] for e in body["top_images"]] == sorted((e["activation"] for e in body["top_images"]), reverse=True)
+    assert [e["activation"] for e in body["top_images"]] == sorted(
+        (e["activation"] for e in body["top_images"]), reverse=True
+    )
     assert [n["feature"] for n in body["coactivating"]] == [n.feature for n in atlas.coactivating(fid)]
     assert [n["feature"] for n in body["similar_decoder"]] == [n.feature for n in atlas.similar(fid, by="decoder")]
     assert [n["feature"] for n in body["similar_encoder"]] == [n.feature for n in atlas.similar(fid, by="encoder")]
@@ -127,7 +130,9 @@ def test_image_page_bars_follow_atlas(client, atlas):
     assert [f["feature"] for f in body["features"]] == [a.feature for a in expected]
     assert body["features"][0]["width"] == 100.0
     page = client.get(f"/images/{image_id}", headers=HTML).text
-    assert page.index(f'href="/features/{expected[0].feature}"') < page.index(f'href="/features/{expected[-1].feature}"')
+    assert page.index(f'href="/features/{expected[0].feature}"') < page.index(
+        f'href="/features/{expected[-1].feature}"'
+    )
 
 
 def test_unknown_image_is_404(client):
@@ -155,8 +160,10 @@ def test_playground_page_offers_store_images(client, atlas):
 # ---- labels are escaped everywhere --------------------------------------------------------------
 def test_labels_are_escaped(client, atlas):
     evil = int(atlas.map_points().feature[0])
-    pages = [client.get(f"/features/{evil}", headers=HTML).text,
-             client.get("/search", params={"q": "script"}, headers=HTML).text]
+    pages = [
+        client.get(f"/features/{evil}", headers=HTML).text,
+        client.get("/search", params={"q": "script"}, headers=HTML).text,
+    ]
     for page in pages:
         assert "<script>alert" not in page and "<img src=x" not in page
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
@@ -171,8 +178,10 @@ def test_thumbnail_by_id(client, workspace, atlas):
     assert response.content == atlas.thumbnail_path(image_id).read_bytes()
 
 
-@pytest.mark.parametrize("attempt", ["..%2F..%2Fcfg.json", "%2Fetc%2Fpasswd", "img000001%00", "thumbs%2Fimg000001.webp",
-                                     "%2E%2E", "no-such-image"])
+@pytest.mark.parametrize(
+    "attempt",
+    ["..%2F..%2Fcfg.json", "%2Fetc%2Fpasswd", "img000001%00", "thumbs%2Fimg000001.webp", "%2E%2E", "no-such-image"],
+)
 def test_thumbnail_paths_are_refused(client, attempt):
     assert client.get(f"/thumbs/{attempt}").status_code == 404
 
@@ -274,8 +283,14 @@ def test_uploads_are_decoded_like_embedded_images():
     assert decode_upload(buffer.getvalue(), UploadLimits()).size == (20, 40)
 
 
-@pytest.mark.parametrize("payload,reason", [(b"", "empty"), (b"GIF89a not really", "not a readable image"),
-                                            (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable image")])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"", "empty"),
+        (b"GIF89a not really", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "not a readable image"),
+    ],
+)
 def test_bad_uploads_are_400(capped, payload, reason):
     response = capped.post("/api/uploads", files={"file": ("x.png", payload, "image/png")})
     assert response.status_code == 400 and reason in response.json()["detail"]
@@ -327,8 +342,11 @@ def test_pixel_bombs_are_refused_without_decoding(capped, width, height):
 
 
 def test_oversized_bodies_refused_before_reading(capped):
-    huge = capped.post("/api/uploads", content=b"x" * (4096 + 64 * 1024 + 1),
-                       headers={"content-type": "multipart/form-data; boundary=b"})
+    huge = capped.post(
+        "/api/uploads",
+        content=b"x" * (4096 + 64 * 1024 + 1),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert huge.status_code == 413
 
     def chunks():
@@ -338,24 +356,30 @@ def test_oversized_bodies_refused_before_reading(capped):
     assert chunked.status_code == 411
 
 
-@pytest.mark.parametrize("recipe,reason", [
-    ({"image": "/etc/passwd", "edits": []}, "not by path"),
-    ({"image": "img000001", "edits": [{"op": "transfer", "image": "..\\\\secret.png"}]}, "not by path"),
-    ({"image": "upload:" + "ab" * 16, "edits": []}, "upload the image again"),
-    ({"image": "upload:../../x", "edits": []}, "upload the image again"),
-])
+@pytest.mark.parametrize(
+    "recipe,reason",
+    [
+        ({"image": "/etc/passwd", "edits": []}, "not by path"),
+        ({"image": "img000001", "edits": [{"op": "transfer", "image": "..\\\\secret.png"}]}, "not by path"),
+        ({"image": "upload:" + "ab" * 16, "edits": []}, "upload the image again"),
+        ({"image": "upload:../../x", "edits": []}, "upload the image again"),
+    ],
+)
 def test_recipes_may_not_name_server_paths(client, recipe, reason):
     response = client.post("/api/generate", json=recipe)
     assert response.status_code == 422 and reason in response.json()["detail"]
 
 
-@pytest.mark.parametrize("edits,reason", [
-    ([{"op": "boost", "feature": 1}], "unknown edit"),
-    ([{"op": "set", "feature": 300, "value": 1.0}], "0..299"),
-    ([{"op": "set", "feature": 1, "value": "lots"}], "bad edit"),
-    ([{"op": "set", "feature": 1, "value": 1.0, "colour": "red"}], "unknown fields"),
-    ([{"op": "ban", "feature": 1}] * 1025, "at most 1024"),
-])
+@pytest.mark.parametrize(
+    "edits,reason",
+    [
+        ([{"op": "boost", "feature": 1}], "unknown edit"),
+        ([{"op": "set", "feature": 300, "value": 1.0}], "0..299"),
+        ([{"op": "set", "feature": 1, "value": "lots"}], "bad edit"),
+        ([{"op": "set", "feature": 1, "value": 1.0, "colour": "red"}], "unknown fields"),
+        ([{"op": "ban", "feature": 1}] * 1025, "at most 1024"),
+    ],
+)
 def test_invalid_edits_are_422(client, edits, reason):
     response = client.post("/api/generate", json={"image": "img000001", "edits": edits, "seed": 1})
     assert response.status_code == 422 and reason in response.json()["detail"]
@@ -369,8 +393,14 @@ def test_negative_seed_is_422(client):
 def test_server_chooses_decoder_settings_and_sae(client):
     from clipatlas.steer import Recipe
 
-    sent = {"image": "img000001", "edits": [{"op": "ban", "feature": 3}], "seed": 7, "decoder": "kandinsky",
-            "settings": {"steps": 100000}, "sae": "other"}
+    sent = {
+        "image": "img000001",
+        "edits": [{"op": "ban", "feature": 3}],
+        "seed": 7,
+        "decoder": "kandinsky",
+        "settings": {"steps": 100000},
+        "sae": "other",
+    }
     job = client.post("/api/generate", json=sent).json()
     expected = Recipe.from_dict({**sent, "decoder": "retrieval", "settings": {}, "sae": None})
     assert job["id"] == expected.hash
@@ -394,8 +424,11 @@ def test_generation_equals_steer_and_is_cached(client, workspace, atlas):
 
     image_id = atlas.top_images(alive_feature(atlas))[0].image_id
     strongest = atlas.features_of_image(image_id)[0].feature
-    sent = {"image": image_id, "edits": [{"op": "ban", "feature": strongest}, {"op": "set", "feature": 5, "value": 3.0}],
-            "seed": 3}
+    sent = {
+        "image": image_id,
+        "edits": [{"op": "ban", "feature": strongest}, {"op": "set", "feature": 5, "value": 3.0}],
+        "seed": 3,
+    }
     submitted = client.post("/api/generate", json=sent).json()
     assert submitted["cached"] is False and submitted["status"] in ("queued", "running", "done")
     job = wait_for_job(client, submitted["id"])
@@ -417,7 +450,9 @@ def test_failed_generation_reports_its_error(client):
 
 
 def test_decoder_follows_workspace_encoder(tmp_path):
-    kandinsky_ws = write_synthetic_atlas(tmp_path / "k", SyntheticAtlasConfig(n_features=32, n_images=40, encoder="kandinsky-clip"))
+    kandinsky_ws = write_synthetic_atlas(
+        tmp_path / "k", SyntheticAtlasConfig(n_features=32, n_images=40, encoder="kandinsky-clip")
+    )
     with TestClient(create_app(kandinsky_ws.root), client=LOOPBACK) as kandinsky:
         assert 'data-decoder="kandinsky"' in kandinsky.get("/playground", headers=HTML).text
     with TestClient(create_app(kandinsky_ws.root, config=WebConfig(decoder="retrieval")), client=LOOPBACK) as chosen:

@@ -2,6 +2,7 @@
 
 Screenshots go to test-artifacts/ (gitignored) so a person can look at what the tests saw.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,14 +16,24 @@ from clipatlas.web.server import serving_in_thread as serving
 from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 EVIL_LABEL = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make install adds it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make install adds it)"
+    ),
 ]
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package (the dev extra)")
 
@@ -49,7 +60,9 @@ def page(browser):
 def loaded_widths(images) -> list[int]:
     """Natural widths of images once loaded; lazy ones below the fold are loaded first."""
     return images.evaluate_all(
-        "imgs => Promise.all(imgs.map(i => { i.loading = 'eager'; return i.decode().then(() => i.naturalWidth, () => 0); }))")
+        "imgs => Promise.all(imgs.map(i => { i.loading = 'eager'; "
+        "return i.decode().then(() => i.naturalWidth, () => 0); }))"
+    )
 
 
 def shot(page, name: str) -> None:
@@ -60,7 +73,9 @@ def shot(page, name: str) -> None:
 # ---- the synthetic atlas: browsing -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    ws = write_synthetic_atlas(tmp_path_factory.mktemp("browser-atlas"), SyntheticAtlasConfig(n_features=400, n_images=150))
+    ws = write_synthetic_atlas(
+        tmp_path_factory.mktemp("browser-atlas"), SyntheticAtlasConfig(n_features=400, n_images=150)
+    )
     atlas = Atlas.open(ws)
     atlas.add_label(int(atlas.map_points().feature[0]), "llm", EVIL_LABEL, {})  # labels may come from an LLM
     with serving(create_app(ws.root)) as url:
@@ -134,7 +149,9 @@ def test_map_pans_and_zooms(page, synthetic):
     page.wait_for_timeout(100)
     zoomed = page.evaluate("window.clipatlasMap.screenOf(0)")
     centre = (300 + 100, 300 + 50)  # the cursor stays over the same map point while zooming
-    assert abs(zoomed[0] - centre[0]) > abs(panned[0] - centre[0]) or abs(zoomed[1] - centre[1]) > abs(panned[1] - centre[1])
+    assert abs(zoomed[0] - centre[0]) > abs(panned[0] - centre[0]) or abs(zoomed[1] - centre[1]) > abs(
+        panned[1] - centre[1]
+    )
 
 
 def test_search_by_label_from_the_header(page, synthetic):
@@ -153,8 +170,10 @@ def test_search_by_label_from_the_header(page, synthetic):
 
 def set_slider(page, feature: int, value: float) -> None:
     slider = page.locator(f'input[type=range][data-feature="{feature}"]')
-    slider.evaluate("(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }",
-                    value)
+    slider.evaluate(
+        "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); el.dispatchEvent(new Event('change')); }",
+        value,
+    )
 
 
 def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
@@ -167,7 +186,9 @@ def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
     active = sorted(atlas.features_of_image(chosen), key=lambda a: -a.activation)
     sliders = page.locator("#features input[type=range]")
     assert sliders.count() == len(active)
-    assert [int(s) for s in sliders.evaluate_all("els => els.map(e => e.dataset.feature)")] == [a.feature for a in active]
+    assert [int(s) for s in sliders.evaluate_all("els => els.map(e => e.dataset.feature)")] == [
+        a.feature for a in active
+    ]
 
     set_slider(page, active[0].feature, 0.5)
     page.locator(f'.slider-row:has(input[data-feature="{active[1].feature}"]) button.ban').click()
@@ -208,7 +229,9 @@ def ban_first_feature_and_generate_twice(page, screenshot: str) -> None:
     page.click("#generate")
     sync_api.expect(page.locator("#job-status")).to_contain_text("done", timeout=60_000)
     for image in ("#before", "#after"):
-        sync_api.expect(page.locator(image)).to_have_attribute("src", re.compile(r"/api/jobs/[0-9a-f]{64}/images/[01]\.png"))
+        sync_api.expect(page.locator(image)).to_have_attribute(
+            "src", re.compile(r"/api/jobs/[0-9a-f]{64}/images/[01]\.png")
+        )
     page.wait_for_load_state("load")
     for image in ("#before", "#after"):
         assert page.locator(image).evaluate("img => img.naturalWidth") > 0
@@ -235,8 +258,8 @@ def demo_site(demo_workspace):
 
 @pytest.fixture(scope="module")
 def cat_png(tmp_path_factory):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     path = tmp_path_factory.mktemp("upload") / "chelsea.png"
     Image.fromarray(data.chelsea()).save(path)

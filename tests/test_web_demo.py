@@ -1,5 +1,6 @@
 """The app on the demo-like atlas (real EfficientNet embeddings): uploads are embedded by the
 workspace's encoder and their features equal the SAE's on that embedding."""
+
 from __future__ import annotations
 
 import io
@@ -44,8 +45,11 @@ def test_upload_features_equal_sae_on_its_embedding(demo):
     embedding = load_encoder(atlas.summary()["encoder"]).encode_images([image])[0]
     expected = atlas.features_of_embedding(embedding)
     assert [f["feature"] for f in body["features"]] == [a.feature for a in expected][: len(body["features"])]
-    np.testing.assert_allclose([f["activation"] for f in body["features"]],
-                               [a.activation for a in expected][: len(body["features"])], rtol=1e-4)
+    np.testing.assert_allclose(
+        [f["activation"] for f in body["features"]],
+        [a.activation for a in expected][: len(body["features"])],
+        rtol=1e-4,
+    )
     assert client.get(f"/api/uploads/{body['upload_id']}").json()["features"] == body["features"]
     shown = client.get(body["url"])
     assert shown.headers["content-type"] == "image/png"

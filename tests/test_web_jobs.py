@@ -1,4 +1,5 @@
 """The generation queue: one worker per device, progress, cache by recipe hash, failures."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """`clipatlas serve`: loopback by default, a token on other addresses, clear errors."""
+
 from __future__ import annotations
 
 import socket
@@ -27,9 +28,22 @@ def captured_run(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("host,expected", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True),
-                                           ("localhost", True), ("0.0.0.0", False), ("192.168.0.3", False),
-                                           ("::", False), ("example.com", False), ("", False), (None, False)])
+@pytest.mark.parametrize(
+    "host,expected",
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("192.168.0.3", False),
+        ("::", False),
+        ("example.com", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_is_loopback(host, expected):
     assert is_loopback(host) is expected
 

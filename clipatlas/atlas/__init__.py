@@ -6,6 +6,7 @@ Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.query`):
 `features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`,
 `map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`.
 """
+
 from clipatlas.atlas.build import AtlasConfig, build_atlas
 from clipatlas.atlas.query import Activation, Atlas, AtlasError, Example, FeatureInfo, Label, MapPoints, Neighbour
 

@@ -5,6 +5,7 @@ thumbnails from its results, then the database, written to a temporary file and 
 over `atlas.sqlite` in one step. Everything is deterministic, so a killed build re-run
 produces the same database as one that was never interrupted.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,9 @@ class AtlasConfig:
         if self.map_method not in ("umap", "pca"):
             raise UserError(f"map method must be 'umap' or 'pca', not {self.map_method!r}")
         if self.vocab_file is not None and not Path(self.vocab_file).is_file():
-            raise UserError(f"vocabulary file {self.vocab_file} does not exist; give a text file with one entry per line")
+            raise UserError(
+                f"vocabulary file {self.vocab_file} does not exist; give a text file with one entry per line"
+            )
 
     def build_params(self) -> dict[str, Any]:
         """The options that change the result (not how often it checkpoints or makes thumbnails)."""
@@ -65,7 +68,13 @@ class AtlasConfig:
         return params
 
 
-def build_atlas(workspace: str | Path | Workspace, name: str | None = None, top_k: int | None = None, *, config: AtlasConfig | None = None) -> Atlas:
+def build_atlas(
+    workspace: str | Path | Workspace,
+    name: str | None = None,
+    top_k: int | None = None,
+    *,
+    config: AtlasConfig | None = None,
+) -> Atlas:
     """Build (or resume building) the atlas of SAE `name`; returns the opened `Atlas`."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     config = config or AtlasConfig()
@@ -83,30 +92,52 @@ def build_atlas(workspace: str | Path | Workspace, name: str | None = None, top_
 
     n_features = int(sae.cfg.d_sae)
     state = stream.run_stream(
-        store, sae.encode_sparse, n_features, work_dir=work_dir, top_k=config.top_k, codes_per_image=config.codes_per_image,
-        chunk_size=config.chunk_size, device=device, checkpoint_seconds=config.checkpoint_seconds,
+        store,
+        sae.encode_sparse,
+        n_features,
+        work_dir=work_dir,
+        top_k=config.top_k,
+        codes_per_image=config.codes_per_image,
+        chunk_size=config.chunk_size,
+        device=device,
+        checkpoint_seconds=config.checkpoint_seconds,
     )
     arrays_dir = atlas_dir / f"arrays-{build_id}"
     codes = stream.load_codes(work_dir, len(store), config.chunk_size)
-    _save_arrays(arrays_dir, {"codes_indptr": codes[0], "codes_features": codes[1], "codes_values": codes[2], "hist": state.hist.cpu().numpy()})
+    _save_arrays(
+        arrays_dir,
+        {
+            "codes_indptr": codes[0],
+            "codes_features": codes[1],
+            "codes_values": codes[2],
+            "hist": state.hist.cpu().numpy(),
+        },
+    )
 
     tables = _feature_tables(store, sae, state, codes, config, device)
     image_ids = store.metadata.column("image_id").to_pylist()
     example_rows = sorted(set(tables["examples_rows"]))
-    thumbs = make_thumbnails(store, [(row, image_ids[row]) for row in example_rows], atlas_dir) if config.thumbnails else {}
-    _write_database(atlas_dir, tables, thumbs, meta={
-        "encoder": store.encoder,
-        "sae": sae_dir.name,
-        "n_features": n_features,
-        "n_images": len(store),
-        "top_k": config.top_k,
-        "codes_per_image": config.codes_per_image,
-        "hist_edges": json.dumps(stream.HIST_EDGES.tolist()),
-        "arrays_dir": arrays_dir.name,
-        "build_id": build_id,
-        "sae_sha256": sha256_file(sae_dir / "sae.safetensors"),
-        "config": json.dumps(config.build_params(), sort_keys=True),
-    })
+    thumbs = (
+        make_thumbnails(store, [(row, image_ids[row]) for row in example_rows], atlas_dir) if config.thumbnails else {}
+    )
+    _write_database(
+        atlas_dir,
+        tables,
+        thumbs,
+        meta={
+            "encoder": store.encoder,
+            "sae": sae_dir.name,
+            "n_features": n_features,
+            "n_images": len(store),
+            "top_k": config.top_k,
+            "codes_per_image": config.codes_per_image,
+            "hist_edges": json.dumps(stream.HIST_EDGES.tolist()),
+            "arrays_dir": arrays_dir.name,
+            "build_id": build_id,
+            "sae_sha256": sha256_file(sae_dir / "sae.safetensors"),
+            "config": json.dumps(config.build_params(), sort_keys=True),
+        },
+    )
     _remove_stale(atlas_dir, "arrays-", keep=arrays_dir.name)
     shutil.rmtree(work_dir)
     return Atlas.open(ws, sae_dir.name)
@@ -119,12 +150,20 @@ def _open_inputs(ws: Workspace, sae_dir: Path, device: str):
 
     store = Store.open(ws.root)
     if len(store) == 0:
-        raise UserError(f"the store in {ws.root} is empty; embed images first with: clipatlas embed SOURCE -w {ws.root}")
+        raise UserError(
+            f"the store in {ws.root} is empty; embed images first with: clipatlas embed SOURCE -w {ws.root}"
+        )
     sae = SAE.from_pretrained(sae_dir, device=device).eval()
     if not all(torch.isfinite(param).all() for param in sae.parameters()):
-        raise UserError(f"SAE {sae_dir.name!r} has NaN or Inf weights (a diverged training run); retrain it with a lower learning rate")
+        raise UserError(
+            f"SAE {sae_dir.name!r} has NaN or Inf weights (a diverged training run); "
+            "retrain it with a lower learning rate"
+        )
     if int(sae.cfg.d_in) != store.d:
-        raise UserError(f"SAE {sae_dir.name!r} takes {sae.cfg.d_in}-d inputs but the store holds {store.d}-d embeddings; train an SAE on this store")
+        raise UserError(
+            f"SAE {sae_dir.name!r} takes {sae.cfg.d_in}-d inputs but the store holds {store.d}-d embeddings; "
+            "train an SAE on this store"
+        )
     return store, sae
 
 
@@ -176,7 +215,9 @@ def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch
         j = position.get(f)
         xy = (float(coords[j, 0]), float(coords[j, 1]), int(clusters[j])) if j is not None else (None, None, None)
         mean = float(total[f] / count[f]) if count[f] else 0.0
-        features.append((f, int(count[f] > 0), int(count[f]), float(count[f] / len(store)), float(max_act[f]), mean, *xy))
+        features.append(
+            (f, int(count[f] > 0), int(count[f]), float(count[f] / len(store)), float(max_act[f]), mean, *xy)
+        )
 
     top_values = state.top_values.cpu().numpy()
     top_rows = state.top_rows.cpu().numpy()
@@ -185,12 +226,21 @@ def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch
     for f, rank in zip(*np.nonzero(top_rows >= 0)):
         row = int(top_rows[f, rank])
         examples.append((int(f), "top", int(rank), None, row, image_ids[row], float(top_values[f, rank])))
-    q_feature, q_decile, q_row, q_value = relations.quantile_samples(indptr, code_features, code_values, max_act, config.per_decile)
+    q_feature, q_decile, q_row, q_value = relations.quantile_samples(
+        indptr, code_features, code_values, max_act, config.per_decile
+    )
     rank_in_feature = np.arange(len(q_feature)) - np.searchsorted(q_feature, q_feature)
     for f, rank, decile, row, value in zip(q_feature, rank_in_feature, q_decile, q_row, q_value):
         examples.append((int(f), "quantile", int(rank), int(decile), int(row), image_ids[row], float(value)))
 
-    coactivating = list(zip(*(column.tolist() for column in relations.coactivation(indptr, code_features, n_features, config.n_coactivating))))
+    coactivating = list(
+        zip(
+            *(
+                column.tolist()
+                for column in relations.coactivation(indptr, code_features, n_features, config.n_coactivating)
+            )
+        )
+    )
     similar = []
     for kind, directions in (("decoder", decoder), ("encoder", encoder)):
         others, cosines = relations.cosine_neighbours(directions, alive, config.n_similar)
@@ -204,11 +254,15 @@ def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch
         "examples_rows": [e[4] for e in examples],
         "coactivating": coactivating,
         "similar": similar,
-        "labels": [(label.feature, label.source, label.text, json.dumps(label.score, sort_keys=True)) for label in labels],
+        "labels": [
+            (label.feature, label.source, label.text, json.dumps(label.score, sort_keys=True)) for label in labels
+        ],
     }
 
 
-def _lens_labels(store, directions: np.ndarray, alive: np.ndarray, top_rows: np.ndarray, config: AtlasConfig) -> list[Label]:
+def _lens_labels(
+    store, directions: np.ndarray, alive: np.ndarray, top_rows: np.ndarray, config: AtlasConfig
+) -> list[Label]:
     captions = store.metadata.column("caption").to_pylist()
     captions_of_feature = {int(f): [captions[r] for r in top_rows[f] if r >= 0] for f in alive}
     labels = lens.caption_labels(captions_of_feature)
@@ -242,7 +296,10 @@ def _write_database(atlas_dir: Path, tables: dict[str, Any], thumbs: dict[str, s
                 conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", tables["examples"])
                 conn.executemany("INSERT INTO coactivating VALUES (?, ?, ?, ?, ?)", tables["coactivating"])
                 conn.executemany("INSERT INTO similar VALUES (?, ?, ?, ?, ?)", tables["similar"])
-                conn.executemany("INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)", tables["labels"] + kept_labels)
+                conn.executemany(
+                    "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+                    tables["labels"] + kept_labels,
+                )
                 conn.executemany("INSERT INTO icons VALUES (?, ?)", kept_icons)
                 conn.executemany("INSERT INTO thumbnails VALUES (?, ?)", sorted(thumbs.items()))
         finally:
@@ -261,9 +318,13 @@ def _kept_rows(previous: Path, sae_sha256: str) -> tuple[list[tuple], list[tuple
             return [], []
         icons = [tuple(r) for r in conn.execute("SELECT feature, path FROM icons ORDER BY feature")]
         placeholders = ",".join("?" * len(LENS_SOURCES))
-        labels = [tuple(r) for r in conn.execute(
-            f"SELECT feature, source, text, score FROM labels WHERE source NOT IN ({placeholders}) ORDER BY id", LENS_SOURCES
-        )]
+        labels = [
+            tuple(r)
+            for r in conn.execute(
+                f"SELECT feature, source, text, score FROM labels WHERE source NOT IN ({placeholders}) ORDER BY id",
+                LENS_SOURCES,
+            )
+        ]
     except sqlite3.DatabaseError as exc:
         log.warning("previous atlas database unreadable (%s); its icons and labels are not carried over", exc)
         return [], []

@@ -4,6 +4,7 @@ Large dense arrays (the activation histograms, every image's sparse code) live b
 database as `.npy` files in a directory named by the build (`arrays-<build id>/`), which the
 `meta` table points to; replacing the database file therefore switches every array at once.
 """
+
 from __future__ import annotations
 
 import sqlite3

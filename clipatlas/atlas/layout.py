@@ -1,4 +1,5 @@
 """The 2-D feature map: UMAP of the alive features' decoder directions, then k-means clusters."""
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,9 @@ def _umap(unit: np.ndarray, seed: int) -> np.ndarray:
     import umap
 
     log.info("laying out %d features with UMAP", len(unit))
-    reducer = umap.UMAP(n_neighbors=min(15, len(unit) - 1), min_dist=0.1, metric="cosine", random_state=seed, n_components=2)
+    reducer = umap.UMAP(
+        n_neighbors=min(15, len(unit) - 1), min_dist=0.1, metric="cosine", random_state=seed, n_components=2
+    )
     with warnings.catch_warnings():
         # A fixed seed makes UMAP single-threaded, as we want: it warns about exactly that.
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)

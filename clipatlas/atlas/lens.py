@@ -6,12 +6,13 @@
   decoder direction (CLIP encoders that ship a text tower).
 * `captions`: the words that recur in the captions of the feature's top images.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,14 +28,18 @@ STOPWORDS = frozenset(
 )
 
 
-def head_labels(weight: np.ndarray, class_names: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[Label]:
+def head_labels(
+    weight: np.ndarray, class_names: Sequence[str], directions: np.ndarray, features: np.ndarray
+) -> list[Label]:
     """For each feature, the classes whose logit its decoder direction raises most (bias ignored:
     a direction changes logits by weight @ direction)."""
     logits = directions @ np.asarray(weight, dtype=np.float32).T  # (n, classes)
     return _top_terms(logits, class_names, features, "imagenet", "logit")
 
 
-def text_labels(text_embeddings: np.ndarray, vocab: Sequence[str], directions: np.ndarray, features: np.ndarray) -> list[Label]:
+def text_labels(
+    text_embeddings: np.ndarray, vocab: Sequence[str], directions: np.ndarray, features: np.ndarray
+) -> list[Label]:
     """For each feature, the vocabulary entries nearest its decoder direction by cosine."""
     text = np.asarray(text_embeddings, dtype=np.float32)
     text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
@@ -42,12 +47,21 @@ def text_labels(text_embeddings: np.ndarray, vocab: Sequence[str], directions: n
     return _top_terms(unit @ text.T, vocab, features, "clip-text", "cosine")
 
 
-def _top_terms(scores: np.ndarray, names: Sequence[str], features: np.ndarray, source: str, score_name: str) -> list[Label]:
+def _top_terms(
+    scores: np.ndarray, names: Sequence[str], features: np.ndarray, source: str, score_name: str
+) -> list[Label]:
     labels = []
     top = np.argsort(-scores, axis=1, kind="stable")[:, :TOP_TERMS]
     for feature, row_scores, best in zip(features, scores, top):
         terms = [names[j] for j in best]
-        labels.append(Label(int(feature), source, terms[0], {"terms": terms, score_name: [round(float(row_scores[j]), 5) for j in best]}))
+        labels.append(
+            Label(
+                int(feature),
+                source,
+                terms[0],
+                {"terms": terms, score_name: [round(float(row_scores[j]), 5) for j in best]},
+            )
+        )
     return labels
 
 
@@ -66,15 +80,24 @@ def caption_labels(captions_of_feature: dict[int, list[str | None]], min_share: 
             continue
         counts = Counter(w for words in word_sets for w in words)
         needed = max(2, min_share * len(word_sets))
-        common = sorted(((n, w) for w, n in counts.items() if n >= needed), key=lambda item: (-item[0], item[1]))[:TOP_TERMS]
+        common = sorted(((n, w) for w, n in counts.items() if n >= needed), key=lambda item: (-item[0], item[1]))[
+            :TOP_TERMS
+        ]
         if common:
             labels.append(
-                Label(feature, "captions", ", ".join(w for _, w in common), {"words": {w: n for n, w in common}, "captioned": len(word_sets)})
+                Label(
+                    feature,
+                    "captions",
+                    ", ".join(w for _, w in common),
+                    {"words": {w: n for n, w in common}, "captioned": len(word_sets)},
+                )
             )
     return labels
 
 
-def encoder_lens_labels(encoder_id: str, directions: np.ndarray, features: np.ndarray, vocab: Sequence[str]) -> list[Label]:
+def encoder_lens_labels(
+    encoder_id: str, directions: np.ndarray, features: np.ndarray, vocab: Sequence[str]
+) -> list[Label]:
     """ImageNet-head and text-tower labels from the store's encoder, where it offers them."""
     if encoder_id == NO_ENCODER:
         return []

@@ -1,4 +1,5 @@
 """`Atlas`: the read API over a built feature encyclopedia (web, steering and labels use only this)."""
+
 from __future__ import annotations
 
 import json
@@ -96,7 +97,9 @@ class MapPoints:
         return len(self.feature)
 
 
-_LABEL_ORDER_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {i + 1}" for i, s in enumerate(LENS_SOURCES)) + " ELSE 0 END"
+_LABEL_ORDER_SQL = (
+    "CASE source " + " ".join(f"WHEN '{s}' THEN {i + 1}" for i, s in enumerate(LENS_SOURCES)) + " ELSE 0 END"
+)
 
 
 def _label_order(source: str) -> int:
@@ -115,7 +118,10 @@ class Atlas:
         self.meta = {r["key"]: r["value"] for r in self._conn().execute("SELECT key, value FROM meta")}
         version = int(self.meta.get("schema_version", -1))
         if version != ATLAS_SCHEMA_VERSION:
-            raise AtlasError(f"{self.db_path} has atlas schema {version}, this clipatlas reads {ATLAS_SCHEMA_VERSION}; rebuild it with: clipatlas atlas -w {workspace.root}")
+            raise AtlasError(
+                f"{self.db_path} has atlas schema {version}, this clipatlas reads {ATLAS_SCHEMA_VERSION}; "
+                f"rebuild it with: clipatlas atlas -w {workspace.root}"
+            )
         self.n_features = int(self.meta["n_features"])
         self.n_images = int(self.meta["n_images"])
         self.arrays_dir = self.dir / self.meta["arrays_dir"]
@@ -127,7 +133,7 @@ class Atlas:
         self._sae = None
 
     @classmethod
-    def open(cls, workspace: str | Path | Workspace, name: str | None = None) -> "Atlas":
+    def open(cls, workspace: str | Path | Workspace, name: str | None = None) -> Atlas:
         ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
         sae_dir = ws.sae_dir(name)
         atlas_dir = sae_dir / "atlas"
@@ -179,15 +185,25 @@ class Atlas:
     def labels(self, i: int) -> list[Label]:
         """Labels of feature i, best first (labeller labels, then imagenet, clip-text, captions)."""
         i = self._check_feature(i)
-        rows = self._conn().execute("SELECT feature, source, text, score FROM labels WHERE feature = ? ORDER BY id", (i,)).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT feature, source, text, score FROM labels WHERE feature = ? ORDER BY id", (i,))
+            .fetchall()
+        )
         labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
         return sorted(labels, key=lambda label: _label_order(label.source))
 
     def _examples(self, i: int, kind: str) -> list[Example]:
         i = self._check_feature(i)
-        rows = self._conn().execute(
-            "SELECT row, image_id, activation, rank, decile FROM examples WHERE feature = ? AND kind = ? ORDER BY rank", (i, kind)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT row, image_id, activation, rank, decile FROM examples "
+                "WHERE feature = ? AND kind = ? ORDER BY rank",
+                (i, kind),
+            )
+            .fetchall()
+        )
         return [Example(r["row"], r["image_id"], r["activation"], r["rank"], r["decile"]) for r in rows]
 
     def top_images(self, i: int) -> list[Example]:
@@ -201,7 +217,11 @@ class Atlas:
     def coactivating(self, i: int) -> list[Neighbour]:
         """Features that fire on the same images, by Jaccard index; `count` = images where both fire."""
         i = self._check_feature(i)
-        rows = self._conn().execute("SELECT other, jaccard, count FROM coactivating WHERE feature = ? ORDER BY rank", (i,)).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT other, jaccard, count FROM coactivating WHERE feature = ? ORDER BY rank", (i,))
+            .fetchall()
+        )
         return [Neighbour(r["other"], r["jaccard"], r["count"]) for r in rows]
 
     def similar(self, i: int, by: str = "decoder") -> list[Neighbour]:
@@ -209,7 +229,11 @@ class Atlas:
         if by not in ("decoder", "encoder"):
             raise AtlasError(f"similar(by={by!r}): use 'decoder' or 'encoder'")
         i = self._check_feature(i)
-        rows = self._conn().execute("SELECT other, cosine FROM similar WHERE feature = ? AND kind = ? ORDER BY rank", (i, by)).fetchall()
+        rows = (
+            self._conn()
+            .execute("SELECT other, cosine FROM similar WHERE feature = ? AND kind = ? ORDER BY rank", (i, by))
+            .fetchall()
+        )
         return [Neighbour(r["other"], r["cosine"]) for r in rows]
 
     # -- per image -----------------------------------------------------------------------
@@ -247,10 +271,14 @@ class Atlas:
         if not needle:
             return []
         escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self._conn().execute(
-            "SELECT feature, source, text, score FROM labels WHERE text LIKE ? ESCAPE '\\' ORDER BY feature, id",
-            (f"%{escaped}%",),
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT feature, source, text, score FROM labels WHERE text LIKE ? ESCAPE '\\' ORDER BY feature, id",
+                (f"%{escaped}%",),
+            )
+            .fetchall()
+        )
         labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
         labels.sort(key=lambda label: (_label_order(label.source), label.feature))
         return labels[:limit]
@@ -259,7 +287,9 @@ class Atlas:
         """x, y, cluster, feature id and best label of every alive feature (cached)."""
         if self._map is None:
             conn = self._conn()
-            rows = conn.execute("SELECT feature, x, y, cluster FROM features WHERE alive = 1 ORDER BY feature").fetchall()
+            rows = conn.execute(
+                "SELECT feature, x, y, cluster FROM features WHERE alive = 1 ORDER BY feature"
+            ).fetchall()
             table = np.array(rows, dtype=np.float64).reshape(-1, 4)
             # Worst label first, so that dict() keeps each feature's best one.
             best = dict(conn.execute(f"SELECT feature, text FROM labels ORDER BY {_LABEL_ORDER_SQL} DESC, id DESC"))
@@ -316,7 +346,10 @@ class Atlas:
         i = self._check_feature(i)
         if not source or not text:
             raise AtlasError("a label needs a non-empty source and text")
-        self._write("INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)", (i, source, text, json.dumps(score or {})))
+        self._write(
+            "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+            (i, source, text, json.dumps(score or {})),
+        )
 
     def _write(self, sql: str, params: tuple) -> None:
         with self._write_lock:
@@ -336,7 +369,10 @@ class Atlas:
 
     def _image_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._codes is None:
-            self._codes = tuple(np.load(self.arrays_dir / f"codes_{part}.npy", mmap_mode="r") for part in ("indptr", "features", "values"))
+            self._codes = tuple(
+                np.load(self.arrays_dir / f"codes_{part}.npy", mmap_mode="r")
+                for part in ("indptr", "features", "values")
+            )
         return self._codes
 
     @property

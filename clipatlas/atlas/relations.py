@@ -3,6 +3,7 @@
 Quantile samples and coactivation read the per-image codes (each image's strongest
 `codes_per_image` features), not the store; neighbours read only the SAE weights.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _first_per_group(group: np.ndarray, order_keys: tuple[np.ndarray, ...], limit: int) -> tuple[np.ndarray, np.ndarray]:
+def _first_per_group(
+    group: np.ndarray, order_keys: tuple[np.ndarray, ...], limit: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(indices, rank in group) of the first `limit` items of each group under `order_keys`, group-sorted."""
     order = np.lexsort((*order_keys[::-1], group))
     sorted_group = group[order]

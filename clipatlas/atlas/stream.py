@@ -10,14 +10,15 @@ dense work); their (feature, row, value) triplets fold into
 The state is checkpointed between chunks; every quantity is a deterministic function of the
 chunks before it, so a resumed pass ends in exactly the state of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class StreamState:
     top_rows: torch.Tensor  # (F, k) int64; -1 = empty slot
 
     @classmethod
-    def empty(cls, n_features: int, top_k: int, device: torch.device) -> "StreamState":
+    def empty(cls, n_features: int, top_k: int, device: torch.device) -> StreamState:
         return cls(
             next_row=0,
             count=torch.zeros(n_features, dtype=torch.int64, device=device),
@@ -86,15 +87,21 @@ class StreamState:
         )
 
     def save(self, path: Path) -> None:
-        arrays = {name: getattr(self, name).cpu().numpy() for name in ("count", "total", "max", "hist", "top_values", "top_rows")}
+        arrays = {
+            name: getattr(self, name).cpu().numpy()
+            for name in ("count", "total", "max", "hist", "top_values", "top_rows")
+        }
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, next_row=np.int64(self.next_row), **arrays)
 
     @classmethod
-    def load(cls, path: Path, device: torch.device) -> "StreamState":
+    def load(cls, path: Path, device: torch.device) -> StreamState:
         with np.load(path) as data:
-            tensors = {name: torch.from_numpy(data[name]).to(device) for name in ("count", "total", "max", "hist", "top_values", "top_rows")}
+            tensors = {
+                name: torch.from_numpy(data[name]).to(device)
+                for name in ("count", "total", "max", "hist", "top_values", "top_rows")
+            }
             return cls(next_row=int(data["next_row"]), **tensors)
 
     def fold(self, indices: torch.Tensor, values: torch.Tensor, first_row: int) -> None:
@@ -167,7 +174,9 @@ def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values, rows
 
 
-def image_codes(indices: torch.Tensor, values: torch.Tensor, per_image: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_codes(
+    indices: torch.Tensor, values: torch.Tensor, per_image: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's strongest `per_image` active features: (counts (n,), features, values), strongest first."""
     indices, values = indices[:, :per_image], values[:, :per_image]
     active = values > 0
@@ -192,13 +201,15 @@ def run_stream(
 ) -> StreamState:
     """Stream the store through `encode_sparse`, resuming from `work_dir` if a pass was interrupted.
 
-`encode_sparse(x)` returns (indices, values), each (n, m), strongest first, padded with -1 / 0.
+    `encode_sparse(x)` returns (indices, values), each (n, m), strongest first, padded with -1 / 0.
 
-    Per-image codes go to `work_dir/codes_<first row>.npz`, one file per chunk; each is on disk
-    before any checkpoint that counts its rows.
+        Per-image codes go to `work_dir/codes_<first row>.npz`, one file per chunk; each is on disk
+        before any checkpoint that counts its rows.
     """
     state_path = work_dir / STATE_FILE
-    state = StreamState.load(state_path, device) if state_path.is_file() else StreamState.empty(n_features, top_k, device)
+    state = (
+        StreamState.load(state_path, device) if state_path.is_file() else StreamState.empty(n_features, top_k, device)
+    )
     n_rows = len(store)
     n_chunks = math.ceil(n_rows / chunk_size)
     last_save = time.monotonic()

@@ -1,4 +1,5 @@
 """~128 px webp thumbnails of the images shown on feature pages (kept across rebuilds)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,11 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 def thumb_name(image_id: str) -> str:
     """A file name for the image id: the id itself when filesystem-safe, else its sha256."""
-    stem = image_id if _SAFE_ID.match(image_id) and not image_id.startswith(".") else hashlib.sha256(image_id.encode()).hexdigest()
+    stem = (
+        image_id
+        if _SAFE_ID.match(image_id) and not image_id.startswith(".")
+        else hashlib.sha256(image_id.encode()).hexdigest()
+    )
     return f"thumbs/{stem}.webp"
 
 

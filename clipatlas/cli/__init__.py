@@ -4,6 +4,7 @@ Each subcommand lives in its own module exposing `register(subparsers)`, which a
 whose `func` default takes the parsed arguments. Modules import their stage lazily inside
 `func` so `clipatlas --help` stays fast.
 """
+
 from __future__ import annotations
 
 import argparse

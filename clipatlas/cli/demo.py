@@ -1,11 +1,14 @@
 """`clipatlas demo`: embed the demo images, train, evaluate, build the atlas, steer, and serve."""
+
 from __future__ import annotations
 
 import argparse
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="run the whole pipeline offline on the demo images", description=__doc__)
+    parser = subparsers.add_parser(
+        "demo", help="run the whole pipeline offline on the demo images", description=__doc__
+    )
     parser.add_argument("-w", "--workspace", default="demo-atlas", help="workspace directory (default demo-atlas)")
     parser.add_argument("--name", default="demo", help="name of the demo SAE (default demo)")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many demo images")
@@ -18,6 +21,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from clipatlas.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(workspace=args.workspace, name=args.name, limit=args.limit, serve=not args.no_serve,
-                        host=args.host, port=args.port))
+    run_demo(
+        DemoConfig(
+            workspace=args.workspace,
+            name=args.name,
+            limit=args.limit,
+            serve=not args.no_serve,
+            host=args.host,
+            port=args.port,
+        )
+    )
     return 0

@@ -1,4 +1,5 @@
 """`clipatlas eval`: metrics of one or every SAE on its held-out rows, and the Pareto plot."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,8 +8,11 @@ COLUMNS = ("arch", "n_samples", "explained_variance", "fvu", "l0", "dead_fractio
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="evaluate SAEs: FVU, L0, dead and dense latents",
-                              description="Evaluate SAEs on their held-out rows; writes saes/NAME/metrics.json.")
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate SAEs: FVU, L0, dead and dense latents",
+        description="Evaluate SAEs on their held-out rows; writes saes/NAME/metrics.json.",
+    )
     p.add_argument("-w", "--workspace", required=True, help="workspace directory")
     p.add_argument("--name", help="SAE to evaluate (default: every SAE in the workspace)")
     p.add_argument("--batch-size", type=int, default=4096)

@@ -1,4 +1,5 @@
 """`clipatlas info`: what a workspace holds (store, SAEs and their metrics, atlases)."""
+
 from __future__ import annotations
 
 import argparse

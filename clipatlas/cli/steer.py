@@ -1,4 +1,5 @@
 """`clipatlas steer`: edit an image's features and decode it, or replay a recipe."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,27 +7,49 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("steer", help="edit an image's SAE features and decode the result",
-                                   description="Edit SAE features of IMAGE (a store image id, sha256:HEX or a file) "
-                                               "and decode it; or replay a recipe with --recipe.")
+    parser = subparsers.add_parser(
+        "steer",
+        help="edit an image's SAE features and decode the result",
+        description="Edit SAE features of IMAGE (a store image id, sha256:HEX or a file) "
+        "and decode it; or replay a recipe with --recipe.",
+    )
     parser.add_argument("image", nargs="?", help="store image id, sha256:HEX of a stored image, or an image file")
     parser.add_argument("-w", "--workspace", required=True, type=Path)
     parser.add_argument("--name", help="SAE name (default: the workspace's only SAE)")
-    parser.add_argument("--edit", action="append", default=[], metavar="SPEC",
-                        help="set:F=V[x] add:F=V[x] scale:F=A ban:F transfer:IMG[:F,..] difference:A,B[=S]; "
-                             "repeat to stack, applied in order (Vx = V times the feature's max activation)")
-    parser.add_argument("--transfer-from", action="append", default=[], metavar="IMAGE",
-                        help="transfer all features of IMAGE (same as --edit transfer:IMAGE)")
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="set:F=V[x] add:F=V[x] scale:F=A ban:F transfer:IMG[:F,..] difference:A,B[=S]; "
+        "repeat to stack, applied in order (Vx = V times the feature's max activation)",
+    )
+    parser.add_argument(
+        "--transfer-from",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="transfer all features of IMAGE (same as --edit transfer:IMAGE)",
+    )
     parser.add_argument("--decoder", default="retrieval", help="retrieval | kandinsky[:PATH_OR_ID] | kandinsky-img2img")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="decoder setting, e.g. steps=12 guidance=4 height=512 width=512 strength=0.5 k=16")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="decoder setting, e.g. steps=12 guidance=4 height=512 width=512 strength=0.5 k=16",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--recipe", type=Path, help="replay this recipe JSON (ignores IMAGE and edit options)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the edited image (PNG)")
     parser.add_argument("--before", type=Path, help="also write the unedited decode (same seed) here")
     parser.add_argument("--recipe-out", type=Path, help="write the recipe JSON here, to replay later")
-    parser.add_argument("--verify", action="store_true",
-                        help="re-embed the result and report each set/add feature's activation and rank")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="re-embed the result and report each set/add feature's activation and rank",
+    )
     parser.set_defaults(func=run)
 
 
@@ -52,8 +75,14 @@ def recipe_from_args(args):
     if not args.image:
         raise UserError("give an IMAGE to steer, or --recipe FILE to replay one")
     edits = [parse_edit(spec) for spec in args.edit] + [Edit("transfer", image=img) for img in args.transfer_from]
-    return Recipe(image=args.image, edits=tuple(edits), decoder=args.decoder, settings=parse_settings(args.settings),
-                  seed=args.seed, sae=args.name)
+    return Recipe(
+        image=args.image,
+        edits=tuple(edits),
+        decoder=args.decoder,
+        settings=parse_settings(args.settings),
+        seed=args.seed,
+        sae=args.name,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {hit.image_id}\tcosine {hit.score:.3f}")
     if args.verify:
         for check in steerer.verify(recipe, result):
-            print(f"feature {check.feature}: activation {check.before_activation:.3g} -> {check.after_activation:.3g}, "
-                  f"rank {check.before_rank} -> {check.after_rank}")
+            print(
+                f"feature {check.feature}: activation {check.before_activation:.3g} -> {check.after_activation:.3g}, "
+                f"rank {check.before_rank} -> {check.after_rank}"
+            )
     return 0

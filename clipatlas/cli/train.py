@@ -1,4 +1,5 @@
 """`clipatlas train`: train one SAE, or a sweep grid, on a workspace's store."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,14 +7,35 @@ import argparse
 from clipatlas.errors import UserError
 
 # Flags whose value goes straight into TrainConfig when given.
-_CONFIG_FLAGS = ("name", "arch", "expansion", "k", "l1", "lr", "batch_size", "steps", "epochs", "seed", "device",
-                 "k_aux", "aux_weight", "warmup_steps", "eval_fraction", "dead_window", "b_dec_init", "checkpoint_every",
-                 "resample_every")
+_CONFIG_FLAGS = (
+    "name",
+    "arch",
+    "expansion",
+    "k",
+    "l1",
+    "lr",
+    "batch_size",
+    "steps",
+    "epochs",
+    "seed",
+    "device",
+    "k_aux",
+    "aux_weight",
+    "warmup_steps",
+    "eval_fraction",
+    "dead_window",
+    "b_dec_init",
+    "checkpoint_every",
+    "resample_every",
+)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a sparse autoencoder on the store",
-                              description="Train an SAE (or a --sweep grid) on W/store; re-running resumes a killed run.")
+    p = subparsers.add_parser(
+        "train",
+        help="train a sparse autoencoder on the store",
+        description="Train an SAE (or a --sweep grid) on W/store; re-running resumes a killed run.",
+    )
     p.add_argument("-w", "--workspace", required=True, help="workspace directory")
     p.add_argument("--name", help="SAE name (default: sae)")
     p.add_argument("--arch", choices=["relu", "topk", "batchtopk", "jumprelu"], help="architecture (default: topk)")

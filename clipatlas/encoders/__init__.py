@@ -8,10 +8,11 @@
 
 The name given is what the store records, so `load_encoder(store.encoder)` reloads the same model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from clipatlas.encoders.base import Encoder, EncoderOptions
 from clipatlas.errors import UserError
@@ -22,7 +23,9 @@ DEFAULT_ENCODER = "kandinsky-clip"
 def _kandinsky(arg: str | None, options: EncoderOptions) -> Encoder:
     from clipatlas.encoders.clip import KANDINSKY_PRIOR_ID, load_clip
 
-    return load_clip("kandinsky-clip" + (f":{_absolute(arg)}" if arg else ""), _absolute(arg) if arg else KANDINSKY_PRIOR_ID, options)
+    return load_clip(
+        "kandinsky-clip" + (f":{_absolute(arg)}" if arg else ""), _absolute(arg) if arg else KANDINSKY_PRIOR_ID, options
+    )
 
 
 def _hf(arg: str | None, options: EncoderOptions) -> Encoder:
@@ -58,7 +61,9 @@ def load_encoder(spec: str = DEFAULT_ENCODER, *, device: str = "auto", dtype: st
     """The encoder named `spec` (`NAME` or `NAME:ARG`), on `device` in `dtype`."""
     name, _, arg = spec.partition(":")
     if name not in ENCODERS:
-        raise UserError(f"unknown encoder {spec!r}; choose one of kandinsky-clip[:PATH], hf:PATH_OR_ID, efficientnet-lite0")
+        raise UserError(
+            f"unknown encoder {spec!r}; choose one of kandinsky-clip[:PATH], hf:PATH_OR_ID, efficientnet-lite0"
+        )
     return ENCODERS[name](arg or None, EncoderOptions(device=device, dtype=dtype))
 
 

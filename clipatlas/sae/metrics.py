@@ -4,13 +4,15 @@ fvu = sum of squared errors / sum of squared deviations from the eval set's per-
 mean (numerator and denominator summed over the whole set, not averaged per sample);
 explained_variance = 1 - fvu (scikit-learn's variance-weighted explained variance score).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +38,9 @@ class Metrics:
 
     def __post_init__(self):
         if abs(self.explained_variance - (1 - self.fvu)) > 1e-9:
-            raise ValueError(f"inconsistent metrics: explained_variance {self.explained_variance} != 1 - fvu {self.fvu}")
+            raise ValueError(
+                f"inconsistent metrics: explained_variance {self.explained_variance} != 1 - fvu {self.fvu}"
+            )
         if not (0 <= self.dead_fraction <= 1 and 0 <= self.dense_fraction <= 1 and 0 <= self.l0 <= self.d_sae):
             raise ValueError(f"inconsistent metrics: {self}")
 
@@ -62,8 +66,10 @@ class MetricsAccumulator:
         x = x.astype(np.float64)
         x_hat = x_hat.astype(np.float64)
         if not (np.isfinite(x).all() and np.isfinite(x_hat).all()):
-            raise UserError("NaN or infinite values in the evaluation inputs or reconstructions; "
-                            "check the store (clipatlas info) and retrain the SAE")
+            raise UserError(
+                "NaN or infinite values in the evaluation inputs or reconstructions; "
+                "check the store (clipatlas info) and retrain the SAE"
+            )
         self.n += len(x)
         self.sse += float(((x - x_hat) ** 2).sum())
         self.sum_x += x.sum(axis=0)
@@ -80,10 +86,16 @@ class MetricsAccumulator:
         sst = float((self.sum_x2 - self.n * mean**2).sum())
         fvu = self.sse / sst if sst > 0 else math.inf
         frequency = self.active_count / self.n
-        return Metrics(n_samples=self.n, fvu=fvu, explained_variance=1 - fvu, l0=self.l0_total / self.n,
-                       dead_fraction=float((self.active_count == 0).mean()),
-                       dense_fraction=float((frequency > DENSE_THRESHOLD).mean()),
-                       cosine=self.cosine_total / self.n, d_sae=self.d_sae)
+        return Metrics(
+            n_samples=self.n,
+            fvu=fvu,
+            explained_variance=1 - fvu,
+            l0=self.l0_total / self.n,
+            dead_fraction=float((self.active_count == 0).mean()),
+            dense_fraction=float((frequency > DENSE_THRESHOLD).mean()),
+            cosine=self.cosine_total / self.n,
+            d_sae=self.d_sae,
+        )
 
 
 @torch.no_grad()
@@ -105,13 +117,16 @@ def eval_rows(cfg_json: dict[str, Any], n_store: int) -> np.ndarray:
     if not training:
         return np.arange(n_store)
     if training.get("store_count") != n_store:
-        raise UserError(f"the store now holds {n_store} rows but the SAE was trained when it held "
-                        f"{training.get('store_count')}; retrain the SAE to evaluate on a consistent split")
+        raise UserError(
+            f"the store now holds {n_store} rows but the SAE was trained when it held "
+            f"{training.get('store_count')}; retrain the SAE to evaluate on a consistent split"
+        )
     return split_rows(n_store, training["eval_fraction"], training["seed"])[1]
 
 
-def evaluate(workspace: str | Path | Workspace, name: str | None = None, batch_size: int = 4096,
-             device: str = "cpu") -> Metrics:
+def evaluate(
+    workspace: str | Path | Workspace, name: str | None = None, batch_size: int = 4096, device: str = "cpu"
+) -> Metrics:
     """Evaluate SAE `name` on its held-out rows and write `metrics.json` beside it."""
     from clipatlas.sae.model import CFG_NAME, SAE
     from clipatlas.store import Store
@@ -131,7 +146,11 @@ def evaluate(workspace: str | Path | Workspace, name: str | None = None, batch_s
 
 def read_all_metrics(ws: Workspace) -> dict[str, dict[str, Any]]:
     """metrics.json of every evaluated SAE in the workspace, by name."""
-    return {n: read_json(ws.saes_dir / n / METRICS_NAME) for n in ws.sae_names() if (ws.saes_dir / n / METRICS_NAME).is_file()}
+    return {
+        n: read_json(ws.saes_dir / n / METRICS_NAME)
+        for n in ws.sae_names()
+        if (ws.saes_dir / n / METRICS_NAME).is_file()
+    }
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -161,7 +180,9 @@ def plot_pareto(ws: Workspace, out: Path | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, (l0, fvu) in zip(names, points):
         ax.scatter(l0, fvu, s=24)
-        ax.annotate(f"{name} ({metrics[name]['arch']})", (l0, fvu), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{name} ({metrics[name]['arch']})", (l0, fvu), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
     ax.set_xlabel("L0 (mean active latents per input)")
     ax.set_ylabel("FVU (fraction of variance unexplained)")

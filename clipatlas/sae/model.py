@@ -9,6 +9,7 @@ encoders); `encode` takes and `decode` returns the encoder's raw scale.
 Architectures register themselves in `ARCHITECTURES` by name; the training loop calls only
 `training_loss`, so adding one means adding one config and one module here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -125,8 +126,10 @@ class SAE(nn.Module):
     # -- public API (raw encoder scale) ----------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.cfg.d_in:
-            raise UserError(f"expected inputs of shape (N, {self.cfg.d_in}), got {tuple(x.shape)}; "
-                            f"this SAE was trained on {self.cfg.encoder or 'another'} embeddings")
+            raise UserError(
+                f"expected inputs of shape (N, {self.cfg.d_in}), got {tuple(x.shape)}; "
+                f"this SAE was trained on {self.cfg.encoder or 'another'} embeddings"
+            )
         return x.to(device=self.W_enc.device, dtype=self.W_enc.dtype)
 
     def preactivations(self, x_scaled: torch.Tensor) -> torch.Tensor:
@@ -181,8 +184,15 @@ class SAE(nn.Module):
         mse = (x_hat - x_scaled).pow(2).sum(dim=1).mean()
         active = z.detach() != 0
         zero = torch.zeros((), device=z.device)
-        return LossParts(mse + sparsity, mse, zero, sparsity, x_hat.detach(), active.any(dim=0),
-                         float(active.sum(dim=1).float().mean()))
+        return LossParts(
+            mse + sparsity,
+            mse,
+            zero,
+            sparsity,
+            x_hat.detach(),
+            active.any(dim=0),
+            float(active.sum(dim=1).float().mean()),
+        )
 
     # -- serialisation ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -201,15 +211,18 @@ class SAE(nn.Module):
         return path
 
     @staticmethod
-    def from_pretrained(path_or_hub_id: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | str = torch.float32) -> "SAE":
+    def from_pretrained(
+        path_or_hub_id: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+    ) -> SAE:
         """Load an SAE saved by `save_pretrained` from a directory or a Hugging Face hub repo id."""
         from safetensors.torch import load_file
 
         path = _resolve_sae_path(path_or_hub_id)
         cfg = config_from_dict(read_json(path / CFG_NAME))
         if not (path / WEIGHTS_NAME).is_file():
-            raise SAEFormatError(f"{path} has cfg.json but no {WEIGHTS_NAME}; the training run did not finish — re-run it")
+            raise SAEFormatError(
+                f"{path} has cfg.json but no {WEIGHTS_NAME}; the training run did not finish — re-run it"
+            )
         sae = ARCHITECTURES[cfg.arch](cfg)
         state = load_file(str(path / WEIGHTS_NAME))
         try:
@@ -225,8 +238,10 @@ def _resolve_sae_path(path_or_hub_id: str | Path) -> Path:
     if (path / CFG_NAME).is_file():
         return path
     if path.exists() or str(path_or_hub_id).count("/") != 1:
-        raise SAEFormatError(f"no SAE at {path_or_hub_id} (expected {CFG_NAME} and {WEIGHTS_NAME}); "
-                             "train one with: clipatlas train -w WORKSPACE --name NAME")
+        raise SAEFormatError(
+            f"no SAE at {path_or_hub_id} (expected {CFG_NAME} and {WEIGHTS_NAME}); "
+            "train one with: clipatlas train -w WORKSPACE --name NAME"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -279,8 +294,15 @@ class TopKSAE(SAE):
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=pre.device)
         fired[indices[keep]] = True
         zero = torch.zeros((), device=pre.device)
-        return LossParts(mse + self.cfg.aux_weight * aux, mse, aux, zero, x_hat.detach(), fired,
-                         float(keep.sum(dim=1).float().mean()))
+        return LossParts(
+            mse + self.cfg.aux_weight * aux,
+            mse,
+            aux,
+            zero,
+            x_hat.detach(),
+            fired,
+            float(keep.sum(dim=1).float().mean()),
+        )
 
     def _aux_loss(self, x_centred, pre, dead, residual):
         """AuxK: the k_aux strongest dead latents reconstruct the residual (OpenAI, Gao et al. 2024)."""
@@ -396,7 +418,9 @@ class JumpReLUSAE(SAE):
         return self._dense_loss(x_scaled, z, self.cfg.l1 * sparsity_scale * l0)
 
 
-ARCHITECTURES: dict[str, type[SAE]] = {cls.config_class.arch: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)}
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.config_class.arch: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+}
 
 
 def config_from_dict(data: dict[str, Any]) -> SAEConfig:

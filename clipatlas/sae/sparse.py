@@ -5,6 +5,7 @@ gradients of W_enc, b_enc and b_dec are sparse products of cost B*k*d instead of
 dense B*d*d_sae products autograd would run. The dense encoder product is computed once,
 without autograd, and is the only dense matmul of a training step.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -31,7 +32,9 @@ def _by_latent(indices: torch.Tensor, grad: torch.Tensor, n_latents: int) -> tor
     with warnings.catch_warnings():
         # CSR tensors are "beta" in torch; CSR @ dense, all we use, has long been stable.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(crow, rows, grad.reshape(-1)[order], size=(n_latents, batch), check_invariants=False)
+        return torch.sparse_csr_tensor(
+            crow, rows, grad.reshape(-1)[order], size=(n_latents, batch), check_invariants=False
+        )
 
 
 class _GatherPreactivations(torch.autograd.Function):
@@ -56,8 +59,14 @@ class _GatherPreactivations(torch.autograd.Function):
         return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None
 
 
-def gather_preactivations(x_centred: torch.Tensor, b_dec: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor,
-                          pre: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+def gather_preactivations(
+    x_centred: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    pre: torch.Tensor,
+    indices: torch.Tensor,
+) -> torch.Tensor:
     """pre[b, indices[b]] where pre = x_centred @ W_enc + b_enc and x_centred = x - b_dec.
 
     `pre` and `x_centred` are computed without autograd; the result is differentiable in

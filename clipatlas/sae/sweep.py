@@ -1,13 +1,14 @@
 """Sweeps: a TOML grid expanded into one TrainConfig per combination.
 
-    name = "sweep"              # run names are NAME-<arch>-x<expansion>-k<k>-l1<l1>-lr<lr>
-    [base]                      # any TrainConfig field shared by every run
-    arch = "topk"
-    steps = 2000
-    [grid]                      # lists: every combination is trained
-    k = [16, 32, 64]
-    expansion = [8, 16]
+name = "sweep"              # run names are NAME-<arch>-x<expansion>-k<k>-l1<l1>-lr<lr>
+[base]                      # any TrainConfig field shared by every run
+arch = "topk"
+steps = 2000
+[grid]                      # lists: every combination is trained
+k = [16, 32, 64]
+expansion = [8, 16]
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,9 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> lis
         raise UserError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
     bad = [key for key in grid if key not in GRID_KEYS or not isinstance(grid[key], list) or not grid[key]]
     if bad:
-        raise UserError(f"{path}: [grid] entries must be non-empty lists of {', '.join(GRID_KEYS)}; fix {', '.join(bad)}")
+        raise UserError(
+            f"{path}: [grid] entries must be non-empty lists of {', '.join(GRID_KEYS)}; fix {', '.join(bad)}"
+        )
     keys = list(grid)
     configs = []
     for values in itertools.product(*(grid[key] for key in keys)):

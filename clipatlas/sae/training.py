@@ -4,15 +4,17 @@ dead-latent tracking, a held-out split, atomic checkpoints and exact resumption.
 Several SAEs that share a data stream (batch size, steps, seed, split) train together: each
 batch is read once and fed to all of them (`train_many`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,7 +132,9 @@ def sample_for_init(store, rows: np.ndarray, seed: int, limit: int = 65_536) -> 
     chosen = np.sort(np.random.default_rng([seed, 1]).choice(rows, size=min(limit, len(rows)), replace=False))
     sample = store.rows(chosen)
     if not np.isfinite(sample).all():
-        raise UserError("the store holds NaN or infinite embeddings; re-embed the bad images or drop them from the store")
+        raise UserError(
+            "the store holds NaN or infinite embeddings; re-embed the bad images or drop them from the store"
+        )
     return sample
 
 
@@ -148,8 +152,16 @@ def build_sae(cfg: TrainConfig, sample: np.ndarray, store) -> SAE:
     """A fresh SAE: input scale from the data, b_dec at its mean (or median), W_enc = W_dec^T."""
     d = sample.shape[1]
     input_scale = float(math.sqrt(d / np.mean(np.sum(sample.astype(np.float64) ** 2, axis=1))))
-    fields: dict[str, Any] = dict(d_in=d, d_sae=d * cfg.expansion, input_scale=input_scale, k=cfg.k, k_aux=cfg.k_aux,
-                                  aux_weight=cfg.aux_weight, store=str(store.dir), encoder=store.encoder)
+    fields: dict[str, Any] = dict(
+        d_in=d,
+        d_sae=d * cfg.expansion,
+        input_scale=input_scale,
+        k=cfg.k,
+        k_aux=cfg.k_aux,
+        aux_weight=cfg.aux_weight,
+        store=str(store.dir),
+        encoder=store.encoder,
+    )
     if cfg.l1 is not None:
         fields["l1"] = cfg.l1
     sae = ARCHITECTURES[cfg.arch](make_config(cfg.arch, **fields))
@@ -177,7 +189,9 @@ def _adam(sae: SAE, lr: float) -> torch.optim.Adam:
 class Run:
     """One SAE with its optimiser, counters, log and checkpoint directory."""
 
-    def __init__(self, cfg: TrainConfig, sae_dir: Path, sae: SAE, total_steps: int, dead_window: int, meta: dict[str, Any]):
+    def __init__(
+        self, cfg: TrainConfig, sae_dir: Path, sae: SAE, total_steps: int, dead_window: int, meta: dict[str, Any]
+    ):
         self.cfg, self.dir, self.sae, self.total_steps, self.dead_window = cfg, sae_dir, sae, total_steps, dead_window
         self.meta = meta
         self.optimizer = _adam(sae, cfg.lr)
@@ -201,8 +215,10 @@ class Run:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             parts = self.sae.training_loss(x_scaled, self.dead_mask(), sparsity_scale)
         if not torch.isfinite(parts.loss):
-            raise UserError(f"SAE {self.dir.name}: the loss became {parts.loss.item()} at step {self.step}; "
-                            "lower --lr or check the store for extreme values")
+            raise UserError(
+                f"SAE {self.dir.name}: the loss became {parts.loss.item()} at step {self.step}; "
+                "lower --lr or check the store for extreme values"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         parts.loss.backward()
         self.sae.remove_parallel_decoder_grad()
@@ -213,10 +229,16 @@ class Run:
         if cfg.resample_every and (self.step + 1) % cfg.resample_every == 0:
             self.resample_dead(x_scaled, parts.x_hat)
         variance = (x_scaled - x_scaled.mean(dim=0)).pow(2).sum(dim=1).mean()
-        self.last = {"loss": parts.loss.item(), "mse": parts.mse.item(), "aux": parts.aux.item(),
-                     "sparsity": parts.sparsity.item(), "fvu": (parts.mse / variance.clamp_min(1e-12)).item(),
-                     "l0": parts.l0, "dead_fraction": float(self.dead_mask().float().mean()),
-                     "lr": self.optimizer.param_groups[0]["lr"]}
+        self.last = {
+            "loss": parts.loss.item(),
+            "mse": parts.mse.item(),
+            "aux": parts.aux.item(),
+            "sparsity": parts.sparsity.item(),
+            "fvu": (parts.mse / variance.clamp_min(1e-12)).item(),
+            "l0": parts.l0,
+            "dead_fraction": float(self.dead_mask().float().mean()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
         self.step += 1
 
     @torch.no_grad()
@@ -242,7 +264,11 @@ class Run:
         self.sae.W_dec[dead] = directions
         self.sae.W_enc[:, dead] = directions.t() * 0.2 * enc_norm
         self.sae.b_enc[dead] = 0.0
-        for param, index in ((self.sae.W_dec, (dead,)), (self.sae.W_enc, (slice(None), dead)), (self.sae.b_enc, (dead,))):
+        for param, index in (
+            (self.sae.W_dec, (dead,)),
+            (self.sae.W_enc, (slice(None), dead)),
+            (self.sae.b_enc, (dead,)),
+        ):
             for moment in ("exp_avg", "exp_avg_sq"):
                 self.optimizer.state[param][moment][index] = 0.0
         self.samples_since_fired[dead] = 0
@@ -250,9 +276,15 @@ class Run:
 
     # -- persistence -------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        state = {"schema_version": SCHEMA_VERSION, "train_config": dataclasses.asdict(self.cfg), "step": self.step,
-                 "sae_config": self.sae.cfg.to_dict(), "model": self.sae.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "samples_since_fired": self.samples_since_fired}
+        state = {
+            "schema_version": SCHEMA_VERSION,
+            "train_config": dataclasses.asdict(self.cfg),
+            "step": self.step,
+            "sae_config": self.sae.cfg.to_dict(),
+            "model": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "samples_since_fired": self.samples_since_fired,
+        }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
 
@@ -261,8 +293,10 @@ class Run:
             return False
         state = torch.load(self.checkpoint_path, map_location=self.sae.W_enc.device, weights_only=True)
         if state["train_config"] != json.loads(json.dumps(dataclasses.asdict(self.cfg))):
-            raise UserError(f"{self.checkpoint_path} was written with other settings; re-run with the same ones, "
-                            f"or delete {self.dir} to start over")
+            raise UserError(
+                f"{self.checkpoint_path} was written with other settings; re-run with the same ones, "
+                f"or delete {self.dir} to start over"
+            )
         rebuilt = ARCHITECTURES[self.cfg.arch](config_from_dict(state["sae_config"])).to(self.sae.W_enc.device)
         rebuilt.load_state_dict(state["model"])
         self.sae = rebuilt
@@ -287,8 +321,9 @@ class Run:
             fh.write(json.dumps(record) + "\n")
 
     def finish(self) -> Path:
-        self.sae.save_pretrained(self.dir, extra={"training": {**dataclasses.asdict(self.cfg), **self.meta,
-                                                               "trained_steps": self.step}})
+        self.sae.save_pretrained(
+            self.dir, extra={"training": {**dataclasses.asdict(self.cfg), **self.meta, "trained_steps": self.step}}
+        )
         self.checkpoint_path.unlink(missing_ok=True)
         return self.dir
 
@@ -299,8 +334,10 @@ def _is_finished(sae_dir: Path, cfg: TrainConfig) -> bool:
         return False
     training = read_json(sae_dir / CFG_NAME).get("training", {})
     if {k: training.get(k) for k in dataclasses.asdict(cfg)} != json.loads(json.dumps(dataclasses.asdict(cfg))):
-        raise UserError(f"SAE {cfg.name!r} already exists with other settings; choose another --name "
-                        f"or delete {sae_dir} to retrain it")
+        raise UserError(
+            f"SAE {cfg.name!r} already exists with other settings; choose another --name "
+            f"or delete {sae_dir} to retrain it"
+        )
     return True
 
 
@@ -346,8 +383,14 @@ def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> N
     for cfg in pending:
         total = cfg.total_steps(len(train_rows))
         dead_window = cfg.dead_window or min(len(train_rows), 10_000_000)
-        run = Run(cfg, ws.sae_dir(cfg.name, must_exist=False), build_sae(cfg, sample, store).to(device), total,
-                  dead_window, meta)
+        run = Run(
+            cfg,
+            ws.sae_dir(cfg.name, must_exist=False),
+            build_sae(cfg, sample, store).to(device),
+            total,
+            dead_window,
+            meta,
+        )
         if not run.load_checkpoint():
             run.dir.mkdir(parents=True, exist_ok=True)
             (run.dir / LOG_NAME).unlink(missing_ok=True)

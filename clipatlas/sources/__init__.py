@@ -3,11 +3,12 @@
 `iter_items(specs)` lists inputs cheaply and in a deterministic order (a resumed run relies on
 it); `read_image(uri)` does the expensive part (read + decode) and runs in DataLoader workers.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -21,15 +22,25 @@ DEMO_PREFIX = "demo:"
 LIST_SUFFIXES = (".txt", ".parquet")
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "DecodedImage", "ImageDecodeError", "SourceItem", "available_demo_sets", "decode_image",
-    "iter_items", "make_image_id", "open_uri", "read_image", "read_uri_bytes", "to_rgb",
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "ImageDecodeError",
+    "SourceItem",
+    "available_demo_sets",
+    "decode_image",
+    "iter_items",
+    "make_image_id",
+    "open_uri",
+    "read_image",
+    "read_uri_bytes",
+    "to_rgb",
 ]
 
 
 def iter_source(spec: str) -> Iterator[SourceItem]:
     """The items of one SOURCE argument, in a deterministic order."""
     if spec.startswith(DEMO_PREFIX):
-        return iter_demo(spec[len(DEMO_PREFIX):], spec)
+        return iter_demo(spec[len(DEMO_PREFIX) :], spec)
     path = Path(spec).expanduser()
     if path.is_dir():
         return iter_folder(path.resolve(), spec)
@@ -38,10 +49,14 @@ def iter_source(spec: str) -> Iterator[SourceItem]:
     if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
         return iter_list(path.resolve(), spec)
     if path.is_file():
-        raise UserError(f"{spec} is a single file; give a folder of images, a WebDataset .tar shard, "
-                        "a .txt/.parquet list of paths, or demo:samples|tuxpaint|emoji")
-    raise UserError(f"source {spec!r} does not exist; give a folder, a .tar shard, a .txt/.parquet list, "
-                    "or one of demo:samples, demo:tuxpaint, demo:emoji")
+        raise UserError(
+            f"{spec} is a single file; give a folder of images, a WebDataset .tar shard, "
+            "a .txt/.parquet list of paths, or demo:samples|tuxpaint|emoji"
+        )
+    raise UserError(
+        f"source {spec!r} does not exist; give a folder, a .tar shard, a .txt/.parquet list, "
+        "or one of demo:samples, demo:tuxpaint, demo:emoji"
+    )
 
 
 def iter_items(specs: Sequence[str], limit: int | None = None) -> Iterator[SourceItem]:

@@ -5,6 +5,7 @@ decompression bombs, palette and 16-bit PNGs, CMYK JPEGs and phone photos rotate
 Every one of them either becomes an upright RGB image or raises `ImageDecodeError` with a
 reason that the embed summary groups by.
 """
+
 from __future__ import annotations
 
 import io

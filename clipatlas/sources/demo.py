@@ -5,14 +5,15 @@
 * `demo:emoji`    Noto Color Emoji (Debian `fonts-noto-color-emoji`) rendered with Pillow,
                   captioned with the emoji's Unicode name
 """
+
 from __future__ import annotations
 
 import functools
 import importlib.util
 import io
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -81,8 +82,11 @@ def emoji_codepoints() -> tuple[int, ...]:
 
     with TTFont(EMOJI_FONT, lazy=True) as font:
         cmap = font.getBestCmap()
-    return tuple(cp for cp in sorted(cmap) if cp >= 0x2000 and unicodedata.name(chr(cp), "")
-                 and unicodedata.category(chr(cp)) == "So")
+    return tuple(
+        cp
+        for cp in sorted(cmap)
+        if cp >= 0x2000 and unicodedata.name(chr(cp), "") and unicodedata.category(chr(cp)) == "So"
+    )
 
 
 def iter_emoji(spec: str) -> Iterator[SourceItem]:
@@ -99,7 +103,7 @@ def _emoji_font() -> ImageFont.FreeTypeFont:
 def render_emoji(uri: str) -> Image.Image:
     """The emoji at `emoji:HEX`, centred on a white square."""
     try:
-        char = chr(int(uri[len(EMOJI_SCHEME):], 16))
+        char = chr(int(uri[len(EMOJI_SCHEME) :], 16))
     except ValueError:
         raise UserError(f"{uri!r} is not an emoji URI (emoji:HEX)") from None
     canvas = Image.new("RGBA", (EMOJI_CANVAS, EMOJI_CANVAS), (255, 255, 255, 0))

@@ -1,12 +1,13 @@
 """Images on disk: folders (recursive), WebDataset tar shards (read in place) and path lists."""
+
 from __future__ import annotations
 
 import functools
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -75,8 +76,10 @@ def tar_index(path: str) -> dict[str, tuple[int, int]]:
         with tarfile.open(path, mode="r:") as archive:
             return {m.name: (m.offset_data, m.size) for m in archive if m.isfile()}
     except tarfile.ReadError as exc:
-        raise UserError(f"cannot read {path} as an uncompressed tar ({exc}); WebDataset shards must be "
-                        "plain .tar files: decompress .tar.gz shards first") from exc
+        raise UserError(
+            f"cannot read {path} as an uncompressed tar ({exc}); WebDataset shards must be "
+            "plain .tar files: decompress .tar.gz shards first"
+        ) from exc
 
 
 def read_tar_member(path: str, member: str) -> bytes:
@@ -127,7 +130,7 @@ def _tar_caption(path: str, members: dict[str, str]) -> str | None:
 
 
 def split_tar_uri(uri: str) -> tuple[str, str]:
-    path, _, member = uri[len(TAR_SCHEME):].rpartition("#")
+    path, _, member = uri[len(TAR_SCHEME) :].rpartition("#")
     return path, member
 
 
@@ -157,8 +160,10 @@ def _parquet_rows(list_path: Path) -> Iterator[tuple[str, str | None]]:
     table = pq.read_table(list_path)
     path_column = next((c for c in LIST_PATH_COLUMNS if c in table.column_names), None)
     if path_column is None:
-        raise UserError(f"{list_path} has no path column; name one of {', '.join(LIST_PATH_COLUMNS)} "
-                        f"(it has {', '.join(table.column_names)})")
+        raise UserError(
+            f"{list_path} has no path column; name one of {', '.join(LIST_PATH_COLUMNS)} "
+            f"(it has {', '.join(table.column_names)})"
+        )
     caption_column = next((c for c in LIST_CAPTION_COLUMNS if c in table.column_names), None)
     paths = table.column(path_column).to_pylist()
     captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(paths)

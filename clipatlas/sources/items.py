@@ -1,4 +1,5 @@
 """What every source yields: a `SourceItem`, a lightweight reference that a worker can read."""
+
 from __future__ import annotations
 
 import hashlib

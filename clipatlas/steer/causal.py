@@ -1,4 +1,5 @@
 """The causal check: does the image an edit produced express the edited feature?"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,13 +5,15 @@
 - `kandinsky[:PATH_OR_ID]`: diffusers `KandinskyV22Pipeline` (image_embeds -> image).
 - `kandinsky-img2img[:PATH_OR_ID]`: `KandinskyV22Img2ImgPipeline`, keeping the input's layout.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +55,13 @@ class CosineIndex:
         dtype = torch.float16 if store.dtype == np.float16 else torch.float32
         self.unit_rows = torch.empty((len(store), store.d), dtype=dtype)
         batches = store.iter_batches(_SEARCH_BATCH_ROWS)
-        for start, batch in tqdm(batches, total=-(-len(store) // _SEARCH_BATCH_ROWS), desc="retrieval index",
-                                 unit="batch", disable=len(store) < 20 * _SEARCH_BATCH_ROWS):
+        for start, batch in tqdm(
+            batches,
+            total=-(-len(store) // _SEARCH_BATCH_ROWS),
+            desc="retrieval index",
+            unit="batch",
+            disable=len(store) < 20 * _SEARCH_BATCH_ROWS,
+        ):
             norms = np.sqrt(np.einsum("ij,ij->i", batch, batch))[:, None]
             self.unit_rows[start : start + len(batch)] = torch.from_numpy(batch / np.maximum(norms, 1e-12))
 
@@ -118,8 +125,14 @@ class RetrievalDecoder:
                 self._index = CosineIndex(self.store)
             return self._index
 
-    def decode(self, embeddings: np.ndarray, *, seed: int = 1, settings: dict[str, Any] | None = None,
-               init_images: Sequence[Image.Image] | None = None) -> Decoded:
+    def decode(
+        self,
+        embeddings: np.ndarray,
+        *,
+        seed: int = 1,
+        settings: dict[str, Any] | None = None,
+        init_images: Sequence[Image.Image] | None = None,
+    ) -> Decoded:
         opts = _options(RETRIEVAL_DEFAULTS, settings, self.name)
         rows, scores = self.index.search(embeddings, int(opts["k"]))
         ids = self.store.metadata.column("image_id")
@@ -162,8 +175,10 @@ def load_kandinsky_pipeline(path_or_id: str = KANDINSKY_DECODER_ID, img2img: boo
     try:
         pipe = pipeline_class.from_pretrained(path_or_id, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the Kandinsky 2.2 decoder from {path_or_id!r} ({exc}); pass a local "
-                        f"copy with --decoder kandinsky:PATH, or use --decoder retrieval (no GPU needed)") from exc
+        raise UserError(
+            f"cannot load the Kandinsky 2.2 decoder from {path_or_id!r} ({exc}); pass a local "
+            f"copy with --decoder kandinsky:PATH, or use --decoder retrieval (no GPU needed)"
+        ) from exc
     if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
         pipe.enable_model_cpu_offload()
     else:
@@ -180,17 +195,26 @@ class KandinskyDecoder:
     def __init__(self, path_or_id: str, negative: np.ndarray, img2img: bool = False):
         self.img2img = img2img
         self.name = ("kandinsky-img2img" if img2img else "kandinsky") + (
-            "" if path_or_id == KANDINSKY_DECODER_ID else f":{path_or_id}")
+            "" if path_or_id == KANDINSKY_DECODER_ID else f":{path_or_id}"
+        )
         self.pipe = load_kandinsky_pipeline(path_or_id, img2img)
         self.negative = np.asarray(negative, dtype=np.float32)
         expected = self.pipe.unet.config.encoder_hid_dim
         if self.negative.shape != (expected,):
-            raise UserError(f"the Kandinsky decoder takes {expected}-dim CLIP image embeddings, this workspace's "
-                            f"encoder gives {self.negative.shape[-1]}; embed with --encoder kandinsky-clip or "
-                            "steer with --decoder retrieval")
+            raise UserError(
+                f"the Kandinsky decoder takes {expected}-dim CLIP image embeddings, this workspace's "
+                f"encoder gives {self.negative.shape[-1]}; embed with --encoder kandinsky-clip or "
+                "steer with --decoder retrieval"
+            )
 
-    def decode(self, embeddings: np.ndarray, *, seed: int = 1, settings: dict[str, Any] | None = None,
-               init_images: Sequence[Image.Image] | None = None) -> Decoded:
+    def decode(
+        self,
+        embeddings: np.ndarray,
+        *,
+        seed: int = 1,
+        settings: dict[str, Any] | None = None,
+        init_images: Sequence[Image.Image] | None = None,
+    ) -> Decoded:
         opts = _options(KANDINSKY_DEFAULTS, settings, "kandinsky")
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if embeddings.shape[1] != self.negative.shape[0]:
@@ -204,14 +228,20 @@ class KandinskyDecoder:
         kwargs: dict[str, Any] = dict(
             image_embeds=torch.from_numpy(embeddings).to(device, dtype),
             negative_image_embeds=torch.from_numpy(np.tile(self.negative, (n, 1))).to(device, dtype),
-            num_inference_steps=int(opts["steps"]), guidance_scale=float(opts["guidance"]),
-            height=int(opts["height"]), width=int(opts["width"]), generator=generators, output_type="pil",
+            num_inference_steps=int(opts["steps"]),
+            guidance_scale=float(opts["guidance"]),
+            height=int(opts["height"]),
+            width=int(opts["width"]),
+            generator=generators,
+            output_type="pil",
         )
         if self.img2img:
             if init_images is None or len(init_images) != n:
                 raise UserError("kandinsky-img2img needs the input image; give an image file or a store image")
             if opts["strength"] > 1:
-                raise UserError(f"img2img strength is in (0, 1] (how much of the input to repaint), got {opts['strength']}")
+                raise UserError(
+                    f"img2img strength is in (0, 1] (how much of the input to repaint), got {opts['strength']}"
+                )
             kwargs.update(image=list(init_images), strength=float(opts["strength"]))
         return Decoded(list(self.pipe(**kwargs).images))
 
@@ -224,9 +254,12 @@ def _kandinsky_factory(img2img: bool) -> DecoderFactory:
     def make(arg: str | None, ctx) -> KandinskyDecoder:
         if ctx.store.encoder.startswith(NOT_CLIP_ENCODERS):
             # Same width (1280) as ViT-bigG, so no size check would catch it: the images would be noise.
-            raise UserError(f"Kandinsky draws CLIP ViT-bigG image embeddings; this store holds {ctx.store.encoder} "
-                            "embeddings. Use --decoder retrieval, or embed with --encoder kandinsky-clip")
+            raise UserError(
+                f"Kandinsky draws CLIP ViT-bigG image embeddings; this store holds {ctx.store.encoder} "
+                "embeddings. Use --decoder retrieval, or embed with --encoder kandinsky-clip"
+            )
         return KandinskyDecoder(arg or KANDINSKY_DECODER_ID, ctx.negative_embedding(), img2img=img2img)
+
     return make
 
 
@@ -241,7 +274,10 @@ def split_decoder_name(spec: str) -> tuple[str, str | None]:
     """'kandinsky:/models/k22' -> ('kandinsky', '/models/k22'); raises UserError on unknown names."""
     base, sep, arg = spec.partition(":")
     if base not in DECODERS:
-        raise UserError(f"unknown decoder {spec!r}; choose one of: retrieval, kandinsky[:PATH_OR_ID], kandinsky-img2img[:PATH_OR_ID]")
+        raise UserError(
+            f"unknown decoder {spec!r}; choose one of: retrieval, kandinsky[:PATH_OR_ID], "
+            "kandinsky-img2img[:PATH_OR_ID]"
+        )
     if base == "retrieval" and sep:
         raise UserError("the retrieval decoder takes no path; write --decoder retrieval")
     return base, (arg or None)

@@ -1,4 +1,5 @@
 """The steering part of `clipatlas demo`: retrieval icons for the atlas and one replayable recipe."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,7 @@ def example_recipe(workspace, name: str | None = None) -> Recipe:
     feature = max(features, key=lambda f: atlas.feature(f).max_activation)
     shown = {example.image_id for example in atlas.top_images(feature)}
     image = next(i for i in atlas.store.metadata.column("image_id").to_pylist() if i not in shown)
-    return Recipe(image=image, edits=(Edit("set", feature=feature, value=7.5, relative=True),),
-                  sae=atlas.sae_dir.name)
+    return Recipe(image=image, edits=(Edit("set", feature=feature, value=7.5, relative=True),), sae=atlas.sae_dir.name)
 
 
 def write_demo_steering(workspace, name: str | None = None, template: str | None = None) -> Path:

@@ -5,11 +5,13 @@ embedding is dec(z') + r. The residual carries what the SAE failed to reconstruc
 edits the result is x exactly (we return x itself rather than dec(z) + r, which differs from x
 by float rounding).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,8 +48,9 @@ class Edit:
         if self.op not in OPS:
             raise EditError(f"unknown edit {self.op!r}; use one of {', '.join(OPS)}")
         if self.op in FEATURE_OPS and (self.feature is None or self.feature < 0):
-            raise EditError(f"edit {self.op!r} needs a feature id >= 0 (e.g. {self.op}:42"
-                            f"{'' if self.op == 'ban' else '=7.5x'})")
+            raise EditError(
+                f"edit {self.op!r} needs a feature id >= 0 (e.g. {self.op}:42{'' if self.op == 'ban' else '=7.5x'})"
+            )
         if not np.isfinite(self.value):
             raise EditError(f"edit {self.op!r} has a non-finite strength {self.value}")
         if self.op in IMAGE_OPS and not self.image:
@@ -74,12 +77,14 @@ class Edit:
         return out
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any] | str) -> "Edit":
+    def from_dict(cls, obj: dict[str, Any] | str) -> Edit:
         if isinstance(obj, str):
             return parse_edit(obj)
         if not isinstance(obj, dict):
-            raise EditError(f"an edit is an object like {{'op': 'set', 'feature': 1, 'value': 7.5, 'unit': 'max'}} "
-                            f"or a string like 'set:1=7.5x', got {obj!r}")
+            raise EditError(
+                f"an edit is an object like {{'op': 'set', 'feature': 1, 'value': 7.5, 'unit': 'max'}} "
+                f"or a string like 'set:1=7.5x', got {obj!r}"
+            )
         unknown = set(obj) - {"op", "feature", "value", "unit", "image", "other", "features"}
         if unknown:
             raise EditError(f"edit {obj!r} has unknown fields {sorted(unknown)}")
@@ -113,7 +118,9 @@ _STRENGTH = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(x?)\
 def _strength(text: str, spec: str) -> tuple[float, bool]:
     match = _STRENGTH.match(text)
     if not match:
-        raise EditError(f"bad strength {text!r} in edit {spec!r}; write a number, or e.g. 7.5x for 7.5 x max activation")
+        raise EditError(
+            f"bad strength {text!r} in edit {spec!r}; write a number, or e.g. 7.5x for 7.5 x max activation"
+        )
     return float(match.group(1)), bool(match.group(2))
 
 
@@ -123,8 +130,10 @@ def parse_edit(spec: str) -> Edit:
     op, sep, rest = spec.partition(":")
     op = op.strip().lower()
     if not sep or not rest:
-        raise EditError(f"bad edit {spec!r}; examples: set:1234=7.5x  add:7=2  scale:7=0.5  ban:42  "
-                        "transfer:IMAGE  difference:A,B=1")
+        raise EditError(
+            f"bad edit {spec!r}; examples: set:1234=7.5x  add:7=2  scale:7=0.5  ban:42  "
+            "transfer:IMAGE  difference:A,B=1"
+        )
     if op == "ban":
         return Edit("ban", feature=_feature(rest, spec))
     if op in ("set", "add", "scale"):

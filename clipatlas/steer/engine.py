@@ -1,4 +1,5 @@
 """Run recipes against a workspace: resolve images, apply edits, decode before and after."""
+
 from __future__ import annotations
 
 import functools
@@ -61,8 +62,9 @@ class Steerer:
             try:
                 from clipatlas.encoders import load_encoder
             except ImportError as exc:
-                raise UserError(f"image files need the encoders stage to embed them ({exc}); "
-                                "name images by store image id instead") from exc
+                raise UserError(
+                    f"image files need the encoders stage to embed them ({exc}); name images by store image id instead"
+                ) from exc
             self._encoder = load_encoder(self.store.encoder, device="cuda" if torch.cuda.is_available() else "cpu")
         return self._encoder
 
@@ -123,11 +125,20 @@ class Steerer:
         before = self.embedding_of(recipe.image)
         after = self.steer(recipe, before)
         init = [self.image_of(recipe.image)] * 2 if "img2img" in recipe.decoder else None
-        decoded = decoder.decode(np.stack([before, after]), seed=recipe.seed, settings=recipe.settings_dict,
-                                 init_images=init)
+        decoded = decoder.decode(
+            np.stack([before, after]), seed=recipe.seed, settings=recipe.settings_dict, init_images=init
+        )
         rankings = decoded.rankings or [None, None]
-        return SteerResult(recipe.hash, decoder.name, before, after, png_bytes(decoded.images[0]),
-                           png_bytes(decoded.images[1]), rankings[0], rankings[1])
+        return SteerResult(
+            recipe.hash,
+            decoder.name,
+            before,
+            after,
+            png_bytes(decoded.images[0]),
+            png_bytes(decoded.images[1]),
+            rankings[0],
+            rankings[1],
+        )
 
     def verify(self, recipe: Recipe, result: SteerResult) -> list[CausalCheck]:
         """Re-embed what the recipe produced and check each set/add target feature in it."""

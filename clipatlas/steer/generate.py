@@ -1,11 +1,13 @@
 """Text to image with feature rules: the Kandinsky 2.2 prior turns a prompt into an image
 embedding, SAE edits change it (ban a feature, boost another), the decoder draws it."""
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +39,9 @@ def load_prior_pipeline(path_or_id: str = KANDINSKY_PRIOR_ID):
     try:
         prior = KandinskyV22PriorPipeline.from_pretrained(path_or_id, dtype=torch.float16 if cuda else torch.float32)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the Kandinsky 2.2 prior from {path_or_id!r} ({exc}); pass a local copy "
-                        "with --prior PATH") from exc
+        raise UserError(
+            f"cannot load the Kandinsky 2.2 prior from {path_or_id!r} ({exc}); pass a local copy with --prior PATH"
+        ) from exc
     prior.set_progress_bar_config(disable=True)
     return prior.to("cuda" if cuda else "cpu")
 
@@ -47,14 +50,26 @@ def prompt_embedding(prior, prompt: str, seed: int, steps: int, guidance: float)
     """(image embedding of `prompt`, the prior's negative = zero-image embedding), raw CLIP scale."""
     if not prompt.strip():
         raise UserError("give a non-empty prompt")
-    out = prior(prompt, num_inference_steps=steps, guidance_scale=guidance,
-                generator=torch.Generator(device="cpu").manual_seed(seed))
+    out = prior(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator(device="cpu").manual_seed(seed),
+    )
     return (out.image_embeds[0].float().cpu().numpy(), out.negative_image_embeds[0].float().cpu().numpy())
 
 
-def generate(workspace, prompt: str, edits: Sequence[Edit], name: str | None = None, *,
-             decoder: str = "kandinsky", prior: str = KANDINSKY_PRIOR_ID, seed: int = 1,
-             settings: dict[str, Any] | None = None) -> GenerateResult:
+def generate(
+    workspace,
+    prompt: str,
+    edits: Sequence[Edit],
+    name: str | None = None,
+    *,
+    decoder: str = "kandinsky",
+    prior: str = KANDINSKY_PRIOR_ID,
+    seed: int = 1,
+    settings: dict[str, Any] | None = None,
+) -> GenerateResult:
     """Prompt -> prior embedding -> edits on its SAE latents -> Kandinsky decoder."""
     base, path = split_decoder_name(decoder)
     if base != "kandinsky":
@@ -62,8 +77,9 @@ def generate(workspace, prompt: str, edits: Sequence[Edit], name: str | None = N
     settings = dict(settings or {})
     prior_opts = {key: settings.pop(key, default) for key, default in PRIOR_DEFAULTS.items()}
     steerer = steerer_for(workspace, name)
-    x, negative = prompt_embedding(load_prior_pipeline(prior), prompt, seed, int(prior_opts["prior_steps"]),
-                                   float(prior_opts["prior_guidance"]))
+    x, negative = prompt_embedding(
+        load_prior_pipeline(prior), prompt, seed, int(prior_opts["prior_steps"]), float(prior_opts["prior_guidance"])
+    )
     edited = steer_embedding(steerer.sae, x, list(edits), steerer.context())
     drawer = KandinskyDecoder(path or KandinskyDecoder.default_id, negative)
     images = drawer.decode(np.stack([x, edited]), seed=seed, settings=settings).images

@@ -1,5 +1,6 @@
 """Feature icons: the template image's embedding with one feature set to `strength` x its max
 activation, decoded with a fixed seed; and the causal check that the icon expresses the feature."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,13 @@ class IconConfig:
 
     def identity(self, template_digest: str) -> dict:
         """What an icon depends on; icons made under another identity are redone."""
-        return {"decoder": self.decoder, "strength": self.strength, "template": template_digest, "seed": self.seed,
-                "settings": dict(self.settings)}
+        return {
+            "decoder": self.decoder,
+            "strength": self.strength,
+            "template": template_digest,
+            "seed": self.seed,
+            "settings": dict(self.settings),
+        }
 
 
 def select_features(atlas, spec: str) -> list[int]:
@@ -119,13 +125,17 @@ def verify_icons(workspace, name: str | None = None, config: IconConfig = IconCo
     x, _ = _template(steerer, config)
     features = [f for f in select_features(atlas, config.features) if (icons_dir / f"{f}.png").is_file()]
     if not features:
-        raise UserError(f"no icons to verify in {icons_dir}; make them with: clipatlas icons -w {steerer.workspace.root}")
+        raise UserError(
+            f"no icons to verify in {icons_dir}; make them with: clipatlas icons -w {steerer.workspace.root}"
+        )
     checks = []
     for feature in tqdm(features, desc="verify icons", unit="icon"):
         after = _icon_embedding(steerer, config, x, feature)
         checks.append(causal_check(steerer.sae, x, after, feature))
     report = {
-        "decoder": config.decoder, "strength": config.strength, "n_icons": len(checks),
+        "decoder": config.decoder,
+        "strength": config.strength,
+        "n_icons": len(checks),
         "top1_share": float(np.mean([c.after_rank == 0 for c in checks])),
         "top10_share": float(np.mean([c.after_rank < 10 for c in checks])),
         "median_rank_before": float(np.median([c.before_rank for c in checks])),

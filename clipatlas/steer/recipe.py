@@ -1,4 +1,5 @@
 """Recipes: one JSON document that reproduces a steered image (input, edits, decoder, seed)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -64,15 +65,17 @@ class Recipe:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
-    def from_dict(cls, obj: dict[str, Any]) -> "Recipe":
+    def from_dict(cls, obj: dict[str, Any]) -> Recipe:
         if not isinstance(obj, dict):
             raise EditError(f"a recipe is a JSON object, got {type(obj).__name__}")
         unknown = set(obj) - _FIELDS
         if unknown:
             raise EditError(f"recipe has unknown fields {sorted(unknown)}; known: {sorted(_FIELDS - {'hash'})}")
         if obj.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
-            raise EditError(f"recipe schema_version {obj['schema_version']} is newer than this clipatlas "
-                            f"reads ({SCHEMA_VERSION}); upgrade clipatlas")
+            raise EditError(
+                f"recipe schema_version {obj['schema_version']} is newer than this clipatlas "
+                f"reads ({SCHEMA_VERSION}); upgrade clipatlas"
+            )
         if obj.get("kind", RECIPE_KIND) != RECIPE_KIND:
             raise EditError(f"not a recipe (kind {obj.get('kind')!r})")
         if "image" not in obj:
@@ -96,7 +99,7 @@ class Recipe:
         atomic_write_json(path, {**self.to_dict(), "hash": self.hash})
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"no recipe file at {path}; write one with: clipatlas steer ... --recipe-out {path}")

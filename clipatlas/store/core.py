@@ -11,12 +11,14 @@ A shard's files are written first, then the manifest that lists them, each atomi
 manifest is the commit point, so a killed run leaves only whole shards behind, and
 `StoreWriter.consumed` tells the producer how many inputs those shards account for.
 """
+
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -131,7 +133,12 @@ class StoreWriter:
         return manifest
 
     def _check_compatible(self, manifest: dict[str, Any]) -> None:
-        for key, mine in (("encoder", self.encoder), ("d", self.d), ("dtype", self.dtype), ("shard_size", self.shard_size)):
+        for key, mine in (
+            ("encoder", self.encoder),
+            ("d", self.d),
+            ("dtype", self.dtype),
+            ("shard_size", self.shard_size),
+        ):
             if manifest.get(key) != mine:
                 raise StoreError(
                     f"the store in {self.dir} was written with {key}={manifest.get(key)!r}, not {mine!r}; "
@@ -224,7 +231,12 @@ class StoreWriter:
             with atomic_path(meta_path) as tmp:
                 pq.write_table(table, tmp)
             manifest["shards"].append(
-                {"index": index, "count": len(emb), "emb_sha256": sha256_file(emb_path), "meta_sha256": sha256_file(meta_path)}
+                {
+                    "index": index,
+                    "count": len(emb),
+                    "emb_sha256": sha256_file(emb_path),
+                    "meta_sha256": sha256_file(meta_path),
+                }
             )
             manifest["count"] += len(emb)
         manifest["skipped"].extend(pending.skipped)
@@ -263,10 +275,12 @@ class Store:
         self._row_of: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "Store":
+    def open(cls, path: str | Path) -> Store:
         store_dir = store_dir_of(path)
         if not (store_dir / MANIFEST).is_file():
-            raise StoreError(f"no embedding store at {store_dir}; create one with: clipatlas embed SOURCE -w {Path(path)}")
+            raise StoreError(
+                f"no embedding store at {store_dir}; create one with: clipatlas embed SOURCE -w {Path(path)}"
+            )
         return cls(store_dir, read_json(store_dir / MANIFEST))
 
     def _map_shard(self, shard: dict[str, Any]) -> np.ndarray:
@@ -390,11 +404,15 @@ def write_store(
     """Make a store from an in-memory array (precomputed embeddings, tests, benchmarks)."""
     embeddings = np.asarray(embeddings)
     if metadata is None:
-        metadata = [{"image_id": f"{i:08d}", "uri": f"synthetic:{i}", "source": "synthetic"} for i in range(len(embeddings))]
+        metadata = [
+            {"image_id": f"{i:08d}", "uri": f"synthetic:{i}", "source": "synthetic"} for i in range(len(embeddings))
+        ]
     store_dir = store_dir_of(workspace)
     if (store_dir / MANIFEST).exists():
         raise StoreError(f"{store_dir} already holds a store; use a new workspace")
-    writer = StoreWriter(store_dir, encoder=encoder, d=embeddings.shape[1], dtype=dtype, shard_size=shard_size, sources=["array"])
+    writer = StoreWriter(
+        store_dir, encoder=encoder, d=embeddings.shape[1], dtype=dtype, shard_size=shard_size, sources=["array"]
+    )
     writer.add(embeddings, list(metadata))
     writer.close()
     return Store.open(store_dir)

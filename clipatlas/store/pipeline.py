@@ -6,14 +6,16 @@ fixed origin, and a batch is never split across shards, so the store's `consumed
 a batch boundary: a killed run, started again, skips what is on disk, forms the very same
 batches, and ends with shards byte-identical to an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import collections
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -64,7 +66,9 @@ class EmbedSummary:
     added_to_changed_sources: bool = False  # the sources changed since the store was written
 
     def format(self) -> str:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1]))
+        reasons = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(self.skipped_by_reason.items(), key=lambda kv: -kv[1])
+        )
         skipped_total = sum(self.skipped_by_reason.values())
         rate = self.embedded_now / self.seconds if self.seconds > 0 else 0.0
         lines = [f"embedded {self.embedded_now} images this run ({rate:.1f} images/s), skipped {self.skipped_now}"]
@@ -72,7 +76,10 @@ class EmbedSummary:
             lines.append("the sources changed since the store was written: only images not yet in it were added")
         elif self.resumed_from:
             lines.append(f"resumed after {self.resumed_from} inputs already in the store")
-        lines.append(f"store {self.store_dir}: {self.total_rows} embeddings, skipped {skipped_total}" + (f" ({reasons})" if reasons else ""))
+        lines.append(
+            f"store {self.store_dir}: {self.total_rows} embeddings, skipped {skipped_total}"
+            + (f" ({reasons})" if reasons else "")
+        )
         return "\n".join(lines)
 
 
@@ -94,8 +101,15 @@ class _DecodeDataset(Dataset):
             return None, None, (item.uri, exc.reason)
         except (OSError, ValueError, RuntimeError) as exc:  # a decoder or processor choking on odd data
             return None, None, (item.uri, f"cannot preprocess ({type(exc).__name__})")
-        row = {"image_id": item.image_id, "uri": item.uri, "caption": item.caption, "source": item.source,
-               "width": decoded.image.width, "height": decoded.image.height, "sha256": decoded.sha256}
+        row = {
+            "image_id": item.image_id,
+            "uri": item.uri,
+            "caption": item.caption,
+            "source": item.source,
+            "width": decoded.image.width,
+            "height": decoded.image.height,
+            "sha256": decoded.sha256,
+        }
         return pixels, row, None
 
 
@@ -109,8 +123,14 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers decode; the main process owns the cores for the model
 
 
-def embed(sources: Sequence[str], workspace: str | Path, *, config: EmbedConfig | None = None,
-          progress: bool = True, **overrides: Any) -> EmbedSummary:
+def embed(
+    sources: Sequence[str],
+    workspace: str | Path,
+    *,
+    config: EmbedConfig | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> EmbedSummary:
     """Embed every image of `sources` into the store of `workspace`, resuming a partial store."""
     config = replace(config or EmbedConfig(), **overrides)
     if not sources:
@@ -118,16 +138,31 @@ def embed(sources: Sequence[str], workspace: str | Path, *, config: EmbedConfig 
     started = time.perf_counter()
     items = list(iter_items(list(sources), config.limit))
     encoder = load_encoder(config.encoder, device=config.device, dtype=config.dtype)
-    writer = StoreWriter(store_dir_of(workspace), encoder=encoder.id, d=encoder.dim, dtype=config.store_dtype,
-                         shard_size=config.shard_size, sources=[str(s) for s in sources], encoder_info=encoder.info())
+    writer = StoreWriter(
+        store_dir_of(workspace),
+        encoder=encoder.id,
+        d=encoder.dim,
+        dtype=config.store_dtype,
+        shard_size=config.shard_size,
+        sources=[str(s) for s in sources],
+        encoder_info=encoder.info(),
+    )
     resumed_from = writer.consumed
     todo, changed = _remaining(items, writer)
     embedded, skipped = _run(todo, encoder, writer, config, progress)
     writer.close()
     manifest = Store.open(writer.dir).manifest
     reasons = collections.Counter(entry["reason"] for entry in manifest["skipped"])
-    return EmbedSummary(writer.dir, embedded, skipped, resumed_from, int(manifest["count"]), dict(reasons),
-                        time.perf_counter() - started, changed)
+    return EmbedSummary(
+        writer.dir,
+        embedded,
+        skipped,
+        resumed_from,
+        int(manifest["count"]),
+        dict(reasons),
+        time.perf_counter() - started,
+        changed,
+    )
 
 
 def _remaining(items: list[SourceItem], writer: StoreWriter) -> tuple[list[SourceItem], bool]:
@@ -148,14 +183,22 @@ def _remaining(items: list[SourceItem], writer: StoreWriter) -> tuple[list[Sourc
     return [item for item in items if not writer.has(item.image_id) and item.uri not in skipped], True
 
 
-def _run(remaining: list[SourceItem], encoder: Encoder, writer: StoreWriter, config: EmbedConfig,
-         progress: bool) -> tuple[int, int]:
+def _run(
+    remaining: list[SourceItem], encoder: Encoder, writer: StoreWriter, config: EmbedConfig, progress: bool
+) -> tuple[int, int]:
     if not remaining:
         return 0, 0
-    batches = [list(range(i, min(i + config.batch_size, len(remaining)))) for i in range(0, len(remaining), config.batch_size)]
-    loader = DataLoader(_DecodeDataset(remaining, encoder, config.max_pixels), batch_sampler=batches,
-                        num_workers=config.worker_count, collate_fn=_collate, worker_init_fn=_worker_init,
-                        pin_memory=encoder.device.type == "cuda")
+    batches = [
+        list(range(i, min(i + config.batch_size, len(remaining)))) for i in range(0, len(remaining), config.batch_size)
+    ]
+    loader = DataLoader(
+        _DecodeDataset(remaining, encoder, config.max_pixels),
+        batch_sampler=batches,
+        num_workers=config.worker_count,
+        collate_fn=_collate,
+        worker_init_fn=_worker_init,
+        pin_memory=encoder.device.type == "cuda",
+    )
     embedded = skipped = 0
     with tqdm(total=len(remaining), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
         for pixels, rows, failures in loader:

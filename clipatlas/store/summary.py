@@ -1,4 +1,5 @@
 """A workspace in a few lines: the store, and what later stages left beside it."""
+
 from __future__ import annotations
 
 import collections
@@ -20,9 +21,11 @@ def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str,
     lines = [
         f"workspace {ws.root}",
         f"store: {len(store)} embeddings of dimension {store.d} ({store.dtype}) from encoder {store.encoder}",
-        f"  {len(manifest['shards'])} shards, {'complete' if store.complete else 'INCOMPLETE: re-run clipatlas embed to finish'}",
+        f"  {len(manifest['shards'])} shards, "
+        + ("complete" if store.complete else "INCOMPLETE: re-run clipatlas embed to finish"),
         f"  sources: {', '.join(manifest.get('sources', [])) or '-'}",
-        f"  skipped {sum(reasons.values())}" + (": " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) if reasons else ""),
+        f"  skipped {sum(reasons.values())}"
+        + (": " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) if reasons else ""),
     ]
     problems = store.verify() if verify else []
     if verify:

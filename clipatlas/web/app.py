@@ -4,6 +4,7 @@ Data comes only from the Atlas query API (`clipatlas.atlas.Atlas`); generation o
 `clipatlas.steer`. Pages are server-rendered with Jinja2 (autoescaped: labels may come from an
 LLM) and enhanced by small vanilla scripts in `static/`.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,12 +25,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipatlas.errors import UserError
-from clipatlas.workspace import Workspace
 from clipatlas.web import security
 from clipatlas.web.jobs import DONE, GenerationQueue
 from clipatlas.web.security import UploadLimits
 from clipatlas.web.steering import Steering, UploadRegistry
 from clipatlas.web.views import AtlasViews
+from clipatlas.workspace import Workspace
 
 PACKAGE_DIR = Path(__file__).parent
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -37,7 +38,7 @@ UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
 # Scripts only from our own /static: a label that slipped past escaping still could not run.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                               "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     # not "no-referrer": with it, Chromium sends `Origin: null` on form posts and the same-origin check refuses them
     "Referrer-Policy": "same-origin",
@@ -53,8 +54,9 @@ class WebConfig:
     max_uploads_kept: int = 64
 
 
-def create_app(workspace, name: str | None = None, token: str | None = None, *, config: WebConfig = WebConfig(),
-               atlas=None) -> FastAPI:
+def create_app(
+    workspace, name: str | None = None, token: str | None = None, *, config: WebConfig = WebConfig(), atlas=None
+) -> FastAPI:
     """Build the app for SAE `name` of `workspace`.
 
     `token`: required (header, cookie or `?token=`) by every endpoint that computes or uploads;
@@ -86,8 +88,9 @@ def create_app(workspace, name: str | None = None, token: str | None = None, *, 
 
     def page(request: Request, template: str, status_code: int = 200, **context) -> HTMLResponse:
         context.setdefault("title", "clipatlas")
-        return templates.TemplateResponse(request, template, {"summary": views.summary_brief(), **context},
-                                          status_code=status_code)
+        return templates.TemplateResponse(
+            request, template, {"summary": views.summary_brief(), **context}, status_code=status_code
+        )
 
     def wants_html(request: Request) -> bool:
         return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
@@ -95,8 +98,14 @@ def create_app(workspace, name: str | None = None, token: str | None = None, *, 
     @app.exception_handler(StarletteHTTPException)  # also unknown routes, not only our own raises
     async def http_error(request: Request, exc: StarletteHTTPException):
         if wants_html(request):
-            return page(request, "error.html", status_code=exc.status_code, title="error", status=exc.status_code,
-                        detail=exc.detail)
+            return page(
+                request,
+                "error.html",
+                status_code=exc.status_code,
+                title="error",
+                status=exc.status_code,
+                detail=exc.detail,
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(UserError)
@@ -147,18 +156,21 @@ def create_app(workspace, name: str | None = None, token: str | None = None, *, 
     @app.post("/search/image", response_class=HTMLResponse, dependencies=[Depends(may_compute)])
     async def search_by_image_page(request: Request, file: UploadFile = File(...)):
         upload = await receive_upload(file)
-        return page(request, "search.html", title="search by image", q="", upload=upload,
-                    results=upload["features"])
+        return page(request, "search.html", title="search by image", q="", upload=upload, results=upload["features"])
 
     @app.get("/playground", response_class=HTMLResponse)
     def playground_page(request: Request):
-        return page(request, "playground.html", title="playground", decoder=steering.decoder_name,
-                    samples=views.sample_images())
+        return page(
+            request, "playground.html", title="playground", decoder=steering.decoder_name, samples=views.sample_images()
+        )
 
     @app.get("/api", response_class=HTMLResponse)
     def api_index(request: Request):
-        routes = [{"path": route.path, "methods": sorted(route.methods - {"HEAD"}), "summary": route.name.replace("_", " ")}
-                  for route in app.routes if getattr(route, "methods", None) and route.path.startswith("/api/")]
+        routes = [
+            {"path": route.path, "methods": sorted(route.methods - {"HEAD"}), "summary": route.name.replace("_", " ")}
+            for route in app.routes
+            if getattr(route, "methods", None) and route.path.startswith("/api/")
+        ]
         return page(request, "api.html", title="JSON API", routes=routes)
 
     # ---- files, served by id only -------------------------------------------------------------
@@ -233,8 +245,11 @@ def create_app(workspace, name: str | None = None, token: str | None = None, *, 
     @app.get("/api/uploads/{upload_id}")
     def api_upload_features(upload_id: str):
         upload_id = valid_upload_id(upload_id)
-        return {"upload_id": upload_id, "url": f"/uploads/{upload_id}",
-                "features": views.features_of_embedding(uploads.embedding(upload_id))}
+        return {
+            "upload_id": upload_id,
+            "url": f"/uploads/{upload_id}",
+            "features": views.features_of_embedding(uploads.embedding(upload_id)),
+        }
 
     @app.post("/api/generate", dependencies=[Depends(may_compute)])
     async def api_generate(request: Request):
@@ -259,8 +274,12 @@ def create_app(workspace, name: str | None = None, token: str | None = None, *, 
         body = job.public(jobs.position(job))
         if job.status == DONE:
             urls = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.result["images"]))]
-            body["result"] = {**{k: v for k, v in job.result.items() if k != "images"},
-                              "before_url": urls[0], "after_url": urls[1], "image_urls": urls}
+            body["result"] = {
+                **{k: v for k, v in job.result.items() if k != "images"},
+                "before_url": urls[0],
+                "after_url": urls[1],
+                "image_urls": urls,
+            }
         return body
 
     async def receive_upload(file: UploadFile) -> dict[str, Any]:

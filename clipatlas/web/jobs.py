@@ -5,6 +5,7 @@ two people, a double click) returns the job already queued, running or finished 
 running the model again. Finished results are kept in a bounded LRU; failed jobs are kept so
 their error can be read, and are retried when the recipe is submitted again.
 """
+
 from __future__ import annotations
 
 import collections
@@ -12,8 +13,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,9 @@ class GenerationQueue:
         if job.status != QUEUED:
             return None
         with self._lock:
-            return sum(1 for other in self._jobs.values() if other.status == QUEUED and other.submitted_at < job.submitted_at)
+            return sum(
+                1 for other in self._jobs.values() if other.status == QUEUED and other.submitted_at < job.submitted_at
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         for _ in self._workers:

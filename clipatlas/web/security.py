@@ -5,6 +5,7 @@ endpoint that computes or uploads: the printed URL carries it once as `?token=`,
 answers with an HttpOnly cookie, and the page's scripts send that cookie back. Requests that
 come from another origin (a web page trying to drive a local server) are refused outright.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -44,9 +45,7 @@ def new_token() -> str:
 
 def presented_token(request: Request) -> str | None:
     return (
-        request.headers.get(TOKEN_HEADER)
-        or request.cookies.get(TOKEN_COOKIE)
-        or request.query_params.get(TOKEN_QUERY)
+        request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or request.query_params.get(TOKEN_QUERY)
     )
 
 
@@ -103,7 +102,9 @@ async def read_upload_capped(upload, limits: UploadLimits) -> bytes:
     while block := await upload.read(1 << 16):
         total += len(block)
         if total > limits.max_bytes:
-            raise HTTPException(413, f"upload larger than {limits.max_bytes // (1024 * 1024)} MiB; send a smaller image")
+            raise HTTPException(
+                413, f"upload larger than {limits.max_bytes // (1024 * 1024)} MiB; send a smaller image"
+            )
         chunks.append(block)
     if total == 0:
         raise HTTPException(400, "the uploaded file is empty; choose an image file")

@@ -1,4 +1,5 @@
 """Run the app with uvicorn: loopback by default, a token on every other address."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +7,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from clipatlas.errors import UserError
 from clipatlas.web.app import WebConfig, create_app
@@ -30,11 +31,19 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port (make demo PORT=8001)") from exc
+            raise UserError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); choose another with --port (make demo PORT=8001)"
+            ) from exc
 
 
-def serve(workspace, name: str | None = None, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          decoder: str | None = None) -> None:
+def serve(
+    workspace,
+    name: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    decoder: str | None = None,
+) -> None:
     """Serve the atlas until interrupted, printing the URL to open."""
     import uvicorn
 

@@ -5,6 +5,7 @@ uploaded image enters a recipe as `"upload:<id>"`; the server swaps in the path 
 saved under the workspace (named by the upload's hash), so no path in a request ever reaches
 the filesystem.
 """
+
 from __future__ import annotations
 
 import collections
@@ -111,8 +112,10 @@ class Steering:
             except (UserError, ImportError, LookupError, ValueError, OSError) as exc:  # unknown or unloadable encoder
                 encoder_id = self.atlas.summary()["encoder"]
                 raise HTTPException(
-                    409, f"this workspace's encoder {encoder_id!r} cannot embed new images here ({exc}); "
-                         "choose an image from the store instead") from exc
+                    409,
+                    f"this workspace's encoder {encoder_id!r} cannot embed new images here ({exc}); "
+                    "choose an image from the store instead",
+                ) from exc
             return np.asarray(encoder.encode_images([image])[0], dtype=np.float32)
 
     # -- recipes --------------------------------------------------------------------------------
@@ -134,7 +137,9 @@ class Steering:
         n_features = self.atlas.n_features
         for edit in recipe.edits:
             if edit.feature is not None and not 0 <= edit.feature < n_features:
-                raise HTTPException(422, f"edit {edit.op} names feature {edit.feature}; this SAE has 0..{n_features - 1}")
+                raise HTTPException(
+                    422, f"edit {edit.op} names feature {edit.feature}; this SAE has 0..{n_features - 1}"
+                )
         return recipe, recipe.hash
 
     def confine_inputs(self, value: Any) -> Any:
@@ -148,13 +153,15 @@ class Steering:
         if isinstance(value, list):
             return [self.confine_inputs(v) for v in value]
         if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
-            upload_id = value[len(UPLOAD_PREFIX):]
+            upload_id = value[len(UPLOAD_PREFIX) :]
             path = self.uploads.path(upload_id) if upload_id.isalnum() else None
             if path is None or not path.is_file():
                 raise HTTPException(422, f"upload {upload_id!r} is not on this server; upload the image again")
             return str(path)
         if isinstance(value, str) and ("/" in value or "\\" in value):
-            raise HTTPException(422, f"recipes sent to the server name images by store id or upload, not by path ({value!r})")
+            raise HTTPException(
+                422, f"recipes sent to the server name images by store id or upload, not by path ({value!r})"
+            )
         return value
 
     def run(self, recipe, progress) -> dict[str, Any]:
@@ -164,9 +171,14 @@ class Steering:
         progress(0.05, f"steering and decoding with {recipe.decoder}")
         started = time.perf_counter()
         result = run_recipe(self.workspace, recipe, name=self.name)
-        return {"images": [result.before_png, result.after_png], "decoder": result.decoder,
-                "seconds": time.perf_counter() - started, "recipe": recipe.to_dict(),
-                "before_ranking": ranking(result.before_ranking), "after_ranking": ranking(result.after_ranking)}
+        return {
+            "images": [result.before_png, result.after_png],
+            "decoder": result.decoder,
+            "seconds": time.perf_counter() - started,
+            "recipe": recipe.to_dict(),
+            "before_ranking": ranking(result.before_ranking),
+            "after_ranking": ranking(result.after_ranking),
+        }
 
 
 def ranking(hits) -> list[dict[str, Any]] | None:

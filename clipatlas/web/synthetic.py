@@ -5,6 +5,7 @@ histograms, per-image codes, thumbnails, a store) at any size, without training 
 163,840 latents first. Values are random but consistent: top examples are sorted, neighbour
 scores descend, every example image has a thumbnail and a store row.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,16 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clipatlas._io import atomic_path
-from clipatlas.errors import UserError
 from clipatlas.atlas.db import DB_NAME, create_schema
+from clipatlas.errors import UserError
 from clipatlas.store import write_store
 from clipatlas.workspace import Workspace
 
-WORDS = ("cat dog bird fish car truck boat plane tree flower mushroom apple banana house bridge tower road river "
-         "mountain beach cloud sun moon star snow fire water glass metal wood stone red green blue yellow striped "
-         "spotted round square face hand eye wheel window door book clock lamp chair table shoe hat ball").split()
+WORDS = (
+    "cat dog bird fish car truck boat plane tree flower mushroom apple banana house bridge tower road river "
+    "mountain beach cloud sun moon star snow fire water glass metal wood stone red green blue yellow striped "
+    "spotted round square face hand eye wheel window door book clock lamp chair table shoe hat ball"
+).split()
 HIST_BINS = 100
 HIST_EDGES = (10.0 ** (-5 + np.arange(HIST_BINS + 1) / 10)).tolist()
 
@@ -47,11 +50,15 @@ class SyntheticAtlasConfig:
 
     def __post_init__(self):
         if self.n_images < self.top_k + self.deciles or self.n_images < self.codes_per_image:
-            raise UserError(f"a synthetic atlas needs at least {max(self.top_k + self.deciles, self.codes_per_image)} "
-                            f"images for its examples and codes, got {self.n_images}")
+            raise UserError(
+                f"a synthetic atlas needs at least {max(self.top_k + self.deciles, self.codes_per_image)} "
+                f"images for its examples and codes, got {self.n_images}"
+            )
         if self.n_features < max(self.neighbours, self.codes_per_image) / self.alive_fraction:
-            raise UserError(f"a synthetic atlas needs more features than {self.n_features} for "
-                            f"{self.neighbours} neighbours and {self.codes_per_image} codes per image")
+            raise UserError(
+                f"a synthetic atlas needs more features than {self.n_features} for "
+                f"{self.neighbours} neighbours and {self.codes_per_image} codes per image"
+            )
 
 
 def write_synthetic_atlas(root: str | Path, cfg: SyntheticAtlasConfig = SyntheticAtlasConfig()) -> Workspace:
@@ -63,9 +70,12 @@ def write_synthetic_atlas(root: str | Path, cfg: SyntheticAtlasConfig = Syntheti
     atlas_dir = sae_dir / "atlas"
     _write_thumbnails(atlas_dir, image_ids, cfg.thumb_size, rng)
     # The thumbnails double as the store's image files, so decoders can open store images.
-    write_store(ws.root, rng.standard_normal((cfg.n_images, cfg.d)).astype(np.float32),
-                [{"image_id": i, "uri": str(atlas_dir / "thumbs" / f"{i}.webp"), "source": "synthetic"} for i in image_ids],
-                encoder=cfg.encoder)
+    write_store(
+        ws.root,
+        rng.standard_normal((cfg.n_images, cfg.d)).astype(np.float32),
+        [{"image_id": i, "uri": str(atlas_dir / "thumbs" / f"{i}.webp"), "source": "synthetic"} for i in image_ids],
+        encoder=cfg.encoder,
+    )
     _write_sae(sae_dir, cfg)
     arrays = "arrays-synthetic"
     alive = rng.random(cfg.n_features) < cfg.alive_fraction
@@ -88,8 +98,9 @@ def _write_sae(sae_dir: Path, cfg: SyntheticAtlasConfig) -> None:
     from clipatlas.sae import ARCHITECTURES, make_config
 
     torch.manual_seed(cfg.seed)
-    sae_cfg = make_config("topk", d_in=cfg.d, d_sae=cfg.n_features, k=min(cfg.codes_per_image, cfg.n_features),
-                          encoder=cfg.encoder)
+    sae_cfg = make_config(
+        "topk", d_in=cfg.d, d_sae=cfg.n_features, k=min(cfg.codes_per_image, cfg.n_features), encoder=cfg.encoder
+    )
     ARCHITECTURES["topk"](sae_cfg).save_pretrained(sae_dir)
 
 
@@ -120,28 +131,63 @@ def _write_arrays(arrays_dir: Path, cfg: SyntheticAtlasConfig, alive: np.ndarray
     np.save(arrays_dir / "codes_values.npy", values.astype(np.float32).ravel())
 
 
-def _fill(conn: sqlite3.Connection, cfg: SyntheticAtlasConfig, image_ids: list[str], arrays: str,
-          alive: np.ndarray, rng: np.random.Generator) -> None:
+def _fill(
+    conn: sqlite3.Connection,
+    cfg: SyntheticAtlasConfig,
+    image_ids: list[str],
+    arrays: str,
+    alive: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
     n = cfg.n_features
-    meta = {"n_features": n, "n_images": cfg.n_images, "arrays_dir": arrays, "hist_edges": json.dumps(HIST_EDGES),
-            "encoder": cfg.encoder, "top_k": cfg.top_k, "codes_per_image": cfg.codes_per_image}
+    meta = {
+        "n_features": n,
+        "n_images": cfg.n_images,
+        "arrays_dir": arrays,
+        "hist_edges": json.dumps(HIST_EDGES),
+        "encoder": cfg.encoder,
+        "top_k": cfg.top_k,
+        "codes_per_image": cfg.codes_per_image,
+    }
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [(key, str(value)) for key, value in meta.items()])
     count = np.where(alive, rng.integers(1, cfg.n_images, n), 0)
     max_act = np.where(alive, rng.lognormal(1.0, 0.5, n), 0.0)
     cluster = rng.integers(0, cfg.n_clusters, n)
     centres = rng.normal(0, 10, (cfg.n_clusters, 2))
     xy = centres[cluster] + rng.normal(0, 1.2, (n, 2))
-    conn.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
-        (i, int(alive[i]), int(count[i]), count[i] / cfg.n_images, max_act[i], max_act[i] * 0.3,
-         xy[i, 0] if alive[i] else None, xy[i, 1] if alive[i] else None, int(cluster[i]) if alive[i] else None)
-        for i in range(n)))
+    conn.executemany(
+        "INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            (
+                i,
+                int(alive[i]),
+                int(count[i]),
+                count[i] / cfg.n_images,
+                max_act[i],
+                max_act[i] * 0.3,
+                xy[i, 0] if alive[i] else None,
+                xy[i, 1] if alive[i] else None,
+                int(cluster[i]) if alive[i] else None,
+            )
+            for i in range(n)
+        ),
+    )
     live = np.flatnonzero(alive)
     conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", _examples(live, max_act, cfg, image_ids, rng))
     for table, kind in (("coactivating", None), ("similar", "decoder"), ("similar", "encoder")):
         conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", _neighbours(live, cfg.neighbours, kind, rng))
-    conn.executemany("INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)", (
-        (int(i), "imagenet", f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}",
-         json.dumps({"logit": round(float(max_act[i]), 3)})) for i in live))
+    conn.executemany(
+        "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+        (
+            (
+                int(i),
+                "imagenet",
+                f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}",
+                json.dumps({"logit": round(float(max_act[i]), 3)}),
+            )
+            for i in live
+        ),
+    )
     conn.executemany("INSERT INTO thumbnails VALUES (?, ?)", ((i, f"thumbs/{i}.webp") for i in image_ids))
 
 
@@ -154,7 +200,15 @@ def _examples(live, max_act, cfg, image_ids, rng):
             yield int(i), "top", rank, None, int(rows[rank]), image_ids[rows[rank]], float(top[rank])
         for decile in range(cfg.deciles):
             row = int(rows[cfg.top_k + decile])
-            yield int(i), "quantile", decile, decile, row, image_ids[row], float(max_act[i] * (decile + 0.5) / cfg.deciles)
+            yield (
+                int(i),
+                "quantile",
+                decile,
+                decile,
+                row,
+                image_ids[row],
+                float(max_act[i] * (decile + 0.5) / cfg.deciles),
+            )
 
 
 def _neighbours(live, count, kind, rng):

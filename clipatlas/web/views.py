@@ -3,6 +3,7 @@
 Atlas answers with frozen dataclasses holding numpy values; `plain` turns them into JSON-ready
 dicts so the templates and the JSON API see one shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,6 +62,8 @@ class AtlasViews:
         self._briefs: dict[int, FeatureBrief] = {}
         # Every page shows these; the full summary counts rows, too slow to repeat per page.
         self._summary_brief = {"encoder": atlas.summary()["encoder"], "n_features": atlas.n_features}
+        # Per instance, so the cache goes away with the app that made it.
+        self.store_thumbnail = functools.lru_cache(maxsize=512)(self._store_thumbnail)
 
     # -- summary --------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -92,8 +95,10 @@ class AtlasViews:
         return found if found is not None else self.brief(feature_id).label
 
     def feature_links(self, neighbours) -> list[dict[str, Any]]:
-        return [{"feature": int(n.feature), "score": float(n.score), "count": n.count, "label": self.label(int(n.feature))}
-                for n in neighbours]
+        return [
+            {"feature": int(n.feature), "score": float(n.score), "count": n.count, "label": self.label(int(n.feature))}
+            for n in neighbours
+        ]
 
     def feature_page(self, feature_id: int) -> dict[str, Any]:
         self.check_feature(feature_id)
@@ -128,8 +133,15 @@ class AtlasViews:
         listed = []
         for a in items:
             brief = self.brief(int(a.feature))
-            listed.append({"feature": int(a.feature), "activation": float(a.activation), "label": self.label(int(a.feature)),
-                           "max_activation": brief.max_activation, "width": round(100.0 * a.activation / top, 1)})
+            listed.append(
+                {
+                    "feature": int(a.feature),
+                    "activation": float(a.activation),
+                    "label": self.label(int(a.feature)),
+                    "max_activation": brief.max_activation,
+                    "width": round(100.0 * a.activation / top, 1),
+                }
+            )
         return listed
 
     def sample_images(self, count: int = SAMPLE_IMAGES) -> list[str]:
@@ -178,8 +190,7 @@ class AtlasViews:
     def thumbnail_file(self, image_id: str) -> Path | None:
         return existing_file(self.atlas.thumbnail_path(image_id))
 
-    @functools.lru_cache(maxsize=512)
-    def store_thumbnail(self, image_id: str) -> bytes | None:
+    def _store_thumbnail(self, image_id: str) -> bytes | None:
         """A WebP of a store image the atlas made no thumbnail for, opened by id via its store row."""
         store = self.atlas.store
         try:
@@ -209,6 +220,15 @@ def histogram_bars(counts: list[int], edges: list[float], width: float = 600, he
     bars = []
     for i, count in enumerate(counts):
         bar_height = height * math.log1p(count) / peak
-        bars.append({"x": round(i * step, 2), "y": round(height - bar_height, 2), "w": round(step * 0.9, 2),
-                     "h": round(bar_height, 2), "count": int(count), "low": edges[i], "high": edges[i + 1]})
+        bars.append(
+            {
+                "x": round(i * step, 2),
+                "y": round(height - bar_height, 2),
+                "w": round(step * 0.9, 2),
+                "h": round(bar_height, 2),
+                "count": int(count),
+                "low": edges[i],
+                "high": edges[i + 1],
+            }
+        )
     return bars
