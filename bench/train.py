@@ -141,9 +141,10 @@ def metrics(x: np.ndarray, x_hat: np.ndarray, z: np.ndarray) -> dict:
 # -- workers (one per process) ---------------------------------------------------------------
 def run_clipatlas(args, x_train, batches):
 
-    from clipatlas.sae import SAE, TrainConfig, train
+    from clipatlas.sae import SAE, TopKConfig, TrainConfig, train
     from clipatlas.sae import training as training_module
     from clipatlas.store import write_store
+    from clipatlas.workspace import SAEFiles
 
     ws = Path(tempfile.mkdtemp(prefix="bench-sae-"))
     write_store(ws, x_train, encoder="efficientnet-lite0")
@@ -152,8 +153,7 @@ def run_clipatlas(args, x_train, batches):
     training_module.BatchStream.positions = lambda self, step: batches[step]
     cfg = TrainConfig(
         name="bench",
-        arch="topk",
-        k=args.k,
+        sae=TopKConfig(k=args.k),
         expansion=args.latents // x_train.shape[1],
         lr=args.lr,
         batch_size=args.batch_size,
@@ -164,7 +164,7 @@ def run_clipatlas(args, x_train, batches):
     )
     sae_dir = train(ws, cfg)
     # The training loop's own time (every step is logged with its rate), like the peers' fit calls.
-    log = [json.loads(line) for line in (sae_dir / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in SAEFiles(sae_dir).train_log.read_text().splitlines()]
     seconds = sum(args.batch_size / record["samples_per_s"] for record in log)
     sae = SAE.from_pretrained(sae_dir)
     return seconds, lambda x: _encode_decode(sae.encode, sae.decode, x)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from clipatlas._io import atomic_write_json, read_json  # noqa: E402
-from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas  # noqa: E402
+from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

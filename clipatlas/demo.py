@@ -26,11 +26,17 @@ DEMO_EPOCHS = 25
 @dataclass(frozen=True)
 class DemoConfig:
     workspace: str = "demo-atlas"
+    """Workspace directory."""
     name: str = "demo"
-    limit: int | None = None  # at most this many demo images
+    """Name of the demo SAE."""
+    limit: int | None = None
+    """Use at most this many demo images."""
     serve: bool = True
+    """Serve the atlas at the end."""
     host: str = "127.0.0.1"
+    """Address to serve on."""
     port: int = 8000
+    """Port to serve on."""
 
 
 def _step(title: str, action: Callable[[], str | None]) -> None:
@@ -43,7 +49,7 @@ def _step(title: str, action: Callable[[], str | None]) -> None:
 def run_demo(config: DemoConfig = DemoConfig()) -> Path:
     from clipatlas.atlas import build_atlas
     from clipatlas.sae.metrics import evaluate
-    from clipatlas.sae.training import TrainConfig, train
+    from clipatlas.sae.training import train
     from clipatlas.steer.demo import write_demo_steering
     from clipatlas.store.pipeline import embed
 
@@ -62,7 +68,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
     )
     _step(
         f"training the TopK SAE {config.name!r}",
-        lambda: str(train(workspace, TrainConfig(name=config.name, steps=_demo_steps(workspace), **DEMO_SAE))),
+        lambda: str(train(workspace, _demo_train_config(workspace, config.name))),
     )
     _step("evaluating it on held-out images", lambda: _metrics_line(evaluate(workspace, config.name)))
     _step("building the atlas", lambda: _atlas_line(build_atlas(workspace, config.name)))
@@ -74,18 +80,21 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
         ),
     )
     if config.serve:
+        from clipatlas.web.config import ServeConfig
         from clipatlas.web.server import serve
 
-        serve(workspace, name=config.name, host=config.host, port=config.port)
+        serve(workspace, config.name, ServeConfig(host=config.host, port=config.port))
     else:
         print(f"done. Browse it with: clipatlas serve -w {workspace}")
     return workspace
 
 
-def _demo_steps(workspace: Path) -> int:
+def _demo_train_config(workspace: Path, name: str):
+    from clipatlas.sae import TrainConfig
     from clipatlas.store import Store
 
-    return max(50, DEMO_EPOCHS * len(Store.open(workspace)) // DEMO_SAE["batch_size"])
+    steps = max(50, DEMO_EPOCHS * len(Store.open(workspace)) // DEMO_SAE["batch_size"])
+    return TrainConfig.from_settings({**DEMO_SAE, "name": name, "steps": steps})
 
 
 def _metrics_line(metrics) -> str:

@@ -1,4 +1,17 @@
-"""Paths inside a workspace directory (see docs/ARCHITECTURE.md for the layout)."""
+"""The workspace layout: the one place where file and folder names are spelled.
+
+```
+W/
+  store/                         the embedding store (its inner layout: clipatlas.store.core)
+  saes/<name>/                   one SAE (`SAEFiles`): cfg.json, sae.safetensors, metrics.json,
+                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/
+  recipes/                       steering recipes written by `clipatlas demo`
+  web/uploads/                   images uploaded to the playground
+```
+
+Every stage asks `Workspace` (or `SAEFiles`, for an SAE folder anywhere, such as a release)
+for a path instead of composing one; see docs/ARCHITECTURE.md.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +20,78 @@ from pathlib import Path
 
 from clipatlas.errors import UserError
 
+STORE_DIR = "store"
+SAES_DIR = "saes"
+RECIPES_DIR = "recipes"
+UPLOADS_DIR = "web/uploads"
+
+SAE_CONFIG = "cfg.json"
+SAE_WEIGHTS = "sae.safetensors"
+SAE_METRICS = "metrics.json"
+TRAIN_LOG = "train_log.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+ATLAS_DIR = "atlas"
+ATLAS_DB = "atlas.sqlite"
+ICONS_DIR = "icons"
+EVAL_DIR = "eval"
+
 
 class WorkspaceError(UserError):
     """The workspace lacks what a command needs; the message says which command makes it."""
+
+
+@dataclass(frozen=True)
+class SAEFiles:
+    """The files of one SAE folder: inside a workspace (`Workspace.sae`) or anywhere else."""
+
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def config(self) -> Path:
+        return self.dir / SAE_CONFIG
+
+    @property
+    def weights(self) -> Path:
+        return self.dir / SAE_WEIGHTS
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / SAE_METRICS
+
+    @property
+    def train_log(self) -> Path:
+        return self.dir / TRAIN_LOG
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.dir / CHECKPOINTS_DIR
+
+    @property
+    def atlas_dir(self) -> Path:
+        return self.dir / ATLAS_DIR
+
+    @property
+    def atlas_db(self) -> Path:
+        return self.atlas_dir / ATLAS_DB
+
+    @property
+    def icons_dir(self) -> Path:
+        return self.dir / ICONS_DIR
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.dir / EVAL_DIR
+
+    def icon(self, feature: int) -> Path:
+        return self.icons_dir / f"{int(feature)}.png"
+
+    @property
+    def is_trained(self) -> bool:
+        return self.config.is_file()
 
 
 @dataclass(frozen=True)
@@ -19,36 +101,46 @@ class Workspace:
     def __init__(self, root: str | Path):
         object.__setattr__(self, "root", Path(root).expanduser().resolve())
 
+    @classmethod
+    def of(cls, workspace: str | Path | Workspace) -> Workspace:
+        """A Workspace from a path, or the Workspace itself."""
+        return workspace if isinstance(workspace, Workspace) else cls(workspace)
+
     @property
     def store_dir(self) -> Path:
-        return self.root / "store"
+        return self.root / STORE_DIR
 
     @property
     def saes_dir(self) -> Path:
-        return self.root / "saes"
+        return self.root / SAES_DIR
+
+    @property
+    def recipes_dir(self) -> Path:
+        return self.root / RECIPES_DIR
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.root / UPLOADS_DIR
 
     def sae_names(self) -> list[str]:
         if not self.saes_dir.is_dir():
             return []
-        return sorted(p.name for p in self.saes_dir.iterdir() if (p / "cfg.json").is_file())
+        return sorted(p.name for p in self.saes_dir.iterdir() if SAEFiles(p).is_trained)
 
-    def sae_dir(self, name: str | None = None, *, must_exist: bool = True) -> Path:
-        """The directory of SAE `name`; with no name, the workspace's only SAE."""
+    def sae(self, name: str | None = None, *, must_exist: bool = True) -> SAEFiles:
+        """The files of SAE `name`; with no name, the workspace's only SAE."""
         if name is not None:
-            path = self.saes_dir / name
-            if must_exist and not (path / "cfg.json").is_file():
+            files = SAEFiles(self.saes_dir / name)
+            if must_exist and not files.is_trained:
                 known = ", ".join(self.sae_names()) or "none"
                 raise WorkspaceError(
                     f"no SAE named {name!r} in {self.root} (trained: {known}); "
                     f"train it with: clipatlas train -w {self.root} --name {name}"
                 )
-            return path
+            return files
         names = self.sae_names()
         if not names:
             raise WorkspaceError(f"no trained SAE in {self.root}; run: clipatlas train -w {self.root}")
         if len(names) > 1:
             raise WorkspaceError(f"{self.root} has several SAEs ({', '.join(names)}); choose one with --name")
-        return self.saes_dir / names[0]
-
-    def atlas_dir(self, name: str | None = None) -> Path:
-        return self.sae_dir(name) / "atlas"
+        return SAEFiles(self.saes_dir / names[0])

@@ -57,7 +57,7 @@ def demo_workspace(tmp_path_factory):
     """Real demo images (tuxpaint stamps, then emoji) embedded with efficientnet-lite0, a small
     TopK SAE named "demo" and its atlas; built once per session. Treat it as read-only."""
     from clipatlas.atlas import AtlasConfig, build_atlas
-    from clipatlas.sae.training import TrainConfig, train
+    from clipatlas.sae import TopKConfig, TrainConfig, train
     from clipatlas.sources import available_demo_sets
     from clipatlas.store import embed
 
@@ -66,6 +66,6 @@ def demo_workspace(tmp_path_factory):
         pytest.skip("the demo images are not installed (make demo-data installs them as root)")
     root = tmp_path_factory.mktemp("demo_workspace")
     embed([f"demo:{name}" for name in sets], root, encoder="efficientnet-lite0", limit=DEMO_IMAGES, progress=False)
-    train(root, TrainConfig(name="demo", expansion=2, k=8, steps=300, batch_size=128))
+    train(root, TrainConfig(name="demo", sae=TopKConfig(k=8), expansion=2, steps=300, batch_size=128))
     build_atlas(root, "demo", config=AtlasConfig(top_k=16, map_method="pca"))
     return root

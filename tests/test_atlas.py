@@ -17,7 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, build_atlas
+from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, build_atlas
+from clipatlas.atlas.annotations import add_labels, set_icon
 from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
 from clipatlas.errors import UserError
 from clipatlas.sae import SAE, make_config
@@ -207,8 +208,8 @@ def test_icons_and_labeller_labels_survive_a_rebuild(tmp_path):
     icon = tmp_path / "saes" / "t" / "icons" / "12.png"
     icon.parent.mkdir()
     icon.write_bytes(b"png")
-    atlas.set_icon(12, icon)
-    atlas.add_label(12, "vlm", "traffic lights at night", {"detection": 0.9})
+    set_icon(atlas, 12, icon)
+    add_labels(atlas, [Label(12, "vlm", "traffic lights at night", {"detection": 0.9})])
     assert atlas.icon_path(12) == icon and atlas.icon_path(13) is None
     assert atlas.search_labels("traffic")[0].score == {"detection": 0.9}
     assert atlas.feature(12).labels[0].source == "vlm"  # labeller labels rank first
@@ -218,7 +219,7 @@ def test_icons_and_labeller_labels_survive_a_rebuild(tmp_path):
     assert [label.text for label in rebuilt.labels(12) if label.source == "vlm"] == ["traffic lights at night"]
     assert len(list((tmp_path / "saes" / "t" / "atlas").glob("arrays-*"))) == 1  # the old arrays were removed
     with pytest.raises(AtlasError):
-        rebuilt.add_label(12, "", "x")
+        add_labels(rebuilt, [Label(12, "", "x", {})])
     topk_sae(d_in=D).save_pretrained(tmp_path / "saes" / "t")  # retrained: new weights, new features
     retrained = build_atlas(tmp_path, "t", config=FAST)
     assert retrained.icon_path(12) is None
@@ -241,7 +242,7 @@ def test_missing_prerequisites_are_user_errors(tmp_path):
     diverged.save_pretrained(tmp_path / "saes" / "diverged")
     with pytest.raises(UserError, match="NaN"):
         build_atlas(tmp_path, "diverged", config=FAST)
-    with pytest.raises(UserError, match="top_k"):
+    with pytest.raises(UserError, match="--top-k must be at least 1"):
         AtlasConfig(top_k=0)
     with pytest.raises(UserError, match="map method"):
         AtlasConfig(map_method="tsne")
@@ -260,7 +261,7 @@ def test_killed_build_rerun_gives_identical_database(tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     make_workspace(killed, n=4000, images=False)
     shutil.copytree(killed, straight)
-    args = ["--map", "pca", "--top-k", "8", "--chunk-size", "16", "--no-thumbnails"]
+    args = ["--map-method", "pca", "--top-k", "8", "--chunk-size", "16", "--no-thumbnails"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "clipatlas", "atlas", "-w", str(killed), *args, "--checkpoint-seconds", "0"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

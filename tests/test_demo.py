@@ -6,6 +6,7 @@ import pytest
 
 from clipatlas.cli import main
 from clipatlas.sources import available_demo_sets
+from clipatlas.web.config import ServeConfig
 
 pytestmark = pytest.mark.skipif(not available_demo_sets(), reason="no demo images installed")
 
@@ -17,7 +18,7 @@ def demo_run(tmp_path_factory, monkeypatch_module):
     import clipatlas.web.server
 
     served = []
-    monkeypatch_module.setattr(clipatlas.web.server, "serve", lambda workspace, **kw: served.append((workspace, kw)))
+    monkeypatch_module.setattr(clipatlas.web.server, "serve", lambda *args: served.append(args))
     workspace = tmp_path_factory.mktemp("demo") / "atlas"
     assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--port", "8123"]) == 0
     return workspace, served
@@ -46,7 +47,7 @@ def test_demo_runs_every_stage_then_serves(demo_run):
     assert len(icons) == len(alive)
     recipe = json.loads((workspace / "recipes" / "example.json").read_text())
     assert recipe["edits"] and (workspace / "recipes" / "example.png").stat().st_size > 0
-    assert served == [(workspace.resolve(), {"name": "demo", "host": "127.0.0.1", "port": 8123})]
+    assert served == [(workspace.resolve(), "demo", ServeConfig(host="127.0.0.1", port=8123))]
 
 
 def test_demo_again_reuses_finished_work(demo_run, capsys):

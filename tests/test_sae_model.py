@@ -16,7 +16,9 @@ from clipatlas.sae.sparse import gather_preactivations, sparse_decode
 
 def _random_sae(arch: str, d_in=12, d_sae=48, scale=0.5, seed=0, **fields) -> SAE:
     torch.manual_seed(seed)
-    sae = ARCHITECTURES[arch](make_config(arch, d_in=d_in, d_sae=d_sae, input_scale=scale, k=5, **fields))
+    if arch in ("topk", "batchtopk"):
+        fields = {"k": 5, **fields}
+    sae = ARCHITECTURES[arch](make_config(arch, d_in=d_in, d_sae=d_sae, input_scale=scale, **fields))
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.1 * torch.randn_like(p))

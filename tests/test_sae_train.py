@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 import clipatlas.sae.training as train_module
 from clipatlas.cli import main
 from clipatlas.errors import UserError
-from clipatlas.sae import ARCHITECTURES, SAE, TrainConfig, make_config, train, train_many
+from clipatlas.sae import ARCHITECTURES, SAE, JumpReLUConfig, ReLUConfig, TrainConfig, make_config, train, train_many
 from clipatlas.sae.training import BatchStream, split_rows
 from clipatlas.store import write_store
+from clipatlas.workspace import SAEFiles
 
 D, N_FEATURES, N = 32, 96, 1200
 
@@ -43,8 +44,6 @@ FAST = [
     "3e-3",
     "--steps",
     "150",
-    "--k",
-    "6",
     "--checkpoint-every",
     "50",
 ]
@@ -53,8 +52,8 @@ FAST = [
 @pytest.mark.parametrize(
     "arch,extra",
     [
-        ("topk", []),
-        ("batchtopk", []),
+        ("topk", ["--k", "6"]),
+        ("batchtopk", ["--k", "6"]),
         ("relu", ["--l1", "0.3", "--resample-every", "50"]),
         ("jumprelu", ["--l1", "0.02"]),
     ],
@@ -116,7 +115,7 @@ def test_eval_all_and_plot_pareto(workspace, capsys):
 
 def _cfg(name, **kw):
     base = dict(name=name, expansion=2, k=4, batch_size=64, steps=24, checkpoint_every=5, log_every=1, warmup_steps=3)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_settings({**base, **kw})
 
 
 def test_killed_run_resumes_to_the_same_weights(workspace, monkeypatch):
@@ -186,10 +185,10 @@ def test_retraining_a_name_with_other_settings_is_refused(workspace):
 def test_bad_input_is_reported(tmp_path, capsys):
     assert main(["train", "-w", str(tmp_path), "--steps", "3"]) == 2
     assert "clipatlas embed" in capsys.readouterr().err
-    with pytest.raises(UserError, match="--k must be at least 1"):
-        TrainConfig(k=0)
-    with pytest.raises(UserError, match="unknown --arch"):
-        TrainConfig(arch="gated")
+    with pytest.raises(UserError, match="k must be at least 1"):
+        TrainConfig.from_settings({"k": 0})
+    with pytest.raises(UserError, match="unknown SAE architecture 'gated'"):
+        TrainConfig.from_settings({"arch": "gated"})
     write_store(tmp_path / "nan", _sparse_data(50))
     shard = np.load(next((tmp_path / "nan" / "store" / "img_emb").glob("*.npy")), mmap_mode="r+")
     shard[7, 3] = np.nan  # a store edited or damaged after it was written
@@ -206,7 +205,7 @@ def test_sweep_file_errors_name_the_problem(workspace, tmp_path):
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[grid]\nwidth = [1, 2]\n")
-    with pytest.raises(UserError, match="unknown setting"):
+    with pytest.raises(UserError, match="unknown training setting"):
         load_sweep(bad)
     bad.write_text("[grid]\nk = 3\n")
     with pytest.raises(UserError, match="non-empty lists"):
@@ -216,9 +215,9 @@ def test_sweep_file_errors_name_the_problem(workspace, tmp_path):
 
 
 def test_resampling_points_dead_latents_at_badly_reconstructed_inputs(tmp_path):
-    cfg = TrainConfig(arch="relu", expansion=2, steps=10, batch_size=32)
+    cfg = TrainConfig(sae=ReLUConfig(), expansion=2, steps=10, batch_size=32)
     sae = ARCHITECTURES["relu"](make_config("relu", d_in=D, d_sae=2 * D))
-    run = train_module.Run(cfg, tmp_path, sae, total_steps=10, dead_window=100, meta={})
+    run = train_module.Run(cfg, SAEFiles(tmp_path), sae, total_steps=10, dead_window=100, meta={})
     x = torch.from_numpy(_sparse_data(32))
     run.train_step(x, autocast=False)  # creates the Adam moments
     before = {name: p.detach().clone() for name, p in sae.named_parameters()}
@@ -238,3 +237,43 @@ def test_resampling_points_dead_latents_at_badly_reconstructed_inputs(tmp_path):
     torch.testing.assert_close(sae.W_enc[:, ~dead], before["W_enc"][:, ~dead])
     with pytest.raises(UserError, match="resample-every"):
         TrainConfig(resample_every=-1)
+
+
+def test_settings_of_another_architecture_are_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"k does not apply to arch relu \(it takes l1, l1_decoder_norm\)"):
+        TrainConfig.from_settings({"arch": "relu", "k": 16})
+    with pytest.raises(UserError, match="unknown training setting.*widht"):
+        TrainConfig.from_settings({"widht": 3})
+    with pytest.raises(UserError, match=r"unknown relu setting\(s\) k; relu takes: .*l1_decoder_norm"):
+        make_config("relu", d_in=4, d_sae=8, k=3)
+    assert main(["train", "-w", str(tmp_path), "--arch", "relu", "--k", "16"]) == 2
+
+
+def test_every_hyperparameter_reaches_api_cli_and_sweep(workspace, tmp_path, monkeypatch):
+    """A field added to an architecture's config is a flag and a sweep key with no other change."""
+    seen = []
+    monkeypatch.setattr(train_module, "train_many", lambda ws, configs: seen.extend(configs) or [])
+    monkeypatch.setattr("clipatlas.sae.train_many", lambda ws, configs: seen.extend(configs) or [])
+    args = ["train", "-w", str(workspace), "--arch", "jumprelu", "--bandwidth", "0.2", "--init-threshold", "0.3"]
+    assert main([*args, "--no-l1-decoder-norm"]) == 2  # a relu field, refused for jumprelu
+    assert main([*args, "--no-eval"]) == 0
+    assert seen[-1].sae == JumpReLUConfig(bandwidth=0.2, init_threshold=0.3)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "s"\n[base]\narch = "relu"\n[grid]\nl1_decoder_norm = [true, false]\nexpansion = [2]\n')
+    assert main(["train", "-w", str(workspace), "--sweep", str(sweep), "--steps", "4", "--no-eval"]) == 0
+    assert [(c.name, c.sae.l1_decoder_norm, c.expansion, c.steps) for c in seen[-2:]] == [
+        ("s-l1_decoder_normTrue-x2", True, 2, 4),
+        ("s-l1_decoder_normFalse-x2", False, 2, 4),
+    ]
+    assert TrainConfig.from_dict(seen[-1].to_dict()) == seen[-1]
+
+
+def test_sweep_names_and_flag_clashes(tmp_path):
+    from clipatlas.sae.sweep import load_sweep
+
+    sweep = tmp_path / "grid.toml"
+    sweep.write_text('name = "run"\n[grid]\narch = ["topk", "batchtopk"]\nexpansion = [4]\nk = [16, 32]\n')
+    names = [c.name for c in load_sweep(sweep)]
+    assert names == ["run-topk-x4-k16", "run-topk-x4-k32", "run-batchtopk-x4-k16", "run-batchtopk-x4-k32"]
+    with pytest.raises(UserError, match="sweeps over k"):
+        load_sweep(sweep, {"k": 8})

@@ -413,7 +413,7 @@ def test_kandinsky_refuses_a_non_clip_store(tmp_path):
 
 
 def test_cli_settings_parse_numbers_and_refuse_the_rest():
-    from clipatlas.cli.steer import parse_settings
+    from clipatlas.steer.decoders import parse_settings
 
     assert parse_settings(["steps=12", "guidance=4.5", "k=1e1"]) == (("guidance", 4.5), ("k", 10.0), ("steps", 12))
     for bad in (["steps"], ["steps=many"], ["=3x"]):

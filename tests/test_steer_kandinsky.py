@@ -10,6 +10,7 @@ from PIL import Image
 
 from clipatlas.errors import UserError
 from clipatlas.steer import KandinskyDecoder, load_kandinsky_pipeline, zero_image_embedding
+from clipatlas.steer.config import GenerateConfig
 
 EMB = 32  # the tiny CLIP's projection size, standing in for ViT-bigG's 1280
 CAPTIONS = ("a red cat", "a photo of a dog", "a red dog")
@@ -314,10 +315,12 @@ def test_generate_bans_a_feature_of_the_prompt_embedding(clip_workspace, decoder
         "a photo of a cat",
         edits,
         "k",
-        decoder=f"kandinsky:{decoder_path}",
-        prior=str(prior_path),
-        seed=5,
-        settings=dict(settings),
+        GenerateConfig(
+            decoder=f"kandinsky:{decoder_path}",
+            prior=str(prior_path),
+            seed=5,
+            settings=tuple(sorted(dict(settings).items())),
+        ),
     )
     np.testing.assert_array_equal(result.before, x)
     np.testing.assert_allclose(result.after, steer_embedding(steerer.sae, x, edits, steerer.context()), atol=1e-6)
@@ -327,23 +330,27 @@ def test_generate_bans_a_feature_of_the_prompt_embedding(clip_workspace, decoder
         "a photo of a cat",
         edits,
         "k",
-        decoder=f"kandinsky:{decoder_path}",
-        prior=str(prior_path),
-        seed=5,
-        settings=dict(settings),
+        GenerateConfig(
+            decoder=f"kandinsky:{decoder_path}",
+            prior=str(prior_path),
+            seed=5,
+            settings=tuple(sorted(dict(settings).items())),
+        ),
     )
     assert again.after_png == result.after_png
     with pytest.raises(UserError, match="Kandinsky decoder"):
-        generate(clip_workspace, "a cat", edits, "k", decoder="retrieval", prior=str(prior_path))
+        generate(clip_workspace, "a cat", edits, "k", GenerateConfig(decoder="retrieval", prior=str(prior_path)))
     with pytest.raises(UserError, match="non-empty prompt"):
         generate(
             clip_workspace,
             "  ",
             edits,
             "k",
-            decoder=f"kandinsky:{decoder_path}",
-            prior=str(prior_path),
-            settings=dict(settings),
+            GenerateConfig(
+                decoder=f"kandinsky:{decoder_path}",
+                prior=str(prior_path),
+                settings=tuple(sorted(dict(settings).items())),
+            ),
         )
 
 
@@ -391,10 +398,12 @@ def test_cli_generate_writes_the_ruled_image(clip_workspace, decoder_path, prior
         "a red dog",
         [parse_edit("ban:3")],
         "k",
-        decoder=f"kandinsky:{decoder_path}",
-        prior=str(prior_path),
-        seed=2,
-        settings={"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2},
+        GenerateConfig(
+            decoder=f"kandinsky:{decoder_path}",
+            prior=str(prior_path),
+            seed=2,
+            settings=tuple(sorted({"steps": 2, "height": SIZE, "width": SIZE, "prior_steps": 2}.items())),
+        ),
     )
     assert out.read_bytes() == expected.after_png and before.read_bytes() == expected.before_png
 

@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from clipatlas.atlas import Atlas
+from clipatlas.atlas import Atlas, Label
+from clipatlas.atlas.annotations import add_labels, set_icon
+from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.errors import UserError
-from clipatlas.web.app import WebConfig, create_app
-from clipatlas.web.security import UploadLimits
-from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+from clipatlas.web.app import create_app
+from clipatlas.web.config import UploadLimits, WebConfig
 
 LOOPBACK = ("127.0.0.1", 50000)
 HTML = {"accept": "text/html"}
@@ -27,7 +28,7 @@ def workspace(tmp_path_factory):
     ws = write_synthetic_atlas(tmp_path_factory.mktemp("web-atlas"), SyntheticAtlasConfig(n_features=300, n_images=120))
     atlas = Atlas.open(ws)
     evil_feature = int(atlas.map_points().feature[0])
-    atlas.add_label(evil_feature, "llm", EVIL_LABEL, {"detection": 0.5})
+    add_labels(atlas, [Label(evil_feature, "llm", EVIL_LABEL, {"detection": 0.5})])
     return ws
 
 
@@ -191,7 +192,7 @@ def test_icons_by_feature_id(client, atlas, tmp_path):
     assert client.get(f"/icons/{fid}").status_code == 404
     icon = tmp_path / "icon.png"
     Image.new("RGB", (8, 8), (1, 2, 3)).save(icon)
-    atlas.set_icon(fid, icon)
+    set_icon(atlas, fid, icon)
     response = client.get(f"/icons/{fid}")
     assert response.status_code == 200 and response.content == icon.read_bytes()
     assert client.get("/icons/99999").status_code == 404

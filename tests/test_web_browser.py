@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from clipatlas.atlas import Atlas
+from clipatlas.atlas import Atlas, Label
+from clipatlas.atlas.annotations import add_labels
+from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.web.app import create_app
 from clipatlas.web.server import serving_in_thread as serving
-from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -77,7 +78,7 @@ def synthetic(tmp_path_factory):
         tmp_path_factory.mktemp("browser-atlas"), SyntheticAtlasConfig(n_features=400, n_images=150)
     )
     atlas = Atlas.open(ws)
-    atlas.add_label(int(atlas.map_points().feature[0]), "llm", EVIL_LABEL, {})  # labels may come from an LLM
+    add_labels(atlas, [Label(int(atlas.map_points().feature[0]), "llm", EVIL_LABEL, {})])  # labels may come from an LLM
     with serving(create_app(ws.root)) as url:
         yield url, Atlas.open(ws)
 

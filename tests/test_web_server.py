@@ -8,11 +8,11 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.cli import main
 from clipatlas.errors import UserError
 from clipatlas.web import server
 from clipatlas.web.security import is_loopback
-from clipatlas.web.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_loopback_serve_prints_plain_url(workspace, captured_run, capsys):
     app, kwargs = captured_run[0]
     assert kwargs["host"] == "127.0.0.1" and kwargs["port"] == 8123
     assert "http://127.0.0.1:8123/ " in capsys.readouterr().out
-    assert app.state.views._map_json is not None  # the map was prepared before the URL was printed
+    assert app.state.context.views._map_json is not None  # the map was prepared before the URL was printed
 
 
 def test_public_serve_makes_a_token_and_enforces_it(workspace, captured_run, capsys):

@@ -1,14 +1,15 @@
-"""The feature encyclopedia: `build_atlas` makes it in one streaming pass, `Atlas` reads it.
+"""The feature encyclopedia: `build_atlas` makes it in one streaming pass, `Atlas` reads it,
+`annotations` adds icons and labels to it.
 
-Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.query`):
+Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.types`):
 `feature(i) -> FeatureInfo`, `top_images(i)` / `quantile_samples(i) -> list[Example]`,
 `coactivating(i)` / `similar(i, by) -> list[Neighbour]`, `features_of_image(image_id)` /
 `features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`,
 `map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`.
 """
 
-from clipatlas.atlas.build import AtlasConfig, build_atlas
-from clipatlas.atlas.query import Activation, Atlas, AtlasError, Example, FeatureInfo, Label, MapPoints, Neighbour
+from clipatlas.atlas.config import AtlasConfig
+from clipatlas.atlas.types import Activation, AtlasError, Example, FeatureInfo, Label, MapPoints, Neighbour
 
 __all__ = [
     "Activation",
@@ -22,3 +23,16 @@ __all__ = [
     "Neighbour",
     "build_atlas",
 ]
+
+
+def __getattr__(name: str):
+    # The reader and the build load numpy, torch and SQLite; the command line only needs the config.
+    if name == "Atlas":
+        from clipatlas.atlas.query import Atlas
+
+        return Atlas
+    if name == "build_atlas":
+        from clipatlas.atlas.build import build_atlas
+
+        return build_atlas
+    raise AttributeError(name)

@@ -1,17 +1,28 @@
-"""The atlas.sqlite schema: one row per feature plus one table per relation.
+"""The atlas folder's layout and its database: one row per feature plus one table per relation.
 
 Large dense arrays (the activation histograms, every image's sparse code) live beside the
 database as `.npy` files in a directory named by the build (`arrays-<build id>/`), which the
 `meta` table points to; replacing the database file therefore switches every array at once.
+`write_database` is the only code that creates an atlas.sqlite (the build and the synthetic
+atlas of the benchmarks both call it).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipatlas._io import atomic_path
 
 ATLAS_SCHEMA_VERSION = 1
-DB_NAME = "atlas.sqlite"
+ARRAYS_PREFIX = "arrays-"
+HIST_ARRAY = "hist"  # (features, bins) activation histograms
+CODE_ARRAYS = ("codes_indptr", "codes_features", "codes_values")  # every image's sparse code, CSR
+THUMBS_DIR = "thumbs"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,3 +89,50 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+# The columns each table is filled with, in order (labels.id is assigned by SQLite).
+_INSERTS = {
+    "features": "INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "examples": "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "coactivating": "INSERT INTO coactivating VALUES (?, ?, ?, ?, ?)",
+    "similar": "INSERT INTO similar VALUES (?, ?, ?, ?, ?)",
+    "labels": "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+    "icons": "INSERT INTO icons VALUES (?, ?)",
+    "thumbnails": "INSERT INTO thumbnails VALUES (?, ?)",
+}
+
+
+def write_database(target: Path, meta: Mapping[str, Any], tables: Mapping[str, Iterable[tuple]]) -> None:
+    """Write a whole atlas.sqlite under a temporary name and rename it over `target`.
+
+    `tables` maps table names to rows in the column order of `_INSERTS`; missing tables stay empty.
+    """
+    unknown = set(tables) - set(_INSERTS)
+    if unknown:
+        raise ValueError(f"no atlas tables named {sorted(unknown)}")
+    with atomic_path(target) as tmp:  # an empty file is a valid empty sqlite database
+        conn = connect(tmp, readonly=False)
+        # A private temporary file, fsynced and renamed by atomic_path: no journal needed.
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        try:
+            with conn:
+                create_schema(conn)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in sorted(meta.items())])
+                for table, sql in _INSERTS.items():
+                    conn.executemany(sql, tables.get(table, ()))
+        finally:
+            conn.close()
+
+
+def array_path(arrays_dir: Path, name: str) -> Path:
+    return arrays_dir / f"{name}.npy"
+
+
+def save_arrays(arrays_dir: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    arrays_dir.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        with atomic_path(array_path(arrays_dir, name)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from clipatlas.atlas.query import Label
+from clipatlas.atlas.types import Label
 
 log = logging.getLogger(__name__)
 

@@ -1,101 +1,30 @@
-"""`Atlas`: the read API over a built feature encyclopedia (web, steering and labels use only this)."""
+"""`Atlas`: the read API over a built feature encyclopedia (web, steering and labels use only this).
+
+It only reads: the build (`build.py`) writes an atlas, `annotations.py` adds icons and labels.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipatlas._io import read_json
-from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, DB_NAME, connect
-from clipatlas.errors import UserError
-from clipatlas.workspace import Workspace
-
-# Which label a feature shows first: any labeller's own label beats the lens labels.
-LENS_SOURCES = ("imagenet", "clip-text", "captions")
-
-
-class AtlasError(UserError):
-    """The atlas is missing, outdated, or asked about something it does not hold."""
-
-
-@dataclass(frozen=True)
-class Example:
-    """An image that activates a feature. `decile` is set for quantile samples only."""
-
-    row: int
-    image_id: str
-    activation: float
-    rank: int
-    decile: int | None = None
-
-
-@dataclass(frozen=True)
-class Neighbour:
-    """A related feature: `score` is the Jaccard index (coactivating) or the cosine (similar)."""
-
-    feature: int
-    score: float
-    count: int | None = None
-
-
-@dataclass(frozen=True)
-class Activation:
-    feature: int
-    activation: float
-
-
-@dataclass(frozen=True)
-class Label:
-    feature: int
-    source: str
-    text: str
-    score: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """Everything on a feature page except its examples and neighbours (separate calls)."""
-
-    feature: int
-    alive: bool
-    count: int
-    frequency: float
-    max_activation: float
-    mean_activation: float
-    hist_edges: list[float]  # len(hist_counts) + 1 edges, trimmed to the non-empty bins
-    hist_counts: list[int]
-    x: float | None
-    y: float | None
-    cluster: int | None
-    labels: list[Label]
-    icon: str | None
-
-    @property
-    def label(self) -> str | None:
-        return self.labels[0].text if self.labels else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.label}
-
-
-@dataclass(frozen=True)
-class MapPoints:
-    """The alive features' 2-D map, as parallel arrays (one entry per alive feature)."""
-
-    feature: np.ndarray  # int32
-    x: np.ndarray  # float32
-    y: np.ndarray  # float32
-    cluster: np.ndarray  # int32
-    label: list[str]  # "" where a feature has no label
-
-    def __len__(self) -> int:
-        return len(self.feature)
-
+from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect
+from clipatlas.atlas.types import (
+    LENS_SOURCES,
+    Activation,
+    AtlasError,
+    Example,
+    FeatureInfo,
+    Label,
+    MapPoints,
+    Neighbour,
+)
+from clipatlas.workspace import SAEFiles, Workspace
 
 _LABEL_ORDER_SQL = (
     "CASE source " + " ".join(f"WHEN '{s}' THEN {i + 1}" for i, s in enumerate(LENS_SOURCES)) + " ELSE 0 END"
@@ -109,12 +38,11 @@ def _label_order(source: str) -> int:
 class Atlas:
     """A built atlas: `Atlas.open(workspace, name)`. Thread-safe for readers."""
 
-    def __init__(self, atlas_dir: Path, sae_dir: Path, workspace: Workspace):
-        self.dir = atlas_dir
-        self.sae_dir = sae_dir
+    def __init__(self, files: SAEFiles, workspace: Workspace):
+        self.files = files
+        self.dir = files.atlas_dir
         self.workspace = workspace
         self._local = threading.local()
-        self._write_lock = threading.Lock()
         self.meta = {r["key"]: r["value"] for r in self._conn().execute("SELECT key, value FROM meta")}
         version = int(self.meta.get("schema_version", -1))
         if version != ATLAS_SCHEMA_VERSION:
@@ -134,17 +62,26 @@ class Atlas:
 
     @classmethod
     def open(cls, workspace: str | Path | Workspace, name: str | None = None) -> Atlas:
-        ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-        sae_dir = ws.sae_dir(name)
-        atlas_dir = sae_dir / "atlas"
-        if not (atlas_dir / DB_NAME).is_file():
-            flag = f" --name {sae_dir.name}" if name else ""
-            raise AtlasError(f"no atlas for SAE {sae_dir.name!r}; build it with: clipatlas atlas -w {ws.root}{flag}")
-        return cls(atlas_dir, sae_dir, ws)
+        ws = Workspace.of(workspace)
+        files = ws.sae(name)
+        if not files.atlas_db.is_file():
+            flag = f" --name {files.name}" if name else ""
+            raise AtlasError(f"no atlas for SAE {files.name!r}; build it with: clipatlas atlas -w {ws.root}{flag}")
+        return cls(files, ws)
+
+    @property
+    def name(self) -> str:
+        """The SAE's name."""
+        return self.files.name
 
     @property
     def db_path(self) -> Path:
-        return self.dir / DB_NAME
+        return self.files.atlas_db
+
+    @property
+    def build_id(self) -> str:
+        """Changes whenever the atlas is rebuilt (caches of its pages are keyed by it)."""
+        return self.meta.get("build_id", "")
 
     def _conn(self):
         conn = getattr(self._local, "conn", None)
@@ -152,7 +89,8 @@ class Atlas:
             conn = self._local.conn = connect(self.db_path, readonly=True)
         return conn
 
-    def _check_feature(self, i: int) -> int:
+    def check_feature(self, i: int) -> int:
+        """`i` as an int, or an AtlasError naming the valid range."""
         i = int(i)
         if not 0 <= i < self.n_features:
             raise AtlasError(f"feature {i} does not exist; this SAE has features 0..{self.n_features - 1}")
@@ -160,7 +98,7 @@ class Atlas:
 
     # -- per feature ---------------------------------------------------------------------
     def feature(self, i: int) -> FeatureInfo:
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         row = self._conn().execute("SELECT * FROM features WHERE feature = ?", (i,)).fetchone()
         counts = self._histograms()[i]
         nonzero = np.flatnonzero(counts)
@@ -184,7 +122,7 @@ class Atlas:
 
     def labels(self, i: int) -> list[Label]:
         """Labels of feature i, best first (labeller labels, then imagenet, clip-text, captions)."""
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         rows = (
             self._conn()
             .execute("SELECT feature, source, text, score FROM labels WHERE feature = ? ORDER BY id", (i,))
@@ -194,7 +132,7 @@ class Atlas:
         return sorted(labels, key=lambda label: _label_order(label.source))
 
     def _examples(self, i: int, kind: str) -> list[Example]:
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         rows = (
             self._conn()
             .execute(
@@ -216,7 +154,7 @@ class Atlas:
 
     def coactivating(self, i: int) -> list[Neighbour]:
         """Features that fire on the same images, by Jaccard index; `count` = images where both fire."""
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         rows = (
             self._conn()
             .execute("SELECT other, jaccard, count FROM coactivating WHERE feature = ? ORDER BY rank", (i,))
@@ -228,7 +166,7 @@ class Atlas:
         """Alive features whose decoder (or encoder) direction is nearest by cosine, nearest first."""
         if by not in ("decoder", "encoder"):
             raise AtlasError(f"similar(by={by!r}): use 'decoder' or 'encoder'")
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         rows = (
             self._conn()
             .execute("SELECT other, cosine FROM similar WHERE feature = ? AND kind = ? ORDER BY rank", (i, by))
@@ -307,9 +245,9 @@ class Atlas:
         """Encoder id, SAE name, counts, build parameters, and the SAE's metrics.json if any."""
         n_alive = self._conn().execute("SELECT COUNT(*) FROM features WHERE alive = 1").fetchone()[0]
         n_labelled = self._conn().execute("SELECT COUNT(DISTINCT feature) FROM labels").fetchone()[0]
-        metrics_path = self.sae_dir / "metrics.json"
+        metrics_path = self.files.metrics
         return {
-            "sae": self.sae_dir.name,
+            "sae": self.name,
             "encoder": self.meta["encoder"],
             "n_images": self.n_images,
             "n_features": self.n_features,
@@ -327,52 +265,26 @@ class Atlas:
         return self.dir / row[0] if row else None
 
     def icon_path(self, i: int) -> Path | None:
-        i = self._check_feature(i)
+        i = self.check_feature(i)
         row = self._conn().execute("SELECT path FROM icons WHERE feature = ?", (i,)).fetchone()
         if row is None:
             return None
         path = Path(row[0])
-        return path if path.is_absolute() else self.sae_dir / path
+        return path if path.is_absolute() else self.files.dir / path
 
-    def set_icon(self, i: int, path: str | Path) -> None:
-        """Record feature i's icon (kept across atlas rebuilds); paths inside the SAE dir are stored relative."""
-        i = self._check_feature(i)
-        path = Path(path).resolve()
-        stored = path.relative_to(self.sae_dir.resolve()) if path.is_relative_to(self.sae_dir.resolve()) else path
-        self._write("INSERT OR REPLACE INTO icons VALUES (?, ?)", (i, str(stored)))
-
-    def add_label(self, i: int, source: str, text: str, score: dict[str, Any] | None = None) -> None:
-        """Add a label row (labellers call this); lens labels are rebuilt with the atlas, others kept."""
-        i = self._check_feature(i)
-        if not source or not text:
-            raise AtlasError("a label needs a non-empty source and text")
-        self._write(
-            "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
-            (i, source, text, json.dumps(score or {})),
-        )
-
-    def _write(self, sql: str, params: tuple) -> None:
-        with self._write_lock:
-            conn = connect(self.db_path, readonly=False)
-            try:
-                with conn:
-                    conn.execute(sql, params)
-            finally:
-                conn.close()
+    def refresh(self) -> None:
+        """Forget what was read, after icons or labels were added (`clipatlas.atlas.annotations`)."""
         self._map = None
 
     # -- lazily loaded ---------------------------------------------------------------------
     def _histograms(self) -> np.ndarray:
         if self._hist is None:
-            self._hist = np.load(self.arrays_dir / "hist.npy", mmap_mode="r")
+            self._hist = np.load(array_path(self.arrays_dir, HIST_ARRAY), mmap_mode="r")
         return self._hist
 
     def _image_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._codes is None:
-            self._codes = tuple(
-                np.load(self.arrays_dir / f"codes_{part}.npy", mmap_mode="r")
-                for part in ("indptr", "features", "values")
-            )
+            self._codes = tuple(np.load(array_path(self.arrays_dir, name), mmap_mode="r") for name in CODE_ARRAYS)
         return self._codes
 
     @property
@@ -388,5 +300,5 @@ class Atlas:
         if self._sae is None:
             from clipatlas.sae import SAE
 
-            self._sae = SAE.from_pretrained(self.sae_dir).eval()
+            self._sae = SAE.from_pretrained(self.files.dir).eval()
         return self._sae

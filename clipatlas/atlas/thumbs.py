@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from clipatlas._io import atomic_path
+from clipatlas.atlas.db import THUMBS_DIR
 from clipatlas.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def thumb_name(image_id: str) -> str:
         if _SAFE_ID.match(image_id) and not image_id.startswith(".")
         else hashlib.sha256(image_id.encode()).hexdigest()
     )
-    return f"thumbs/{stem}.webp"
+    return f"{THUMBS_DIR}/{stem}.webp"
 
 
 def make_thumbnails(store, images: list[tuple[int, str]], atlas_dir: Path) -> dict[str, str]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.sae.config import EvalConfig
+
 COLUMNS = ("arch", "n_samples", "explained_variance", "fvu", "l0", "dead_fraction", "dense_fraction", "cosine")
 
 
@@ -15,8 +18,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("-w", "--workspace", required=True, help="workspace directory")
     p.add_argument("--name", help="SAE to evaluate (default: every SAE in the workspace)")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--device", default="cpu")
+    add_config_flags(p, EvalConfig)
     p.add_argument("--plot", action="store_true", help="also draw FVU against L0 of all SAEs to saes/pareto.png")
     p.set_defaults(func=run)
 
@@ -41,12 +43,13 @@ def run(args: argparse.Namespace) -> int:
     from clipatlas.workspace import Workspace
 
     ws = Workspace(args.workspace)
+    config = EvalConfig(**given(args, EvalConfig))
     names = [args.name] if args.name else ws.sae_names()
     if not names:
         raise UserError(f"no trained SAE in {ws.root}; run: clipatlas train -w {ws.root}")
     rows = {}
     for name in names:
-        metrics = evaluate(ws, name, batch_size=args.batch_size, device=args.device)
+        metrics = evaluate(ws, name, config)
         rows[name] = {"arch": _arch(ws, name), **metrics.to_dict()}
     print_table(rows)
     if args.plot:
@@ -57,4 +60,4 @@ def run(args: argparse.Namespace) -> int:
 def _arch(ws, name: str) -> str:
     from clipatlas._io import read_json
 
-    return read_json(ws.sae_dir(name) / "cfg.json")["arch"]
+    return read_json(ws.sae(name).config)["arch"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.steer.config import GenerateConfig
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,8 +26,7 @@ def register(subparsers) -> None:
         metavar="SPEC",
         help="ban:F set:F=V[x] add:F=V[x] scale:F=A ...; repeat to stack",
     )
-    parser.add_argument("--decoder", default="kandinsky", help="kandinsky[:PATH_OR_ID]")
-    parser.add_argument("--prior", default=None, help="Kandinsky 2.2 prior hub id or local path")
+    add_config_flags(parser, GenerateConfig, skip=("settings",))
     parser.add_argument(
         "--set",
         dest="settings",
@@ -33,27 +35,18 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="steps, guidance, height, width, prior_steps, prior_guidance",
     )
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("-o", "--out", type=Path, required=True)
     parser.add_argument("--before", type=Path, help="also write the image without the rules (same seed)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipatlas.cli.steer import parse_settings
-    from clipatlas.steer import parse_edit
-    from clipatlas.steer.generate import KANDINSKY_PRIOR_ID, generate, write_result
+    from clipatlas.steer.decoders import parse_settings
+    from clipatlas.steer.edits import parse_edit
+    from clipatlas.steer.generate import generate, write_result
 
-    result = generate(
-        args.workspace,
-        args.prompt,
-        [parse_edit(s) for s in args.edit],
-        args.name,
-        decoder=args.decoder,
-        prior=args.prior or KANDINSKY_PRIOR_ID,
-        seed=args.seed,
-        settings=dict(parse_settings(args.settings)),
-    )
+    config = GenerateConfig(**given(args, GenerateConfig, skip=("settings",)), settings=parse_settings(args.settings))
+    result = generate(args.workspace, args.prompt, [parse_edit(s) for s in args.edit], args.name, config)
     write_result(result, args.out, args.before)
     print(f"wrote {args.out}")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.steer.config import IconConfig
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -15,12 +18,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-w", "--workspace", required=True, type=Path)
     parser.add_argument("--name", help="SAE name (default: the workspace's only SAE)")
-    parser.add_argument("--features", default="alive", help="all | alive | comma-separated feature ids")
-    parser.add_argument("--decoder", default="retrieval", help="retrieval | kandinsky[:PATH_OR_ID]")
-    parser.add_argument("--strength", type=float, default=7.5, help="times the feature's max activation")
-    parser.add_argument("--template", help="template image file or store image id (default: the packaged one)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=16)
+    add_config_flags(parser, IconConfig, skip=("settings",))
     parser.add_argument(
         "--set",
         dest="settings",
@@ -36,18 +34,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipatlas.cli.steer import parse_settings
-    from clipatlas.steer.icons import IconConfig, make_icons, verify_icons
+    from clipatlas.steer.decoders import parse_settings
+    from clipatlas.steer.icons import make_icons, verify_icons
 
-    config = IconConfig(
-        features=args.features,
-        decoder=args.decoder,
-        strength=args.strength,
-        template=args.template,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        settings=parse_settings(args.settings),
-    )
+    config = IconConfig(**given(args, IconConfig, skip=("settings",)), settings=parse_settings(args.settings))
     made = make_icons(args.workspace, args.name, config)
     print(f"made {len(made)} icons")
     if args.verify:

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipatlas.store.summary import workspace_summary
+    from clipatlas.info import workspace_summary
 
     text, problems = workspace_summary(args.workspace, verify=args.verify)
     print(text)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.web.config import ServeConfig, WebConfig
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -11,22 +14,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-w", "--workspace", required=True, help="workspace directory")
     parser.add_argument("--name", default=None, help="SAE name (default: the workspace's only SAE)")
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1; any other address requires the printed token)",
-    )
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument(
-        "--token",
-        default=None,
-        help="token for compute and upload endpoints (default: random on non-loopback addresses)",
-    )
-    parser.add_argument(
-        "--decoder",
-        default=None,
-        help="playground decoder: retrieval, kandinsky[:PATH_OR_ID], kandinsky-img2img[:PATH_OR_ID] "
-        "(default: kandinsky for a kandinsky-clip workspace, else retrieval)",
+    add_config_flags(parser, ServeConfig)
+    add_config_flags(
+        parser, WebConfig, skip=[f for f in ("limits", "devices", "max_cached_results", "max_uploads_kept")]
     )
     parser.set_defaults(func=run)
 
@@ -34,5 +24,5 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from clipatlas.web.server import serve
 
-    serve(args.workspace, name=args.name, host=args.host, port=args.port, token=args.token, decoder=args.decoder)
+    serve(args.workspace, args.name, ServeConfig(**given(args, ServeConfig)), WebConfig(**given(args, WebConfig)))
     return 0

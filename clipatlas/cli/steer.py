@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.steer.recipe import Recipe
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -31,7 +34,7 @@ def register(subparsers) -> None:
         metavar="IMAGE",
         help="transfer all features of IMAGE (same as --edit transfer:IMAGE)",
     )
-    parser.add_argument("--decoder", default="retrieval", help="retrieval | kandinsky[:PATH_OR_ID] | kandinsky-img2img")
+    add_config_flags(parser, Recipe, skip=("image", "edits", "settings", "sae"))
     parser.add_argument(
         "--set",
         dest="settings",
@@ -40,7 +43,6 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="decoder setting, e.g. steps=12 guidance=4 height=512 width=512 strength=0.5 k=16",
     )
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--recipe", type=Path, help="replay this recipe JSON (ignores IMAGE and edit options)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the edited image (PNG)")
     parser.add_argument("--before", type=Path, help="also write the unedited decode (same seed) here")
@@ -53,36 +55,18 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
-    from clipatlas.errors import UserError
-
-    settings = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")  # no "=" leaves value empty, which fails to parse below
-        try:
-            settings[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
-        except ValueError:
-            raise UserError(f"bad decoder setting {pair!r}; write KEY=NUMBER, e.g. steps=12") from None
-    return tuple(sorted(settings.items()))
-
-
 def recipe_from_args(args):
     from clipatlas.errors import UserError
-    from clipatlas.steer import Edit, Recipe, parse_edit
+    from clipatlas.steer.decoders import parse_settings
+    from clipatlas.steer.edits import Edit, parse_edit
 
     if args.recipe:
         return Recipe.load(args.recipe)
     if not args.image:
         raise UserError("give an IMAGE to steer, or --recipe FILE to replay one")
     edits = [parse_edit(spec) for spec in args.edit] + [Edit("transfer", image=img) for img in args.transfer_from]
-    return Recipe(
-        image=args.image,
-        edits=tuple(edits),
-        decoder=args.decoder,
-        settings=parse_settings(args.settings),
-        seed=args.seed,
-        sae=args.name,
-    )
+    chosen = given(args, Recipe, skip=("image", "edits", "settings", "sae"))
+    return Recipe(image=args.image, edits=tuple(edits), settings=parse_settings(args.settings), sae=args.name, **chosen)
 
 
 def run(args: argparse.Namespace) -> int:

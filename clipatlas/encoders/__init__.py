@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clipatlas.encoders.base import Encoder, EncoderOptions
 from clipatlas.errors import UserError
+
+if TYPE_CHECKING:  # loaded on use: the command line reads DEFAULT_ENCODER without importing torch
+    from clipatlas.encoders.base import Encoder, EncoderOptions
 
 DEFAULT_ENCODER = "kandinsky-clip"
 
@@ -59,6 +62,8 @@ ENCODERS: dict[str, Callable[[str | None, EncoderOptions], Encoder]] = {
 
 def load_encoder(spec: str = DEFAULT_ENCODER, *, device: str = "auto", dtype: str = "auto") -> Encoder:
     """The encoder named `spec` (`NAME` or `NAME:ARG`), on `device` in `dtype`."""
+    from clipatlas.encoders.base import EncoderOptions
+
     name, _, arg = spec.partition(":")
     if name not in ENCODERS:
         raise UserError(
@@ -68,3 +73,11 @@ def load_encoder(spec: str = DEFAULT_ENCODER, *, device: str = "auto", dtype: st
 
 
 __all__ = ["DEFAULT_ENCODER", "ENCODERS", "Encoder", "EncoderOptions", "load_encoder"]
+
+
+def __getattr__(name: str):
+    if name in ("Encoder", "EncoderOptions"):
+        from clipatlas.encoders import base
+
+        return getattr(base, name)
+    raise AttributeError(name)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -27,14 +28,9 @@ class EncoderOptions:
     dtype: str = "auto"  # float16 on CUDA, float32 elsewhere
 
     def resolve(self) -> tuple[torch.device, torch.dtype]:
-        if self.device == "auto":
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        device = resolve_device(self.device)
         if self.dtype == "auto":
-            return device, torch.float16 if device.type == "cuda" else torch.float32
+            return device, inference_dtype(device)
         if self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose one of auto, {', '.join(DTYPES)}")
         if device.type == "cpu" and self.dtype == "float16":

@@ -1,36 +1,53 @@
-"""Sparse autoencoders: architectures, training, metrics (see docs/ARCHITECTURE.md)."""
+"""Sparse autoencoders: architectures, training, metrics (see docs/ARCHITECTURE.md).
 
-from clipatlas.sae.metrics import Metrics, compute_metrics, evaluate, plot_pareto
-from clipatlas.sae.model import (
-    ARCHITECTURES,
-    SAE,
+The configs are imported at once (the command line builds its flags from them); the modules
+that need torch load on first use, so `clipatlas --help` stays fast.
+"""
+
+from clipatlas.sae.config import (
+    ARCH_CONFIGS,
     BatchTopKConfig,
+    EvalConfig,
     JumpReLUConfig,
     ReLUConfig,
     SAEConfig,
     SAEFormatError,
     TopKConfig,
+    TrainConfig,
     config_from_dict,
     make_config,
 )
-from clipatlas.sae.training import TrainConfig, train, train_many
+
+_LAZY = {
+    "ARCHITECTURES": "model",
+    "SAE": "model",
+    "Metrics": "metrics",
+    "compute_metrics": "metrics",
+    "evaluate": "metrics",
+    "plot_pareto": "metrics",
+    "train": "training",
+    "train_many": "training",
+}
 
 __all__ = [
-    "Metrics",
-    "TrainConfig",
-    "compute_metrics",
-    "evaluate",
-    "plot_pareto",
-    "train",
-    "train_many",
-    "ARCHITECTURES",
+    "ARCH_CONFIGS",
     "BatchTopKConfig",
+    "EvalConfig",
     "JumpReLUConfig",
     "ReLUConfig",
-    "SAE",
     "SAEConfig",
     "SAEFormatError",
     "TopKConfig",
+    "TrainConfig",
     "config_from_dict",
     "make_config",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"clipatlas.sae.{_LAZY[name]}"), name)
+    raise AttributeError(name)

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from clipatlas._io import atomic_path, atomic_write_json, read_json
+from clipatlas.devices import resolve_device
 from clipatlas.errors import UserError
+from clipatlas.sae.config import EvalConfig
 from clipatlas.workspace import Workspace
 
-METRICS_NAME = "metrics.json"
 DENSE_THRESHOLD = 0.1  # a latent active on more than this fraction of inputs counts as dense
 
 
@@ -124,33 +125,29 @@ def eval_rows(cfg_json: dict[str, Any], n_store: int) -> np.ndarray:
     return split_rows(n_store, training["eval_fraction"], training["seed"])[1]
 
 
-def evaluate(
-    workspace: str | Path | Workspace, name: str | None = None, batch_size: int = 4096, device: str = "cpu"
-) -> Metrics:
+def evaluate(workspace: str | Path | Workspace, name: str | None = None, config: EvalConfig | None = None) -> Metrics:
     """Evaluate SAE `name` on its held-out rows and write `metrics.json` beside it."""
-    from clipatlas.sae.model import CFG_NAME, SAE
+    from clipatlas.sae.model import SAE
     from clipatlas.store import Store
 
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    sae_dir = ws.sae_dir(name)
-    sae = SAE.from_pretrained(sae_dir, device=device).eval()
-    store = Store.open(ws.root)
+    config = config or EvalConfig()
+    files = Workspace.of(workspace).sae(name)
+    sae = SAE.from_pretrained(files.dir, device=resolve_device(config.device)).eval()
+    store = Store.open(Workspace.of(workspace).root)
     if store.d != sae.cfg.d_in:
-        raise UserError(f"the store holds {store.d}-d embeddings but SAE {sae_dir.name!r} expects {sae.cfg.d_in}-d")
-    rows = eval_rows(read_json(sae_dir / CFG_NAME), len(store))
-    batches = (store.rows(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
+        raise UserError(f"the store holds {store.d}-d embeddings but SAE {files.name!r} expects {sae.cfg.d_in}-d")
+    rows = eval_rows(read_json(files.config), len(store))
+    step = config.batch_size
+    batches = (store.rows(rows[i : i + step]) for i in range(0, len(rows), step))
     metrics = compute_metrics(sae, batches)
-    atomic_write_json(sae_dir / METRICS_NAME, {"sae": sae_dir.name, "arch": sae.cfg.arch, **metrics.to_dict()})
+    atomic_write_json(files.metrics, {"sae": files.name, "arch": sae.cfg.arch, **metrics.to_dict()})
     return metrics
 
 
 def read_all_metrics(ws: Workspace) -> dict[str, dict[str, Any]]:
     """metrics.json of every evaluated SAE in the workspace, by name."""
-    return {
-        n: read_json(ws.saes_dir / n / METRICS_NAME)
-        for n in ws.sae_names()
-        if (ws.saes_dir / n / METRICS_NAME).is_file()
-    }
+    files = [ws.sae(name) for name in ws.sae_names()]
+    return {f.name: read_json(f.metrics) for f in files if f.metrics.is_file()}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

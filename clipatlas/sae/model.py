@@ -7,12 +7,11 @@ encoders); `encode` takes and `decode` returns the encoder's raw scale.
     pre = (x_s - b_dec) @ W_enc + b_enc        z = activation(pre)        x_s_hat = z @ W_dec + b_dec
 
 Architectures register themselves in `ARCHITECTURES` by name; the training loop calls only
-`training_loss`, so adding one means adding one config and one module here.
+`training_loss`, so adding one means adding one config (clipatlas.sae.config) and one module here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,67 +22,17 @@ from torch import nn
 
 from clipatlas._io import SCHEMA_VERSION, atomic_path, atomic_write_json, read_json
 from clipatlas.errors import UserError
+from clipatlas.sae.config import (
+    BatchTopKConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    SAEConfig,
+    SAEFormatError,
+    TopKConfig,
+    config_from_dict,
+)
 from clipatlas.sae.sparse import gather_preactivations, sparse_decode
-
-CFG_NAME = "cfg.json"
-WEIGHTS_NAME = "sae.safetensors"
-
-
-class SAEFormatError(UserError):
-    """An SAE directory is missing files or holds weights that do not match its config."""
-
-
-# -- configs -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SAEConfig:
-    """What every architecture shares; `store`/`encoder` record the data it was trained on."""
-
-    arch: ClassVar[str] = ""
-    d_in: int
-    d_sae: int
-    input_scale: float = 1.0
-    store: str | None = None
-    encoder: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"arch": self.arch, **dataclasses.asdict(self)}
-
-
-@dataclass(frozen=True)
-class ReLUConfig(SAEConfig):
-    """ReLU + L1 (the seed system's SAE); the L1 term optionally weighs each latent by ||W_dec[i]||."""
-
-    arch: ClassVar[str] = "relu"
-    l1: float = 5.0
-    l1_decoder_norm: bool = True
-
-
-@dataclass(frozen=True)
-class TopKConfig(SAEConfig):
-    """Keep the k largest pre-activations; AuxK lets dead latents model the residual."""
-
-    arch: ClassVar[str] = "topk"
-    k: int = 32
-    k_aux: int = 512
-    aux_weight: float = 1 / 32
-
-
-@dataclass(frozen=True)
-class BatchTopKConfig(TopKConfig):
-    """Keep the k*B largest pre-activations of a batch; inference uses the learned threshold."""
-
-    arch: ClassVar[str] = "batchtopk"
-    threshold_momentum: float = 0.95
-
-
-@dataclass(frozen=True)
-class JumpReLUConfig(SAEConfig):
-    """Per-latent learned thresholds, trained with straight-through estimators and an L0 penalty."""
-
-    arch: ClassVar[str] = "jumprelu"
-    l1: float = 0.05  # the L0 coefficient
-    bandwidth: float = 0.05
-    init_threshold: float = 0.05
+from clipatlas.workspace import SAE_CONFIG, SAE_WEIGHTS, SAEFiles
 
 
 @dataclass(frozen=True)
@@ -202,13 +151,13 @@ class SAE(nn.Module):
         """
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        files = SAEFiles(Path(path))
+        files.dir.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        with atomic_path(path / WEIGHTS_NAME) as tmp:
+        with atomic_path(files.weights) as tmp:
             save_file(tensors, str(tmp), metadata={"schema_version": str(SCHEMA_VERSION), "arch": self.cfg.arch})
-        atomic_write_json(path / CFG_NAME, {**(extra or {}), **self.cfg.to_dict()})
-        return path
+        atomic_write_json(files.config, {**(extra or {}), **self.cfg.to_dict()})
+        return files.dir
 
     @staticmethod
     def from_pretrained(
@@ -217,35 +166,35 @@ class SAE(nn.Module):
         """Load an SAE saved by `save_pretrained` from a directory or a Hugging Face hub repo id."""
         from safetensors.torch import load_file
 
-        path = _resolve_sae_path(path_or_hub_id)
-        cfg = config_from_dict(read_json(path / CFG_NAME))
-        if not (path / WEIGHTS_NAME).is_file():
+        files = _resolve_sae_files(path_or_hub_id)
+        cfg = config_from_dict(read_json(files.config))
+        if not files.weights.is_file():
             raise SAEFormatError(
-                f"{path} has cfg.json but no {WEIGHTS_NAME}; the training run did not finish — re-run it"
+                f"{files.dir} has {SAE_CONFIG} but no {SAE_WEIGHTS}; the training run did not finish — re-run it"
             )
         sae = ARCHITECTURES[cfg.arch](cfg)
-        state = load_file(str(path / WEIGHTS_NAME))
+        state = load_file(str(files.weights))
         try:
             sae.load_state_dict(state)
         except RuntimeError as exc:
-            raise SAEFormatError(f"{path / WEIGHTS_NAME} does not match its cfg.json ({exc})") from exc
+            raise SAEFormatError(f"{files.weights} does not match its {SAE_CONFIG} ({exc})") from exc
         dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         return sae.to(device=device, dtype=dtype)
 
 
-def _resolve_sae_path(path_or_hub_id: str | Path) -> Path:
-    path = Path(path_or_hub_id).expanduser()
-    if (path / CFG_NAME).is_file():
-        return path
-    if path.exists() or str(path_or_hub_id).count("/") != 1:
+def _resolve_sae_files(path_or_hub_id: str | Path) -> SAEFiles:
+    files = SAEFiles(Path(path_or_hub_id).expanduser())
+    if files.is_trained:
+        return files
+    if files.dir.exists() or str(path_or_hub_id).count("/") != 1:
         raise SAEFormatError(
-            f"no SAE at {path_or_hub_id} (expected {CFG_NAME} and {WEIGHTS_NAME}); "
+            f"no SAE at {path_or_hub_id} (expected {SAE_CONFIG} and {SAE_WEIGHTS}); "
             "train one with: clipatlas train -w WORKSPACE --name NAME"
         )
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=[CFG_NAME, WEIGHTS_NAME]))
+        return SAEFiles(Path(snapshot_download(str(path_or_hub_id), allow_patterns=[SAE_CONFIG, SAE_WEIGHTS])))
     except Exception as exc:  # the hub raises many types: offline, missing repo, auth
         raise SAEFormatError(f"cannot fetch SAE {path_or_hub_id!r} from the Hugging Face hub ({exc})") from exc
 
@@ -421,18 +370,3 @@ class JumpReLUSAE(SAE):
 ARCHITECTURES: dict[str, type[SAE]] = {
     cls.config_class.arch: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
 }
-
-
-def config_from_dict(data: dict[str, Any]) -> SAEConfig:
-    """Rebuild a config from cfg.json, ignoring keys written by newer minor versions."""
-    arch = data.get("arch")
-    if arch not in ARCHITECTURES:
-        raise SAEFormatError(f"unknown SAE architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    config_class = ARCHITECTURES[arch].config_class
-    names = {f.name for f in dataclasses.fields(config_class)}
-    return config_class(**{k: v for k, v in data.items() if k in names})
-
-
-def make_config(arch: str, **fields: Any) -> SAEConfig:
-    """The config of architecture `arch` from the fields it knows (others are ignored)."""
-    return config_from_dict({"arch": arch, **fields})

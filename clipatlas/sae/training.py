@@ -12,7 +12,6 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,68 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from clipatlas._io import SCHEMA_VERSION, atomic_path, atomic_write_bytes, read_json
+from clipatlas.devices import resolve_device
 from clipatlas.errors import UserError
-from clipatlas.sae.model import ARCHITECTURES, CFG_NAME, SAE, WEIGHTS_NAME, config_from_dict, make_config
-from clipatlas.workspace import Workspace
+from clipatlas.sae.config import TrainConfig, config_from_dict
+from clipatlas.sae.model import ARCHITECTURES, SAE
+from clipatlas.workspace import SAEFiles, Workspace
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "train_log.jsonl"
 # Load the whole training split into memory (or onto the GPU) below this many bytes.
 IN_MEMORY_LIMIT = 8 << 30
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    name: str = "sae"
-    arch: str = "topk"
-    expansion: int = 16
-    k: int = 32
-    l1: float | None = None  # relu: L1 coefficient, jumprelu: L0 coefficient; None = the architecture's default
-    lr: float = 4e-4
-    batch_size: int = 4096
-    steps: int | None = None
-    epochs: float | None = None  # used when steps is None; default 10 epochs
-    seed: int = 0
-    device: str = "cpu"
-    k_aux: int = 512
-    aux_weight: float = 1 / 32
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2  # linear decay to zero over the last fraction of steps
-    l1_warmup_fraction: float = 0.05
-    eval_fraction: float = 0.1
-    dead_window: int | None = None  # samples without firing before a latent counts as dead; None = min(train rows, 10M)
-    b_dec_init: str = "mean"  # or "geometric_median"
-    resample_every: int = 0  # relu: every N steps, re-point dead latents at badly reconstructed inputs; 0 = off
-    checkpoint_every: int = 500
-    log_every: int = 10
-
-    def __post_init__(self):
-        if self.arch not in ARCHITECTURES:
-            raise UserError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-        for field in ("expansion", "k", "batch_size"):
-            if getattr(self, field) < 1:
-                raise UserError(f"--{field.replace('_', '-')} must be at least 1, got {getattr(self, field)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.steps is not None and self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UserError(f"--epochs must be positive, got {self.epochs}")
-        if not 0 < self.eval_fraction < 1:
-            raise UserError(f"eval_fraction must be between 0 and 1, got {self.eval_fraction}")
-        if self.resample_every < 0:
-            raise UserError(f"--resample-every must be 0 (off) or positive, got {self.resample_every}")
-        if self.b_dec_init not in ("mean", "geometric_median"):
-            raise UserError(f"b_dec_init must be 'mean' or 'geometric_median', got {self.b_dec_init!r}")
-
-    def stream_key(self) -> tuple:
-        """Runs with equal keys see the same batches in the same order and can train together."""
-        return (self.batch_size, self.steps, self.epochs, self.seed, self.eval_fraction, self.device)
-
-    def total_steps(self, n_train: int) -> int:
-        if self.steps is not None:
-            return self.steps
-        return max(1, math.ceil((self.epochs or 10.0) * n_train / self.batch_size))
 
 
 # -- data --------------------------------------------------------------------------------
@@ -152,19 +98,10 @@ def build_sae(cfg: TrainConfig, sample: np.ndarray, store) -> SAE:
     """A fresh SAE: input scale from the data, b_dec at its mean (or median), W_enc = W_dec^T."""
     d = sample.shape[1]
     input_scale = float(math.sqrt(d / np.mean(np.sum(sample.astype(np.float64) ** 2, axis=1))))
-    fields: dict[str, Any] = dict(
-        d_in=d,
-        d_sae=d * cfg.expansion,
-        input_scale=input_scale,
-        k=cfg.k,
-        k_aux=cfg.k_aux,
-        aux_weight=cfg.aux_weight,
-        store=str(store.dir),
-        encoder=store.encoder,
+    sae_cfg = dataclasses.replace(
+        cfg.sae, d_in=d, d_sae=d * cfg.expansion, input_scale=input_scale, store=str(store.dir), encoder=store.encoder
     )
-    if cfg.l1 is not None:
-        fields["l1"] = cfg.l1
-    sae = ARCHITECTURES[cfg.arch](make_config(cfg.arch, **fields))
+    sae = ARCHITECTURES[cfg.arch](sae_cfg)
     sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
     scaled = torch.from_numpy(sample).double() * input_scale
     centre = scaled.mean(dim=0) if cfg.b_dec_init == "mean" else geometric_median(scaled)
@@ -190,9 +127,9 @@ class Run:
     """One SAE with its optimiser, counters, log and checkpoint directory."""
 
     def __init__(
-        self, cfg: TrainConfig, sae_dir: Path, sae: SAE, total_steps: int, dead_window: int, meta: dict[str, Any]
+        self, cfg: TrainConfig, files: SAEFiles, sae: SAE, total_steps: int, dead_window: int, meta: dict[str, Any]
     ):
-        self.cfg, self.dir, self.sae, self.total_steps, self.dead_window = cfg, sae_dir, sae, total_steps, dead_window
+        self.cfg, self.files, self.sae, self.total_steps, self.dead_window = cfg, files, sae, total_steps, dead_window
         self.meta = meta
         self.optimizer = _adam(sae, cfg.lr)
         self.samples_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=sae.W_enc.device)
@@ -201,7 +138,7 @@ class Run:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.dir / "checkpoints" / CHECKPOINT_NAME
+        return self.files.checkpoints_dir / CHECKPOINT_NAME
 
     def dead_mask(self) -> torch.Tensor:
         return self.samples_since_fired >= self.dead_window
@@ -216,7 +153,7 @@ class Run:
             parts = self.sae.training_loss(x_scaled, self.dead_mask(), sparsity_scale)
         if not torch.isfinite(parts.loss):
             raise UserError(
-                f"SAE {self.dir.name}: the loss became {parts.loss.item()} at step {self.step}; "
+                f"SAE {self.files.name}: the loss became {parts.loss.item()} at step {self.step}; "
                 "lower --lr or check the store for extreme values"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -278,7 +215,7 @@ class Run:
     def save_checkpoint(self) -> None:
         state = {
             "schema_version": SCHEMA_VERSION,
-            "train_config": dataclasses.asdict(self.cfg),
+            "train_config": _plain(self.cfg.identity()),
             "step": self.step,
             "sae_config": self.sae.cfg.to_dict(),
             "model": self.sae.state_dict(),
@@ -292,10 +229,10 @@ class Run:
         if not self.checkpoint_path.is_file():
             return False
         state = torch.load(self.checkpoint_path, map_location=self.sae.W_enc.device, weights_only=True)
-        if state["train_config"] != json.loads(json.dumps(dataclasses.asdict(self.cfg))):
+        if state["train_config"] != _plain(self.cfg.identity()):
             raise UserError(
                 f"{self.checkpoint_path} was written with other settings; re-run with the same ones, "
-                f"or delete {self.dir} to start over"
+                f"or delete {self.files.dir} to start over"
             )
         rebuilt = ARCHITECTURES[self.cfg.arch](config_from_dict(state["sae_config"])).to(self.sae.W_enc.device)
         rebuilt.load_state_dict(state["model"])
@@ -309,7 +246,7 @@ class Run:
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint, so a resumed log reads like one run."""
-        path = self.dir / LOG_NAME
+        path = self.files.train_log
         if not path.is_file():
             return
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
@@ -317,26 +254,32 @@ class Run:
 
     def append_log(self, samples_per_s: float) -> None:
         record = {"schema_version": SCHEMA_VERSION, "step": self.step, **self.last, "samples_per_s": samples_per_s}
-        with open(self.dir / LOG_NAME, "a") as fh:
+        with open(self.files.train_log, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def finish(self) -> Path:
-        self.sae.save_pretrained(
-            self.dir, extra={"training": {**dataclasses.asdict(self.cfg), **self.meta, "trained_steps": self.step}}
-        )
+        training = {**self.cfg.to_dict(), **self.meta, "trained_steps": self.step}
+        self.sae.save_pretrained(self.files.dir, extra={"training": training})
         self.checkpoint_path.unlink(missing_ok=True)
-        return self.dir
+        return self.files.dir
 
 
 # -- the loop ------------------------------------------------------------------------------
-def _is_finished(sae_dir: Path, cfg: TrainConfig) -> bool:
-    if not (sae_dir / WEIGHTS_NAME).is_file() or not (sae_dir / CFG_NAME).is_file():
+def _plain(obj: Any) -> Any:
+    """As it reads back from JSON (tuples become lists), so stored and current settings compare."""
+    return json.loads(json.dumps(obj))
+
+
+def _is_finished(files: SAEFiles, cfg: TrainConfig) -> bool:
+    if not files.weights.is_file() or not files.is_trained:
         return False
-    training = read_json(sae_dir / CFG_NAME).get("training", {})
-    if {k: training.get(k) for k in dataclasses.asdict(cfg)} != json.loads(json.dumps(dataclasses.asdict(cfg))):
+    training = read_json(files.config).get("training", {})
+    stored = {k: training.get(k) for k in cfg.identity()}
+    if stored != _plain(cfg.identity()):
+        changed = sorted(k for k in stored if stored[k] != _plain(cfg.identity())[k])
         raise UserError(
-            f"SAE {cfg.name!r} already exists with other settings; choose another --name "
-            f"or delete {sae_dir} to retrain it"
+            f"SAE {cfg.name!r} already exists with other settings ({', '.join(changed)}); choose another --name "
+            f"or delete {files.dir} to retrain it"
         )
     return True
 
@@ -348,7 +291,7 @@ def train(workspace: str | Path | Workspace, cfg: TrainConfig) -> Path:
 
 def train_many(workspace: str | Path | Workspace, configs: Sequence[TrainConfig], progress: bool = True) -> list[Path]:
     """Train SAEs, grouping those that share a data stream so each batch is read once."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    ws = Workspace.of(workspace)
     names = [c.name for c in configs]
     if len(set(names)) != len(names):
         raise UserError(f"SAE names must be unique, got {names}")
@@ -357,24 +300,17 @@ def train_many(workspace: str | Path | Workspace, configs: Sequence[TrainConfig]
         groups.setdefault(cfg.stream_key(), []).append(cfg)
     for group in groups.values():
         _train_group(ws, group, progress)
-    return [ws.sae_dir(c.name) for c in configs]
-
-
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return device
+    return [ws.sae(c.name).dir for c in configs]
 
 
 def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> None:
     from clipatlas.store import Store
 
-    pending = [c for c in configs if not _is_finished(ws.sae_dir(c.name, must_exist=False), c)]
+    pending = [c for c in configs if not _is_finished(ws.sae(c.name, must_exist=False), c)]
     if not pending:
         return
     first = pending[0]
-    device = _device(first.device)
+    device = resolve_device(first.device)
     store = Store.open(ws.root)
     train_rows, eval_rows = split_rows(len(store), first.eval_fraction, first.seed)
     sample = sample_for_init(store, train_rows, first.seed)
@@ -385,15 +321,15 @@ def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> N
         dead_window = cfg.dead_window or min(len(train_rows), 10_000_000)
         run = Run(
             cfg,
-            ws.sae_dir(cfg.name, must_exist=False),
+            ws.sae(cfg.name, must_exist=False),
             build_sae(cfg, sample, store).to(device),
             total,
             dead_window,
             meta,
         )
         if not run.load_checkpoint():
-            run.dir.mkdir(parents=True, exist_ok=True)
-            (run.dir / LOG_NAME).unlink(missing_ok=True)
+            run.files.dir.mkdir(parents=True, exist_ok=True)
+            run.files.train_log.unlink(missing_ok=True)
         runs.append(run)
     stream = BatchStream(store, train_rows, first.batch_size, first.seed, str(device))
     _loop(runs, stream, autocast=device.type == "cuda", progress=progress)

@@ -1,48 +1,44 @@
-"""Steering: edit SAE features of an image embedding and decode the result (see docs/ARCHITECTURE.md)."""
+"""Steering: edit SAE features of an image embedding and decode the result (see docs/ARCHITECTURE.md).
 
-from clipatlas.steer.causal import CausalCheck, causal_check
-from clipatlas.steer.decoders import (
-    DECODERS,
-    CosineIndex,
-    Decoded,
-    Hit,
-    KandinskyDecoder,
-    RetrievalDecoder,
-    load_kandinsky_pipeline,
-    make_decoder,
-    nearest_rows,
-    zero_image_embedding,
-)
-from clipatlas.steer.edits import Edit, EditError, SteerContext, apply_edits, parse_edit, steer_embedding
-from clipatlas.steer.engine import Steerer, SteerResult, run_recipe, steerer_for
-from clipatlas.steer.icons import IconConfig, make_icons, verify_icons
-from clipatlas.steer.recipe import Recipe
+Modules load on first use: the command line reads the configs and recipes without importing torch.
+"""
 
-__all__ = [
-    "DECODERS",
-    "CausalCheck",
-    "CosineIndex",
-    "Decoded",
-    "Edit",
-    "EditError",
-    "Hit",
-    "IconConfig",
-    "KandinskyDecoder",
-    "Recipe",
-    "RetrievalDecoder",
-    "SteerContext",
-    "SteerResult",
-    "Steerer",
-    "apply_edits",
-    "causal_check",
-    "load_kandinsky_pipeline",
-    "make_decoder",
-    "make_icons",
-    "nearest_rows",
-    "parse_edit",
-    "run_recipe",
-    "steer_embedding",
-    "steerer_for",
-    "verify_icons",
-    "zero_image_embedding",
-]
+import importlib
+
+from clipatlas.steer.config import IconConfig
+
+_LAZY = {
+    "CausalCheck": "causal",
+    "causal_check": "causal",
+    "DECODERS": "decoders",
+    "CosineIndex": "decoders",
+    "Decoded": "decoders",
+    "Hit": "decoders",
+    "KandinskyDecoder": "decoders",
+    "RetrievalDecoder": "decoders",
+    "load_kandinsky_pipeline": "decoders",
+    "make_decoder": "decoders",
+    "nearest_rows": "decoders",
+    "zero_image_embedding": "decoders",
+    "Edit": "edits",
+    "EditError": "edits",
+    "SteerContext": "edits",
+    "apply_edits": "edits",
+    "parse_edit": "edits",
+    "steer_embedding": "edits",
+    "Steerer": "engine",
+    "SteerResult": "engine",
+    "run_recipe": "engine",
+    "steerer_for": "engine",
+    "make_icons": "icons",
+    "verify_icons": "icons",
+    "Recipe": "recipe",
+}
+
+__all__ = ["IconConfig", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"clipatlas.steer.{_LAZY[name]}"), name)
+    raise AttributeError(name)

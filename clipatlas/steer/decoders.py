@@ -20,9 +20,10 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
+from clipatlas.steer.config import KANDINSKY_DECODER_ID
 
-KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
 # The seed system's Cog predictor: 512 px, 12 steps, guidance 4, fp16, seed 1.
 KANDINSKY_DEFAULTS = {"steps": 12, "guidance": 4.0, "height": 512, "width": 512, "strength": 0.5}
 RETRIEVAL_DEFAULTS = {"k": 16, "tile": 128}
@@ -141,6 +142,18 @@ class RetrievalDecoder:
         return Decoded(images, rankings)
 
 
+def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
+    """Decoder settings from `KEY=NUMBER` strings (`--set steps=12`), sorted by key."""
+    settings = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")  # no "=" leaves value empty, which fails to parse below
+        try:
+            settings[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise UserError(f"bad decoder setting {pair!r}; write KEY=NUMBER, e.g. steps=12") from None
+    return tuple(sorted(settings.items()))
+
+
 def _options(defaults: dict[str, Any], settings: dict[str, Any] | None, decoder: str) -> dict[str, Any]:
     settings = dict(settings or {})
     unknown = set(settings) - set(defaults)
@@ -161,16 +174,13 @@ def zero_image_embedding(encoder) -> np.ndarray:
         return np.asarray(encoder.encode_tensors(torch.zeros((1, *probe.shape)))[0], dtype=np.float32)
 
 
-def _device_and_dtype() -> tuple[str, torch.dtype]:
-    return ("cuda", torch.float16) if torch.cuda.is_available() else ("cpu", torch.float32)
-
-
 @functools.lru_cache(maxsize=2)
 def load_kandinsky_pipeline(path_or_id: str = KANDINSKY_DECODER_ID, img2img: bool = False):
     """The decoder pipeline in fp16 on CUDA (CPU offload when the GPU is small), fp32 on CPU."""
     from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline
 
-    device, dtype = _device_and_dtype()
+    device = resolve_device("auto")
+    dtype = inference_dtype(device)
     pipeline_class = KandinskyV22Img2ImgPipeline if img2img else KandinskyV22Pipeline
     try:
         pipe = pipeline_class.from_pretrained(path_or_id, dtype=dtype)
@@ -179,7 +189,7 @@ def load_kandinsky_pipeline(path_or_id: str = KANDINSKY_DECODER_ID, img2img: boo
             f"cannot load the Kandinsky 2.2 decoder from {path_or_id!r} ({exc}); pass a local "
             f"copy with --decoder kandinsky:PATH, or use --decoder retrieval (no GPU needed)"
         ) from exc
-    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
+    if device.type == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
         pipe.enable_model_cpu_offload()
     else:
         pipe.to(device)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 from clipatlas._io import atomic_write_bytes
 from clipatlas.errors import UserError
+from clipatlas.steer.config import IconConfig
 from clipatlas.steer.edits import Edit
 from clipatlas.steer.engine import run_recipe, steerer_for
-from clipatlas.steer.icons import IconConfig, make_icons
+from clipatlas.steer.icons import make_icons
 from clipatlas.steer.recipe import Recipe
+from clipatlas.workspace import Workspace
 
 
 def example_recipe(workspace, name: str | None = None) -> Recipe:
@@ -21,7 +23,7 @@ def example_recipe(workspace, name: str | None = None) -> Recipe:
     feature = max(features, key=lambda f: atlas.feature(f).max_activation)
     shown = {example.image_id for example in atlas.top_images(feature)}
     image = next(i for i in atlas.store.metadata.column("image_id").to_pylist() if i not in shown)
-    return Recipe(image=image, edits=(Edit("set", feature=feature, value=7.5, relative=True),), sae=atlas.sae_dir.name)
+    return Recipe(image=image, edits=(Edit("set", feature=feature, value=7.5, relative=True),), sae=atlas.name)
 
 
 def write_demo_steering(workspace, name: str | None = None, template: str | None = None) -> Path:
@@ -29,7 +31,7 @@ def write_demo_steering(workspace, name: str | None = None, template: str | None
     Replay it with: clipatlas steer --recipe W/recipes/example.json -w W -o out.png"""
     make_icons(workspace, name, IconConfig(features="alive", decoder="retrieval", template=template))
     recipe = example_recipe(workspace, name)
-    recipes_dir = Path(workspace) / "recipes"
+    recipes_dir = Workspace.of(workspace).recipes_dir
     recipe.save(recipes_dir / "example.json")
     atomic_write_bytes(recipes_dir / "example.png", run_recipe(workspace, recipe).after_png)
     return recipes_dir / "example.json"

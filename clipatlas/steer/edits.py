@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from clipatlas.errors import UserError
+
+if TYPE_CHECKING:  # imported where used: recipes are read without torch
+    import torch
 
 FEATURE_OPS = ("set", "add", "scale", "ban")
 IMAGE_OPS = ("transfer", "difference")
@@ -214,6 +216,8 @@ def steer_embedding(sae, x: np.ndarray | torch.Tensor, edits: Sequence[Edit], ct
         raise EditError("the input embedding contains NaN or infinite values; re-embed the image")
     if not edits:
         return x_np
+    import torch
+
     with torch.no_grad():
         x_t = torch.from_numpy(x_np)[None].to(sae.W_dec.device, sae.W_dec.dtype)
         z = sae.encode(x_t)[0]

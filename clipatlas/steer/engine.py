@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipatlas.atlas import Atlas
 from clipatlas.errors import UserError
 from clipatlas.sources import ImageDecodeError, open_uri
 from clipatlas.steer.causal import CausalCheck, causal_check
@@ -42,12 +43,10 @@ class SteerResult:
 
 
 class Steerer:
-    """One workspace + SAE, with the SAE, atlas, store, encoder and decoders loaded once."""
+    """Steering over one opened atlas: its SAE, store, encoder and decoders, each loaded once."""
 
-    def __init__(self, workspace: str | Path | Workspace, name: str | None = None):
-        from clipatlas.atlas import Atlas
-
-        self.atlas = Atlas.open(workspace, name)
+    def __init__(self, atlas: Atlas):
+        self.atlas = atlas
         self.workspace = self.atlas.workspace
         self.store = self.atlas.store
         self.sae = self.atlas.sae
@@ -65,7 +64,7 @@ class Steerer:
                 raise UserError(
                     f"image files need the encoders stage to embed them ({exc}); name images by store image id instead"
                 ) from exc
-            self._encoder = load_encoder(self.store.encoder, device="cuda" if torch.cuda.is_available() else "cpu")
+            self._encoder = load_encoder(self.store.encoder, device="auto")
         return self._encoder
 
     def negative_embedding(self) -> np.ndarray:
@@ -152,16 +151,16 @@ class Steerer:
 
 
 @functools.lru_cache(maxsize=4)
-def _steerer(root: Path, name: str | None, sae_mtime: float) -> Steerer:
-    return Steerer(root, name)
+def _steerer(root: Path, name: str, sae_mtime: float) -> Steerer:
+    return Steerer(Atlas.open(root, name))
 
 
 def steerer_for(workspace: str | Path | Workspace, name: str | None = None) -> Steerer:
-    """A cached `Steerer` (the web calls this per request); a retrained SAE gets a fresh one."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    sae_dir = ws.sae_dir(name)
-    weights = sae_dir / "sae.safetensors"
-    return _steerer(ws.root, sae_dir.name, weights.stat().st_mtime if weights.exists() else 0.0)
+    """A cached `Steerer` per workspace and SAE (commands that steer many times share one);
+    a retrained SAE gets a fresh one."""
+    ws = Workspace.of(workspace)
+    files = ws.sae(name)
+    return _steerer(ws.root, files.name, files.weights.stat().st_mtime if files.weights.exists() else 0.0)
 
 
 def run_recipe(workspace: str | Path | Workspace, recipe: Recipe, name: str | None = None) -> SteerResult:

@@ -7,17 +7,17 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
+from clipatlas.steer.config import KANDINSKY_PRIOR_ID, GenerateConfig
 from clipatlas.steer.decoders import KandinskyDecoder, split_decoder_name
 from clipatlas.steer.edits import Edit, steer_embedding
 from clipatlas.steer.engine import png_bytes, steerer_for
 
-KANDINSKY_PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
 PRIOR_DEFAULTS = {"prior_steps": 25, "prior_guidance": 4.0}
 
 
@@ -35,15 +35,15 @@ class GenerateResult:
 def load_prior_pipeline(path_or_id: str = KANDINSKY_PRIOR_ID):
     from diffusers import KandinskyV22PriorPipeline
 
-    cuda = torch.cuda.is_available()
+    device = resolve_device("auto")
     try:
-        prior = KandinskyV22PriorPipeline.from_pretrained(path_or_id, dtype=torch.float16 if cuda else torch.float32)
+        prior = KandinskyV22PriorPipeline.from_pretrained(path_or_id, dtype=inference_dtype(device))
     except (OSError, ValueError) as exc:
         raise UserError(
             f"cannot load the Kandinsky 2.2 prior from {path_or_id!r} ({exc}); pass a local copy with --prior PATH"
         ) from exc
     prior.set_progress_bar_config(disable=True)
-    return prior.to("cuda" if cuda else "cpu")
+    return prior.to(device)
 
 
 def prompt_embedding(prior, prompt: str, seed: int, steps: int, guidance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -60,25 +60,22 @@ def prompt_embedding(prior, prompt: str, seed: int, steps: int, guidance: float)
 
 
 def generate(
-    workspace,
-    prompt: str,
-    edits: Sequence[Edit],
-    name: str | None = None,
-    *,
-    decoder: str = "kandinsky",
-    prior: str = KANDINSKY_PRIOR_ID,
-    seed: int = 1,
-    settings: dict[str, Any] | None = None,
+    workspace, prompt: str, edits: Sequence[Edit], name: str | None = None, config: GenerateConfig | None = None
 ) -> GenerateResult:
     """Prompt -> prior embedding -> edits on its SAE latents -> Kandinsky decoder."""
-    base, path = split_decoder_name(decoder)
+    config = config or GenerateConfig()
+    base, path = split_decoder_name(config.decoder)
     if base != "kandinsky":
         raise UserError("generate draws with the Kandinsky decoder; use --decoder kandinsky[:PATH_OR_ID]")
-    settings = dict(settings or {})
+    settings, seed = dict(config.settings), config.seed
     prior_opts = {key: settings.pop(key, default) for key, default in PRIOR_DEFAULTS.items()}
     steerer = steerer_for(workspace, name)
     x, negative = prompt_embedding(
-        load_prior_pipeline(prior), prompt, seed, int(prior_opts["prior_steps"]), float(prior_opts["prior_guidance"])
+        load_prior_pipeline(config.prior),
+        prompt,
+        seed,
+        int(prior_opts["prior_steps"]),
+        float(prior_opts["prior_guidance"]),
     )
     edited = steer_embedding(steerer.sae, x, list(edits), steerer.context())
     drawer = KandinskyDecoder(path or KandinskyDecoder.default_id, negative)

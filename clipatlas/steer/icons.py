@@ -4,7 +4,6 @@ activation, decoded with a fixed seed; and the causal check that the icon expres
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +11,15 @@ import torch
 from tqdm import tqdm
 
 from clipatlas._io import SCHEMA_VERSION, atomic_path, atomic_write_json, read_json, sha256_file
+from clipatlas.atlas.annotations import set_icon
 from clipatlas.errors import UserError
 from clipatlas.steer.causal import causal_check
+from clipatlas.steer.config import IconConfig
 from clipatlas.steer.engine import Steerer, steerer_for
 
 TEMPLATE = Path(__file__).parent / "assets" / "template.png"
 ICON_MANIFEST = "icons.json"
-
-
-@dataclass(frozen=True)
-class IconConfig:
-    features: str = "alive"  # all | alive | comma-separated ids
-    decoder: str = "retrieval"
-    strength: float = 7.5  # x the feature's max activation
-    template: str | None = None  # image file or store image id; None: the packaged template
-    seed: int = 1
-    batch_size: int = 16
-    settings: tuple[tuple[str, float], ...] = ()
-
-    def identity(self, template_digest: str) -> dict:
-        """What an icon depends on; icons made under another identity are redone."""
-        return {
-            "decoder": self.decoder,
-            "strength": self.strength,
-            "template": template_digest,
-            "seed": self.seed,
-            "settings": dict(self.settings),
-        }
+VERIFY_REPORT = "verify.json"
 
 
 def select_features(atlas, spec: str) -> list[int]:
@@ -76,7 +57,8 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
     """Write icons/<feature>.png for the chosen features and record them in the atlas; resumable.
     Returns the features whose icon was made by this call."""
     steerer = steerer_for(workspace, name)
-    atlas, icons_dir = steerer.atlas, steerer.atlas.sae_dir / "icons"
+    atlas, files = steerer.atlas, steerer.atlas.files
+    icons_dir = files.icons_dir
     features = select_features(atlas, config.features)
     x, digest = _template(steerer, config)
     identity = config.identity(digest)
@@ -96,10 +78,10 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
         values = config.strength * np.array([atlas.feature(f).max_activation for f in batch])
         decoded = decoder.decode(icon_embeddings(steerer.sae, x, batch, values), seed=config.seed, settings=settings)
         for feature, image in zip(batch, decoded.images):
-            path = icons_dir / f"{feature}.png"
+            path = files.icon(feature)
             with atomic_path(path) as tmp:
                 image.save(tmp, format="PNG")
-            atlas.set_icon(feature, path)
+            set_icon(atlas, feature, path)
             made.append(feature)
     return made
 
@@ -113,7 +95,7 @@ def _icon_embedding(steerer: Steerer, config: IconConfig, x: np.ndarray, feature
         return steerer.store[steerer.decoder("retrieval").decode(steered, settings={"k": 1}).rankings[0][0].row]
     from PIL import Image
 
-    with Image.open(steerer.atlas.sae_dir / "icons" / f"{feature}.png") as image:
+    with Image.open(steerer.atlas.files.icon(feature)) as image:
         return np.asarray(steerer.encoder.encode_images([image.convert("RGB")])[0], dtype=np.float32)
 
 
@@ -121,12 +103,12 @@ def verify_icons(workspace, name: str | None = None, config: IconConfig = IconCo
     """Re-embed every icon, encode it, and report the share whose own feature fires most.
     Writes icons/verify.json."""
     steerer = steerer_for(workspace, name)
-    atlas, icons_dir = steerer.atlas, steerer.atlas.sae_dir / "icons"
+    atlas, files = steerer.atlas, steerer.atlas.files
     x, _ = _template(steerer, config)
-    features = [f for f in select_features(atlas, config.features) if (icons_dir / f"{f}.png").is_file()]
+    features = [f for f in select_features(atlas, config.features) if files.icon(f).is_file()]
     if not features:
         raise UserError(
-            f"no icons to verify in {icons_dir}; make them with: clipatlas icons -w {steerer.workspace.root}"
+            f"no icons to verify in {files.icons_dir}; make them with: clipatlas icons -w {steerer.workspace.root}"
         )
     checks = []
     for feature in tqdm(features, desc="verify icons", unit="icon"):
@@ -142,5 +124,5 @@ def verify_icons(workspace, name: str | None = None, config: IconConfig = IconCo
         "median_rank_after": float(np.median([c.after_rank for c in checks])),
         "checks": [dataclasses.asdict(c) for c in checks],
     }
-    atomic_write_json(icons_dir / "verify.json", {"schema_version": SCHEMA_VERSION, **report})
+    atomic_write_json(files.icons_dir / VERIFY_REPORT, {"schema_version": SCHEMA_VERSION, **report})
     return report

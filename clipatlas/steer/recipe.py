@@ -22,11 +22,17 @@ class Recipe:
     `decoder`: a registry name (see `clipatlas.steer.decoders`); `settings` its options."""
 
     image: str
+    """Store image id, sha256:HEX of a stored image, or an image file."""
     edits: tuple[Edit, ...] = ()
+    """Edits on the image's SAE latents, applied in order."""
     decoder: str = "retrieval"
+    """retrieval (nearest store images, no GPU), kandinsky[:PATH_OR_ID] or kandinsky-img2img[:PATH_OR_ID]."""
     settings: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+    """Decoder settings as sorted (key, value) pairs."""
     seed: int = 1
+    """Seed of the decoder: before and after start from the same noise."""
     sae: str | None = None
+    """SAE name (default: the workspace's only SAE)."""
 
     def __post_init__(self):
         # Accept a list of edits and a settings dict; store them canonically so equal recipes compare equal.

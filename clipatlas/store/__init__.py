@@ -1,13 +1,14 @@
 """The embedding store (clip-retrieval layout) and the pipeline that fills it."""
 
+from clipatlas.store.config import EmbedConfig
 from clipatlas.store.core import METADATA_SCHEMA, Store, StoreError, StoreWriter, store_dir_of, write_store
 
-__all__ = ["METADATA_SCHEMA", "Store", "StoreError", "StoreWriter", "store_dir_of", "write_store"]
+__all__ = ["METADATA_SCHEMA", "EmbedConfig", "Store", "StoreError", "StoreWriter", "store_dir_of", "write_store"]
 
 
 def __getattr__(name: str):
     # The pipeline pulls in torch and the encoders; readers of a store should not pay for that.
-    if name in ("embed", "EmbedConfig", "EmbedSummary"):
+    if name in ("embed", "EmbedSummary"):
         from clipatlas.store import pipeline as module
 
         return getattr(module, name)

@@ -10,7 +10,6 @@ batches, and ends with shards byte-identical to an uninterrupted run.
 from __future__ import annotations
 
 import collections
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -21,37 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from clipatlas.encoders import DEFAULT_ENCODER, Encoder, load_encoder
+from clipatlas.encoders import Encoder, load_encoder
 from clipatlas.errors import UserError
-from clipatlas.sources import DEFAULT_MAX_PIXELS, ImageDecodeError, SourceItem, iter_items, read_image
+from clipatlas.sources import ImageDecodeError, SourceItem, iter_items, read_image
+from clipatlas.store.config import EmbedConfig
 from clipatlas.store.core import Store, StoreWriter, store_dir_of
 
 DUPLICATE_REASON = "duplicate image_id"
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    encoder: str = DEFAULT_ENCODER
-    batch_size: int = 64
-    device: str = "auto"
-    dtype: str = "auto"  # the model's compute dtype
-    store_dtype: str = "float16"
-    shard_size: int = 10_000
-    limit: int | None = None
-    workers: int | None = None  # DataLoader workers; default: up to 4, one per core
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise UserError("--batch-size must be at least 1")
-        if self.limit is not None and self.limit < 0:
-            raise UserError("--limit must be zero or more")
-        if self.workers is not None and self.workers < 0:
-            raise UserError("--workers must be zero or more")
-
-    @property
-    def worker_count(self) -> int:
-        return min(4, os.cpu_count() or 1) if self.workers is None else self.workers
 
 
 @dataclass(frozen=True)

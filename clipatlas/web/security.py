@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 from PIL import Image
 
 from clipatlas.sources import ImageDecodeError, decode_image
+from clipatlas.web.config import UploadLimits
 
 TOKEN_HEADER = "x-clipatlas-token"
 TOKEN_COOKIE = "clipatlas_token"
 TOKEN_QUERY = "token"
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 25_000_000
 
 
 def is_loopback(host: str | None) -> bool:

@@ -10,7 +10,8 @@ import time
 from collections.abc import Iterator
 
 from clipatlas.errors import UserError
-from clipatlas.web.app import WebConfig, create_app
+from clipatlas.web.app import create_app
+from clipatlas.web.config import ServeConfig, WebConfig
 from clipatlas.web.security import is_loopback, new_token
 
 log = logging.getLogger(__name__)
@@ -37,23 +38,20 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def serve(
-    workspace,
-    name: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    token: str | None = None,
-    decoder: str | None = None,
+    workspace, name: str | None = None, config: ServeConfig = ServeConfig(), web: WebConfig = WebConfig()
 ) -> None:
     """Serve the atlas until interrupted, printing the URL to open."""
     import uvicorn
 
-    if token is None and not is_loopback(host):
+    token = config.token
+    if token is None and not is_loopback(config.host):
         token = new_token()
-    app = create_app(workspace, name=name, token=token, config=WebConfig(decoder=decoder))
-    check_port_free(host, port)
-    app.state.views.map_json()  # the map is ready before the URL is printed
-    print(f"clipatlas is serving {workspace} at {app_url(host, port, token)}  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(workspace, name=name, token=token, config=web)
+    check_port_free(config.host, config.port)
+    app.state.context.views.map_json()  # the map is ready before the URL is printed
+    url = app_url(config.host, config.port, token)
+    print(f"clipatlas is serving {workspace} at {url}  (Ctrl-C to stop)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
 
 @contextlib.contextmanager

@@ -22,6 +22,9 @@ from PIL import Image
 
 from clipatlas._io import atomic_write_bytes
 from clipatlas.errors import UserError
+from clipatlas.steer.decoders import split_decoder_name
+from clipatlas.steer.engine import Steerer
+from clipatlas.steer.recipe import Recipe
 
 UPLOAD_PREFIX = "upload:"
 DISPLAY_SIZE = 512
@@ -87,14 +90,13 @@ def default_decoder(encoder_id: str) -> str:
 class Steering:
     """Validate playground recipes and run them through `clipatlas.steer` on a worker thread."""
 
-    def __init__(self, workspace, name: str | None, atlas, uploads: UploadRegistry, decoder: str | None = None):
-        self.workspace = workspace
-        self.name = name
-        self.atlas = atlas
+    def __init__(self, steerer: Steerer, uploads: UploadRegistry, decoder: str | None = None, sae: str | None = None):
+        """`sae`: the SAE name recipes record (None: the workspace's only SAE, as the app was asked)."""
+        self.steerer = steerer
+        self.sae_name = sae
+        self.atlas = steerer.atlas
         self.uploads = uploads
-        self.decoder_name = decoder or default_decoder(atlas.summary()["encoder"])
-        from clipatlas.steer.decoders import split_decoder_name
-
+        self.decoder_name = decoder or default_decoder(self.atlas.store.encoder)
         split_decoder_name(self.decoder_name)  # an unknown decoder fails at start-up, not on first use
         self._encoder_lock = threading.Lock()
 
@@ -102,15 +104,13 @@ class Steering:
     def embed_image(self, image: Image.Image) -> np.ndarray:
         """The workspace encoder's embedding of an uploaded image.
 
-        The encoder is the one steering loads (`steerer_for`), so a 2.5 GB CLIP is held once.
+        The encoder is the one steering loads, so a 2.5 GB CLIP is held once.
         """
-        from clipatlas.steer import steerer_for
-
         with self._encoder_lock:  # encoders are not guaranteed thread-safe
             try:
-                encoder = steerer_for(self.workspace, self.name).encoder
+                encoder = self.steerer.encoder
             except (UserError, ImportError, LookupError, ValueError, OSError) as exc:  # unknown or unloadable encoder
-                encoder_id = self.atlas.summary()["encoder"]
+                encoder_id = self.atlas.store.encoder
                 raise HTTPException(
                     409,
                     f"this workspace's encoder {encoder_id!r} cannot embed new images here ({exc}); "
@@ -125,9 +125,7 @@ class Steering:
             raise HTTPException(422, "a recipe is a JSON object with an image, edits, a decoder and a seed")
         # The server, not the page, picks the decoder, its settings and the SAE: a page may not
         # load other weights or ask for a thousand diffusion steps.
-        payload = {**self.confine_inputs(payload), "decoder": self.decoder_name, "settings": {}, "sae": self.name}
-        from clipatlas.steer import Recipe
-
+        payload = {**self.confine_inputs(payload), "decoder": self.decoder_name, "settings": {}, "sae": self.sae_name}
         try:
             recipe = Recipe.from_dict(payload)
         except (UserError, ValueError, TypeError, KeyError) as exc:
@@ -166,11 +164,9 @@ class Steering:
 
     def run(self, recipe, progress) -> dict[str, Any]:
         """Run one recipe (on the queue's worker thread) and return its before/after PNGs."""
-        from clipatlas.steer import run_recipe
-
         progress(0.05, f"steering and decoding with {recipe.decoder}")
         started = time.perf_counter()
-        result = run_recipe(self.workspace, recipe, name=self.name)
+        result = self.steerer.run(recipe)
         return {
             "images": [result.before_png, result.after_png],
             "decoder": result.decoder,

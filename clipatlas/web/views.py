@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import math
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,8 @@ from fastapi import HTTPException
 from clipatlas.atlas import AtlasError
 from clipatlas.errors import UserError
 
+IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_IMAGE_FEATURES = 48
 SAMPLE_IMAGES = 24
 THUMBNAIL_SIZE = 256
@@ -232,3 +235,15 @@ def histogram_bars(counts: list[int], edges: list[float], width: float = 600, he
             }
         )
     return bars
+
+
+def valid_image_id(image_id: str) -> str:
+    if not IMAGE_ID_PATTERN.match(image_id) or ".." in image_id:
+        raise HTTPException(404, "no image with this id")
+    return image_id
+
+
+def valid_upload_id(upload_id: str) -> str:
+    if not UPLOAD_ID_PATTERN.match(upload_id):
+        raise HTTPException(404, "no upload with this id")
+    return upload_id

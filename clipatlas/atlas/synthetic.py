@@ -9,7 +9,6 @@ scores descend, every example image has a thumbnail and a store row.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from clipatlas._io import atomic_path
-from clipatlas.atlas.db import DB_NAME, create_schema
+from clipatlas.atlas import db
 from clipatlas.errors import UserError
 from clipatlas.store import write_store
-from clipatlas.workspace import Workspace
+from clipatlas.workspace import SAEFiles, Workspace
 
 WORDS = (
     "cat dog bird fish car truck boat plane tree flower mushroom apple banana house bridge tower road river "
@@ -66,32 +65,36 @@ def write_synthetic_atlas(root: str | Path, cfg: SyntheticAtlasConfig = Syntheti
     ws = Workspace(root)
     rng = np.random.default_rng(cfg.seed)
     image_ids = [f"img{i:06d}" for i in range(cfg.n_images)]
-    sae_dir = ws.saes_dir / cfg.sae_name
-    atlas_dir = sae_dir / "atlas"
-    _write_thumbnails(atlas_dir, image_ids, cfg.thumb_size, rng)
+    files = ws.sae(cfg.sae_name, must_exist=False)
+    thumbs = _write_thumbnails(files.atlas_dir, image_ids, cfg.thumb_size, rng)
     # The thumbnails double as the store's image files, so decoders can open store images.
     write_store(
         ws.root,
         rng.standard_normal((cfg.n_images, cfg.d)).astype(np.float32),
-        [{"image_id": i, "uri": str(atlas_dir / "thumbs" / f"{i}.webp"), "source": "synthetic"} for i in image_ids],
+        [{"image_id": i, "uri": str(files.atlas_dir / thumbs[i]), "source": "synthetic"} for i in image_ids],
         encoder=cfg.encoder,
     )
-    _write_sae(sae_dir, cfg)
-    arrays = "arrays-synthetic"
+    _write_sae(files, cfg)
+    arrays = f"{db.ARRAYS_PREFIX}synthetic"
     alive = rng.random(cfg.n_features) < cfg.alive_fraction
-    _write_arrays(atlas_dir / arrays, cfg, alive, rng)
-    with atomic_path(atlas_dir / DB_NAME) as tmp:
-        conn = sqlite3.connect(tmp)
-        try:
-            create_schema(conn)
-            _fill(conn, cfg, image_ids, arrays, alive, rng)
-            conn.commit()
-        finally:
-            conn.close()
+    _write_arrays(files.atlas_dir / arrays, cfg, alive, rng)
+    meta = {
+        "n_features": cfg.n_features,
+        "n_images": cfg.n_images,
+        "arrays_dir": arrays,
+        "hist_edges": json.dumps(HIST_EDGES),
+        "encoder": cfg.encoder,
+        "top_k": cfg.top_k,
+        "codes_per_image": cfg.codes_per_image,
+        "build_id": f"synthetic-{cfg.seed}",
+    }
+    db.write_database(
+        files.atlas_db, meta, {**_tables(cfg, image_ids, alive, rng), "thumbnails": sorted(thumbs.items())}
+    )
     return ws
 
 
-def _write_sae(sae_dir: Path, cfg: SyntheticAtlasConfig) -> None:
+def _write_sae(files: SAEFiles, cfg: SyntheticAtlasConfig) -> None:
     """A random TopK SAE of the atlas's size, so `features_of_embedding` works on uploads."""
     import torch
 
@@ -101,94 +104,70 @@ def _write_sae(sae_dir: Path, cfg: SyntheticAtlasConfig) -> None:
     sae_cfg = make_config(
         "topk", d_in=cfg.d, d_sae=cfg.n_features, k=min(cfg.codes_per_image, cfg.n_features), encoder=cfg.encoder
     )
-    ARCHITECTURES["topk"](sae_cfg).save_pretrained(sae_dir)
+    ARCHITECTURES["topk"](sae_cfg).save_pretrained(files.dir)
 
 
-def _write_thumbnails(atlas_dir: Path, image_ids: list[str], size: int, rng: np.random.Generator) -> None:
-    (atlas_dir / "thumbs").mkdir(parents=True, exist_ok=True)
+def _write_thumbnails(atlas_dir: Path, image_ids: list[str], size: int, rng: np.random.Generator) -> dict[str, str]:
+    """{image id: its thumbnail's path inside the atlas folder}."""
+    thumbs = {}
     for image_id in tqdm(image_ids, desc="thumbnails", leave=False):
         colour = tuple(int(c) for c in rng.integers(40, 230, 3))
         image = Image.new("RGB", (size, size), colour)
         image.paste(tuple(255 - c for c in colour), (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
-        with atomic_path(atlas_dir / "thumbs" / f"{image_id}.webp") as tmp:
+        thumbs[image_id] = f"{db.THUMBS_DIR}/{image_id}.webp"
+        with atomic_path(atlas_dir / thumbs[image_id]) as tmp:
             image.save(tmp, format="WEBP")
+    return thumbs
 
 
 def _write_arrays(arrays_dir: Path, cfg: SyntheticAtlasConfig, alive: np.ndarray, rng: np.random.Generator) -> None:
-    arrays_dir.mkdir(parents=True, exist_ok=True)
     hist = np.zeros((cfg.n_features, HIST_BINS), np.int32)
     centre = rng.integers(40, 60, cfg.n_features)
     for offset in range(-6, 7):
         hist[np.arange(cfg.n_features), centre + offset] = rng.integers(0, 50, cfg.n_features) * (7 - abs(offset))
     hist[~alive] = 0
-    np.save(arrays_dir / "hist.npy", hist)
     k = cfg.codes_per_image
-    np.save(arrays_dir / "codes_indptr.npy", np.arange(0, (cfg.n_images + 1) * k, k, dtype=np.int64))
     live = np.flatnonzero(alive)
     features = np.stack([rng.choice(live, k, replace=False) for _ in range(cfg.n_images)])
     values = -np.sort(-rng.gamma(2.0, 1.0, (cfg.n_images, k)), axis=1)
-    np.save(arrays_dir / "codes_features.npy", features.astype(np.int32).ravel())
-    np.save(arrays_dir / "codes_values.npy", values.astype(np.float32).ravel())
+    indptr = np.arange(0, (cfg.n_images + 1) * k, k, dtype=np.int64)
+    codes = (indptr, features.astype(np.int32).ravel(), values.astype(np.float32).ravel())
+    db.save_arrays(arrays_dir, {db.HIST_ARRAY: hist, **dict(zip(db.CODE_ARRAYS, codes))})
 
 
-def _fill(
-    conn: sqlite3.Connection,
-    cfg: SyntheticAtlasConfig,
-    image_ids: list[str],
-    arrays: str,
-    alive: np.ndarray,
-    rng: np.random.Generator,
-) -> None:
+def _tables(cfg: SyntheticAtlasConfig, image_ids: list[str], alive: np.ndarray, rng: np.random.Generator) -> dict:
+    """Rows of every table but thumbnails, drawn in a fixed order so a seed gives one atlas."""
     n = cfg.n_features
-    meta = {
-        "n_features": n,
-        "n_images": cfg.n_images,
-        "arrays_dir": arrays,
-        "hist_edges": json.dumps(HIST_EDGES),
-        "encoder": cfg.encoder,
-        "top_k": cfg.top_k,
-        "codes_per_image": cfg.codes_per_image,
-    }
-    conn.executemany("INSERT INTO meta VALUES (?, ?)", [(key, str(value)) for key, value in meta.items()])
     count = np.where(alive, rng.integers(1, cfg.n_images, n), 0)
     max_act = np.where(alive, rng.lognormal(1.0, 0.5, n), 0.0)
     cluster = rng.integers(0, cfg.n_clusters, n)
     centres = rng.normal(0, 10, (cfg.n_clusters, 2))
     xy = centres[cluster] + rng.normal(0, 1.2, (n, 2))
-    conn.executemany(
-        "INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            (
-                i,
-                int(alive[i]),
-                int(count[i]),
-                count[i] / cfg.n_images,
-                max_act[i],
-                max_act[i] * 0.3,
-                xy[i, 0] if alive[i] else None,
-                xy[i, 1] if alive[i] else None,
-                int(cluster[i]) if alive[i] else None,
-            )
-            for i in range(n)
-        ),
-    )
+    features = [
+        (i, int(alive[i]), int(count[i]), count[i] / cfg.n_images, max_act[i], max_act[i] * 0.3)
+        + ((xy[i, 0], xy[i, 1], int(cluster[i])) if alive[i] else (None, None, None))
+        for i in range(n)
+    ]
     live = np.flatnonzero(alive)
-    conn.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)", _examples(live, max_act, cfg, image_ids, rng))
-    for table, kind in (("coactivating", None), ("similar", "decoder"), ("similar", "encoder")):
-        conn.executemany(f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)", _neighbours(live, cfg.neighbours, kind, rng))
-    conn.executemany(
-        "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+    examples = list(_examples(live, max_act, cfg, image_ids, rng))
+    coactivating = list(_neighbours(live, cfg.neighbours, None, rng))
+    similar = [row for kind in ("decoder", "encoder") for row in _neighbours(live, cfg.neighbours, kind, rng)]
+    labels = [
         (
-            (
-                int(i),
-                "imagenet",
-                f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}",
-                json.dumps({"logit": round(float(max_act[i]), 3)}),
-            )
-            for i in live
-        ),
-    )
-    conn.executemany("INSERT INTO thumbnails VALUES (?, ?)", ((i, f"thumbs/{i}.webp") for i in image_ids))
+            int(i),
+            "imagenet",
+            f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}",
+            json.dumps({"logit": round(float(max_act[i]), 3)}),
+        )
+        for i in live
+    ]
+    return {
+        "features": features,
+        "examples": examples,
+        "coactivating": coactivating,
+        "similar": similar,
+        "labels": labels,
+    }
 
 
 def _examples(live, max_act, cfg, image_ids, rng):

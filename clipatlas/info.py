@@ -1,4 +1,7 @@
-"""A workspace in a few lines: the store, and what later stages left beside it."""
+"""A workspace in a few lines: the store, and what later stages left beside it.
+
+It reads every stage's output, so it sits above the stages (like `demo`), not inside one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 from clipatlas._io import read_json
 from clipatlas.store.core import Store
-from clipatlas.workspace import Workspace
+from clipatlas.workspace import SAEFiles, Workspace
 
 METRIC_KEYS = ("explained_variance", "l0", "dead_fraction")
 
@@ -31,17 +34,16 @@ def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str,
     if verify:
         lines.append("  checksums: " + ("all shards intact" if not problems else "; ".join(problems)))
     for name in ws.sae_names():
-        lines.append(_sae_line(ws.saes_dir / name))
+        lines.append(_sae_line(ws.sae(name)))
     return "\n".join(lines), problems
 
 
-def _sae_line(sae_dir: Path) -> str:
-    parts = [f"sae {sae_dir.name}"]
-    metrics_path = sae_dir / "metrics.json"
-    if metrics_path.is_file():
-        metrics = read_json(metrics_path)  # schema-checked, like every file clipatlas writes
+def _sae_line(files: SAEFiles) -> str:
+    parts = [f"sae {files.name}"]
+    if files.metrics.is_file():
+        metrics = read_json(files.metrics)  # schema-checked, like every file clipatlas writes
         parts += [f"{key}={metrics[key]:.3f}" for key in METRIC_KEYS if isinstance(metrics.get(key), (int, float))]
     else:
         parts.append("(not evaluated: clipatlas eval)")
-    parts.append("atlas built" if (sae_dir / "atlas" / "atlas.sqlite").is_file() else "no atlas yet (clipatlas atlas)")
+    parts.append("atlas built" if files.atlas_db.is_file() else "no atlas yet (clipatlas atlas)")
     return "  ".join(parts)

@@ -1,0 +1,54 @@
+"""The atlas build's settings (import-light: the command line makes its flags from them)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from clipatlas.errors import UserError
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    top_k: int = 32
+    """Top images kept per feature."""
+    per_decile: int = 3
+    """Sample images per tenth of a feature's activation range."""
+    n_coactivating: int = 16
+    """Coactivating features listed per feature."""
+    n_similar: int = 16
+    """Nearest features (by decoder and by encoder cosine) listed per feature."""
+    codes_per_image: int = 64
+    """Strongest features kept per image (image pages, coactivation)."""
+    chunk_size: int = 4096
+    """Store rows per encoder call."""
+    map_method: Literal["umap", "pca"] = "umap"
+    """2-D layout of the features."""
+    device: str = "auto"
+    """Torch device of the pass: cpu, cuda[:N], or auto (the GPU when there is one)."""
+    thumbnails: bool = True
+    """Make webp thumbnails of the example images."""
+    checkpoint_seconds: float = 30.0
+    """Save the pass's progress at most this often."""
+    vocab_file: str | None = None
+    """Text file of words for CLIP text-tower labels (default: the store's caption words)."""
+
+    def __post_init__(self):
+        for name in ("top_k", "per_decile", "n_coactivating", "n_similar", "codes_per_image", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.map_method not in ("umap", "pca"):
+            raise UserError(f"map method must be 'umap' or 'pca', not {self.map_method!r}")
+        if self.vocab_file is not None and not Path(self.vocab_file).is_file():
+            raise UserError(
+                f"vocabulary file {self.vocab_file} does not exist; give a text file with one entry per line"
+            )
+
+    def build_params(self) -> dict[str, Any]:
+        """The options that change the result (not how often it checkpoints, nor thumbnails)."""
+        params = dataclasses.asdict(self)
+        for volatile in ("checkpoint_seconds", "thumbnails"):
+            params.pop(volatile)
+        return params

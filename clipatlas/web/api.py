@@ -1,0 +1,99 @@
+"""The JSON API under /api/: typed responses (clipatlas.web.schemas), listed at /api."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi.responses import Response
+
+from clipatlas.web import schemas
+from clipatlas.web.context import Context, WebContext, may_compute
+from clipatlas.web.jobs import DONE
+from clipatlas.web.uploads import receive_upload
+from clipatlas.web.views import valid_image_id, valid_upload_id
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/summary", response_model=schemas.Summary)
+def api_summary(ctx: Context):
+    return ctx.views.summary()
+
+
+@router.get("/features/{feature_id}", response_model=schemas.FeaturePage)
+def api_feature(feature_id: int, ctx: Context):
+    return ctx.views.feature_page(feature_id)
+
+
+@router.get("/features/{feature_id}/brief", response_model=schemas.FeatureBriefOut)
+def api_feature_brief(feature_id: int, ctx: Context):
+    brief = ctx.views.brief(ctx.views.check_feature(feature_id))
+    return {"feature": feature_id, "label": brief.label, "max_activation": brief.max_activation}
+
+
+@router.get("/map", responses={200: {"model": schemas.MapPoints}})
+def api_map(request: Request, ctx: Context):
+    # Serialised once and served as bytes: at 160k features validating it per request would cost a second.
+    raw, compressed = ctx.views.map_json()
+    headers = {"Cache-Control": "private, max-age=600", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(compressed, media_type="application/json", headers={**headers, "Content-Encoding": "gzip"})
+    return Response(raw, media_type="application/json", headers=headers)
+
+
+@router.get("/images/{image_id}", response_model=schemas.ImagePage)
+def api_image(image_id: str, ctx: Context):
+    return ctx.views.image_page(valid_image_id(image_id))
+
+
+@router.get("/search", response_model=schemas.SearchResult)
+def api_search(ctx: Context, q: str = ""):
+    return ctx.views.search(q)
+
+
+@router.get("/samples", response_model=schemas.Samples)
+def api_samples(ctx: Context):
+    return {"images": ctx.views.sample_images()}
+
+
+@router.post("/uploads", response_model=schemas.Upload, dependencies=[Depends(may_compute)])
+async def api_upload(ctx: Context, file: UploadFile = File(...)):
+    return await receive_upload(ctx, file)
+
+
+@router.get("/uploads/{upload_id}", response_model=schemas.Upload)
+def api_upload_features(upload_id: str, ctx: Context):
+    upload_id = valid_upload_id(upload_id)
+    features = ctx.views.features_of_embedding(ctx.uploads.embedding(upload_id))
+    return {"upload_id": upload_id, "url": f"/uploads/{upload_id}", "features": features}
+
+
+@router.post("/generate", response_model=schemas.SubmittedJob, dependencies=[Depends(may_compute)])
+async def api_generate(request: Request, ctx: Context):
+    try:
+        payload = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(400, f"the body must be a JSON recipe ({exc})") from exc
+    recipe, recipe_hash = ctx.steering.validate(payload)
+    known = ctx.jobs.get(recipe_hash)
+    cached = known is not None and known.status == DONE
+    return {**job_json(ctx, ctx.jobs.submit(recipe_hash, recipe)), "cached": cached}
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.Job)
+def api_job(job_id: str, ctx: Context):
+    job = ctx.jobs.get(job_id)
+    if job is None:
+        raise HTTPException(404, "no generation job with this id (results are kept for a while); submit it again")
+    return job_json(ctx, job)
+
+
+def job_json(ctx: WebContext, job) -> dict[str, Any]:
+    body = job.public(ctx.jobs.position(job))
+    if job.status == DONE:
+        urls = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(job.result["images"]))]
+        result = {k: v for k, v in job.result.items() if k != "images"}
+        body["result"] = {**result, "before_url": urls[0], "after_url": urls[1], "image_urls": urls}
+    return body

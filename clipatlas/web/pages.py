@@ -1,0 +1,71 @@
+"""The HTML pages: the summary, feature pages, the map, image pages, search and the playground."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from clipatlas.web.context import Context, may_compute
+from clipatlas.web.uploads import receive_upload
+from clipatlas.web.views import valid_image_id
+
+router = APIRouter(default_response_class=HTMLResponse)
+
+
+@router.get("/")
+def index(request: Request, ctx: Context):
+    return ctx.page(request, "index.html", full=ctx.views.summary())
+
+
+@router.get("/features/{feature_id}")
+def feature_page(request: Request, feature_id: int, ctx: Context):
+    return ctx.page(request, "feature.html", title=f"feature {feature_id}", f=ctx.views.feature_page(feature_id))
+
+
+@router.get("/map")
+def map_page(request: Request, ctx: Context):
+    return ctx.page(request, "map.html", title="feature map")
+
+
+@router.get("/images/{image_id}")
+def image_page(request: Request, image_id: str, ctx: Context):
+    return ctx.page(
+        request, "image.html", title=f"image {image_id}", image=ctx.views.image_page(valid_image_id(image_id))
+    )
+
+
+@router.get("/search")
+def search_page(request: Request, ctx: Context, q: str = ""):
+    found = ctx.views.search(q)
+    if found.get("exact_feature") is not None:
+        return RedirectResponse(f"/features/{found['exact_feature']}", status_code=303)
+    return ctx.page(request, "search.html", title="search", q=q, results=found["results"])
+
+
+@router.post("/search/image", dependencies=[Depends(may_compute)])
+async def search_by_image_page(request: Request, ctx: Context, file: UploadFile = File(...)):
+    upload = await receive_upload(ctx, file)
+    return ctx.page(request, "search.html", title="search by image", q="", upload=upload, results=upload["features"])
+
+
+@router.get("/playground")
+def playground_page(request: Request, ctx: Context):
+    return ctx.page(
+        request,
+        "playground.html",
+        title="playground",
+        decoder=ctx.steering.decoder_name,
+        samples=ctx.views.sample_images(),
+    )
+
+
+@router.get("/api")
+def api_index(request: Request, ctx: Context):
+    """The JSON routes, read from the app's own OpenAPI description."""
+    paths = request.app.openapi()["paths"]
+    routes = [
+        {"path": path, "methods": sorted(m.upper() for m in ops), "summary": next(iter(ops.values()))["summary"]}
+        for path, ops in paths.items()
+        if path.startswith("/api/")
+    ]
+    return ctx.page(request, "api.html", title="JSON API", routes=routes)
