@@ -100,8 +100,7 @@ def _demo_train_config(workspace: Path, name: str):
 def _metrics_line(metrics) -> str:
     return (
         f"on {metrics.n_samples} held-out images: explained variance {metrics.explained_variance:.3f}, "
-        f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, "
-        f"{metrics.dead_fraction:.1%} of latents silent on all of them, "
+        f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, {metrics.silent_text()}, "
         f"{metrics.dense_fraction:.1%} dense"
     )
 
@@ -110,6 +109,6 @@ def _atlas_line(atlas) -> str:
     summary = atlas.summary()
     return (
         f"{summary['n_alive']}/{summary['n_features']} features fire on at least one "
-        f"of the {summary['n_images']} images, "
+        f"of the {summary['n_images']} images ({summary['dead_over_store']:.1%} dead over the store), "
         f"{summary['n_labelled']} labelled -> {atlas.db_path}"
     )

@@ -8,11 +8,9 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from clipatlas._io import read_json
+from clipatlas._io import SchemaError, read_json
 from clipatlas.store.core import Store
 from clipatlas.workspace import SAEFiles, Workspace
-
-METRIC_KEYS = ("explained_variance", "l0", "dead_fraction")
 
 
 def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str, list[str]]:
@@ -34,16 +32,31 @@ def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str,
     if verify:
         lines.append("  checksums: " + ("all shards intact" if not problems else "; ".join(problems)))
     for name in ws.sae_names():
-        lines.append(_sae_line(ws.sae(name)))
+        lines.append(_sae_line(ws.sae(name), ws))
     return "\n".join(lines), problems
 
 
-def _sae_line(files: SAEFiles) -> str:
-    parts = [f"sae {files.name}"]
+def _sae_line(files: SAEFiles, ws: Workspace) -> str:
+    from clipatlas.sae.metrics import Metrics
+
+    parts = [f"sae {files.name}:"]
     if files.metrics.is_file():
-        metrics = read_json(files.metrics)  # schema-checked, like every file clipatlas writes
-        parts += [f"{key}={metrics[key]:.3f}" for key in METRIC_KEYS if isinstance(metrics.get(key), (int, float))]
+        try:
+            metrics = Metrics.from_dict(read_json(files.metrics))  # schema-checked, like every file clipatlas writes
+        except SchemaError as exc:
+            parts.append(f"{exc};")
+        else:
+            held_out = f"explained variance {metrics.explained_variance:.3f}, L0 {metrics.l0:.1f}"
+            parts.append(f"{held_out}, {metrics.silent_text()};")
     else:
-        parts.append("(not evaluated: clipatlas eval)")
-    parts.append("atlas built" if files.atlas_db.is_file() else "no atlas yet (clipatlas atlas)")
-    return "  ".join(parts)
+        parts.append("not evaluated (clipatlas eval);")
+    if files.atlas_db.is_file():
+        from clipatlas.atlas import Atlas
+
+        summary = Atlas.open(ws, files.name).summary()
+        parts.append(
+            f"atlas built, {summary['dead_over_store']:.1%} dead over the store ({summary['n_images']:,} images)"
+        )
+    else:
+        parts.append("no atlas yet (clipatlas atlas)")
+    return " ".join(parts)

@@ -61,4 +61,6 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert main(["info", "-w", str(workspace), "--verify"]) == 0
     info = capsys.readouterr().out
     assert f"store: {LIMIT} embeddings of dimension 1280" in info and "all shards intact" in info
-    assert "sae demo  explained_variance=" in info and "atlas built" in info
+    assert "sae demo: explained variance 0." in info and "silent on all 8 held-out rows" in info
+    assert "too few rows to tell" in info  # 8 rows x L0 16 cannot reach 2,560 latents
+    assert "atlas built" in info and "dead over the store (80 images)" in info

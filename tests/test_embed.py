@@ -395,3 +395,35 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path, tiny_clip, capsys
     store = Store.open(killed)
     slow_row = store.row_of(next(i.image_id for i in iter_source(str(listing)) if i.uri.endswith("slow.png")))
     assert store.meta(slow_row)["sha256"] == hashlib.sha256(slow_bytes).hexdigest()
+
+
+def test_nothing_embeddable_exits_non_zero_with_one_line(tmp_path, tiny_clip, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert embed_cli([empty], tmp_path / "ws", f"hf:{tiny_clip}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no files in") and "\n" not in err
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt.jpg").write_bytes(b"not an image at all")
+    (junk / "zero.png").write_bytes(b"")
+    assert embed_cli([junk], tmp_path / "ws2", f"hf:{tiny_clip}") == 2
+    err = capsys.readouterr().err.strip()
+    assert "nothing in" in err and "could be embedded" in err and "manifest.json" in err and "\n" not in err
+
+
+def test_hub_encoder_without_network_fails_fast_with_the_offline_options(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    random_image(0).save(folder / "a.png")
+    # HF_HUB_OFFLINE is set for the whole test session: the first answer says so
+    assert main(["embed", str(folder), "-w", str(tmp_path / "ws"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "HF_HUB_OFFLINE" in err and "efficientnet-lite0" in err and "\n" not in err
+    # a user without that variable and without a network: one attempt (refused by the test's socket guard)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert main(["embed", str(folder), "-w", str(tmp_path / "ws"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot reach the Hugging Face hub" in err and "kandinsky-clip:PRIOR" in err and "\n" not in err

@@ -68,7 +68,7 @@ def test_sparsity_counts_and_cosine_match_brute_force(data):
     m = _accumulate(x, x_hat, active, chunk=33)
     freq = active.mean(0)
     assert m.l0 == pytest.approx(active.sum(1).mean())
-    assert m.dead_fraction == pytest.approx((active.sum(0) == 0).mean())
+    assert m.silent_fraction == pytest.approx((active.sum(0) == 0).mean())
     assert m.dense_fraction == pytest.approx((freq > 0.1).mean())
     cos = (x * x_hat).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(x_hat, axis=1)
     assert m.cosine == pytest.approx(cos.mean())
@@ -99,7 +99,7 @@ def test_nan_reconstructions_are_refused(data):
 def test_metrics_check_their_own_consistency():
     with pytest.raises(ValueError, match="inconsistent"):
         Metrics(
-            n_samples=1, fvu=0.2, explained_variance=0.7, l0=1, dead_fraction=0, dense_fraction=0, cosine=1, d_sae=4
+            n_samples=1, fvu=0.2, explained_variance=0.7, l0=1, silent_fraction=0, dense_fraction=0, cosine=1, d_sae=4
         )
 
 

@@ -70,7 +70,7 @@ def test_every_architecture_trains_and_evaluates_from_the_cli(workspace, arch, e
     assert 0 < metrics["l0"] < D * 4
     log = [json.loads(line) for line in (sae_dir / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(10, 151, 10))
-    assert {"fvu", "l0", "dead_fraction", "samples_per_s"} <= set(log[-1])
+    assert {"fvu", "l0", "dead_in_training", "samples_per_s"} <= set(log[-1])
     assert not (sae_dir / "checkpoints" / "checkpoint.pt").exists()
     sae = SAE.from_pretrained(sae_dir)
     x = torch.from_numpy(_sparse_data(8, seed=5))

@@ -252,6 +252,7 @@ class Atlas:
             "n_images": self.n_images,
             "n_features": self.n_features,
             "n_alive": int(n_alive),
+            "dead_over_store": 1.0 - int(n_alive) / self.n_features,
             "n_labelled": int(n_labelled),
             "top_k": int(self.meta["top_k"]),
             "codes_per_image": int(self.meta["codes_per_image"]),

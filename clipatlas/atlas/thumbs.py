@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from clipatlas._io import atomic_path
@@ -29,6 +30,17 @@ def thumb_name(image_id: str) -> str:
     return f"{THUMBS_DIR}/{stem}.webp"
 
 
+def thumbnail_image(image: Image.Image, size: int = THUMB_SIZE) -> Image.Image:
+    """RGB, the longer side at most `size`; a small image (28 px Fashion-MNIST) is enlarged by a whole
+    factor with nearest-neighbour pixels, so it is seen instead of a speck, and stays sharp."""
+    image = image.convert("RGB")
+    factor = size // max(image.size)
+    if factor >= 2:
+        return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    image.thumbnail((size, size))
+    return image
+
+
 def make_thumbnails(store, images: list[tuple[int, str]], atlas_dir: Path) -> dict[str, str]:
     """Write missing thumbnails of (row, image_id) pairs; returns image_id -> path relative to `atlas_dir`.
 
@@ -46,9 +58,8 @@ def make_thumbnails(store, images: list[tuple[int, str]], atlas_dir: Path) -> di
                 failures += 1
                 log.debug("no thumbnail for %s: %s", image_id, exc)
                 continue
-            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
             with atomic_path(target) as tmp:
-                image.convert("RGB").save(tmp, format="WEBP", quality=80, method=4)
+                thumbnail_image(image).save(tmp, format="WEBP", quality=80, method=4)
         made[image_id] = name
     if failures:
         log.info("%d of %d example images could not be reopened; they have no thumbnail", failures, len(images))

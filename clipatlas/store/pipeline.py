@@ -24,7 +24,7 @@ from clipatlas.encoders import Encoder, load_encoder
 from clipatlas.errors import UserError
 from clipatlas.sources import ImageDecodeError, SourceItem, iter_items, read_image
 from clipatlas.store.config import EmbedConfig
-from clipatlas.store.core import Store, StoreWriter, store_dir_of
+from clipatlas.store.core import MANIFEST, Store, StoreWriter, store_dir_of
 
 DUPLICATE_REASON = "duplicate image_id"
 
@@ -112,6 +112,10 @@ def embed(
         raise UserError("give at least one SOURCE: a folder, a .tar shard, a .txt/.parquet list, or demo:samples")
     started = time.perf_counter()
     items = list(iter_items(list(sources), config.limit))
+    if not items:
+        raise UserError(
+            f"no files in {', '.join(map(str, sources))}; give a folder of images, a .tar shard, a list file"
+        )
     encoder = load_encoder(config.encoder, device=config.device, dtype=config.dtype)
     writer = StoreWriter(
         store_dir_of(workspace),
@@ -128,6 +132,12 @@ def embed(
     writer.close()
     manifest = Store.open(writer.dir).manifest
     reasons = collections.Counter(entry["reason"] for entry in manifest["skipped"])
+    if int(manifest["count"]) == 0:
+        why = ", ".join(f"{n} {reason}" for reason, n in reasons.most_common())
+        raise UserError(
+            f"nothing in {', '.join(map(str, sources))} could be embedded ({why}); the reasons per file are in "
+            f"{writer.dir / MANIFEST}"
+        )
     return EmbedSummary(
         writer.dir,
         embedded,

@@ -14,7 +14,7 @@ router = APIRouter(default_response_class=HTMLResponse)
 
 @router.get("/")
 def index(request: Request, ctx: Context):
-    return ctx.page(request, "index.html", full=ctx.views.summary())
+    return ctx.page(request, "index.html", rows=ctx.views.summary_rows())
 
 
 @router.get("/features/{feature_id}")

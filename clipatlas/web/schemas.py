@@ -91,6 +91,7 @@ class Summary(BaseModel):
     n_images: int
     n_features: int
     n_alive: int
+    dead_over_store: float
     n_labelled: int
     top_k: int
     codes_per_image: int

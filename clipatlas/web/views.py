@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import HTTPException
 
 from clipatlas.atlas import AtlasError
+from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -74,6 +75,31 @@ class AtlasViews:
 
     def summary_brief(self) -> dict[str, Any]:
         return self._summary_brief
+
+    def summary_rows(self) -> list[dict[str, str]]:
+        """The home page's table: each number rounded, named for what it counts, with its source."""
+        summary = self.atlas.summary()
+        rows = [
+            ("SAE", summary["sae"], ""),
+            ("encoder", summary["encoder"], ""),
+            ("images in the store", f"{summary['n_images']:,}", ""),
+            ("features", f"{summary['n_features']:,}", ""),
+            ("alive over the store", f"{summary['n_alive']:,}", "active on at least one stored image"),
+            ("dead over the store", f"{summary['dead_over_store']:.1%}", "active on no stored image"),
+            ("labelled features", f"{summary['n_labelled']:,}", ""),
+        ]
+        metrics = summary["metrics"]
+        if metrics and "silent_fraction" in metrics:
+            held_out = f"on {metrics['n_samples']:,} held-out images (clipatlas eval)"
+            rows += [
+                ("explained variance", f"{metrics['explained_variance']:.3f}", held_out),
+                ("L0", f"{metrics['l0']:.1f}", "mean active latents per image, " + held_out),
+                ("cosine", f"{metrics['cosine']:.3f}", "of embedding and reconstruction, " + held_out),
+                ("silent on held-out images", f"{metrics['silent_fraction']:.1%}", _silent_note(metrics)),
+            ]
+        elif metrics:
+            rows.append(("held-out metrics", "written by an older clipatlas", "re-run clipatlas eval"))
+        return [{"name": name, "value": str(value), "note": note} for name, value, note in rows]
 
     # -- features -------------------------------------------------------------------------------
     def check_feature(self, feature_id: int) -> int:
@@ -200,9 +226,8 @@ class AtlasViews:
             image = store.open_image(store.row_of(image_id))
         except (KeyError, ValueError, UserError, OSError, ImportError):  # unknown id, unreadable or unsupported URI
             return None
-        image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="WEBP", quality=85)
+        thumbnail_image(image, THUMBNAIL_SIZE).save(buffer, format="WEBP", quality=85)
         return buffer.getvalue()
 
     def icon_file(self, feature_id: int) -> Path | None:
@@ -247,3 +272,12 @@ def valid_upload_id(upload_id: str) -> str:
     if not UPLOAD_ID_PATTERN.match(upload_id):
         raise HTTPException(404, "no upload with this id")
     return upload_id
+
+
+def _silent_note(metrics: dict[str, Any]) -> str:
+    if metrics.get("silent_floor", 0) > 0:
+        return (
+            f"too few held-out images to tell: they can activate at most "
+            f"{1 - metrics['silent_floor']:.0%} of the latents; see dead over the store"
+        )
+    return f"active on none of the {metrics['n_samples']:,} held-out images"
