@@ -156,7 +156,7 @@ def test_jumprelu_straight_through_gradients_follow_the_rectangle_kernel():
 
 
 def test_fresh_sae_has_unit_decoder_rows_and_encoder_as_its_transpose():
-    sae = ARCHITECTURES["topk"](make_config("topk", d_in=8, d_sae=40))
+    sae = ARCHITECTURES["topk"](make_config("topk", d_in=8, d_sae=40, k=4))
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(40))
     torch.testing.assert_close(sae.W_enc, sae.W_dec.t())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,7 +216,7 @@ def test_sweep_file_errors_name_the_problem(workspace, tmp_path):
 
 
 def test_resampling_points_dead_latents_at_badly_reconstructed_inputs(tmp_path):
-    cfg = TrainConfig(sae=ReLUConfig(), expansion=2, steps=10, batch_size=32)
+    cfg = TrainConfig(sae=ReLUConfig(), expansion=2, steps=10, batch_size=32, lr=1e-3, warmup_steps=1)
     sae = ARCHITECTURES["relu"](make_config("relu", d_in=D, d_sae=2 * D))
     run = train_module.Run(cfg, SAEFiles(tmp_path), sae, total_steps=10, dead_window=100, meta={})
     x = torch.from_numpy(_sparse_data(32))
@@ -277,3 +278,78 @@ def test_sweep_names_and_flag_clashes(tmp_path):
     assert names == ["run-topk-x4-k16", "run-topk-x4-k32", "run-batchtopk-x4-k16", "run-batchtopk-x4-k32"]
     with pytest.raises(UserError, match="sweeps over k"):
         load_sweep(sweep, {"k": 8})
+
+
+def test_settings_left_unset_are_derived_from_the_store_size():
+    from clipatlas.sae.config import derived_settings
+
+    small = derived_settings(1_820, 1280)
+    assert small == {"batch_size": 256, "epochs": 50.0, "expansion": 1.0, "k": 16, "lr": 1e-3}
+    assert derived_settings(72, 1280)["batch_size"] == 64 and derived_settings(72, 1280)["expansion"] == 1 / 16
+    large = derived_settings(1_400_000, 1280)
+    assert large == {"batch_size": 4096, "epochs": 10.0, "expansion": 16.0, "k": 32, "lr": 4e-4}
+
+    cfg, derived = TrainConfig.from_settings({"batch_size": 32, "k": 4}).derived(1_820, 1280)
+    assert (cfg.batch_size, cfg.sae.k, cfg.expansion, cfg.epochs) == (32, 4, 1.0, 50.0)
+    assert derived == ["epochs", "expansion", "lr", "warmup_steps"]
+    assert cfg.warmup_steps == min(100, cfg.total_steps(1_820) // 10)
+    line = cfg.describe(1_820, derived)
+    assert line.startswith("1,820 training rows -> batch 32, epochs 50*, steps 2844, expansion 1*, k 4, lr 0.001*")
+    with_steps, derived = TrainConfig.from_settings({"steps": 7}).derived(1_820, 1280)
+    assert with_steps.epochs is None and with_steps.total_steps(1_820) == 7 and "epochs" not in derived
+
+
+def test_a_run_says_what_went_wrong_and_what_to_change(workspace, caplog):
+    caplog.set_level("WARNING")
+    train(workspace, _cfg("short", steps=3, warmup_steps=10))
+    assert "ended inside its learning-rate warm-up (3 steps of a 10-step warm-up)" in caplog.text
+    cfg = TrainConfig.from_settings({"arch": "relu", "steps": 10, "batch_size": 32, "lr": 1e-3, "warmup_steps": 1})
+    run = train_module.Run(
+        cfg, SAEFiles(Path("unused")), ARCHITECTURES["relu"](make_config("relu", d_in=D, d_sae=64)), 10, 100, {}
+    )
+    run.heldout_curve = [(10, 0.40), (20, 0.30), (30, 0.38)]
+    run.last = {"dead_in_training": 0.45}
+    warnings = run.warnings()
+    assert any("45% of the latents are dead in training" in w for w in warnings)
+    assert any("held-out FVU rose from 0.300 at step 20 to 0.380" in w and "--steps 20" in w for w in warnings)
+    run.heldout_curve = [(10, 0.40), (20, 0.30), (30, 0.305)]  # within noise: no warning
+    run.last = {"dead_in_training": 0.1}
+    assert run.warnings() == []
+
+
+def test_eval_warns_when_held_out_is_much_worse_than_training(workspace, capsys):
+    from clipatlas.sae.metrics import Metrics
+
+    fitted = Metrics(
+        n_samples=500,
+        fvu=0.40,
+        explained_variance=0.60,
+        l0=16,
+        silent_fraction=0.0,
+        dense_fraction=0.0,
+        cosine=0.9,
+        d_sae=64,
+        train_fvu=0.10,
+    )
+    assert any("much worse than on training rows (0.100)" in w for w in fitted.warnings())
+    assert Metrics.from_dict(fitted.to_dict()) == fitted
+    few = Metrics(
+        n_samples=8,
+        fvu=0.4,
+        explained_variance=0.6,
+        l0=16,
+        silent_fraction=0.9,
+        dense_fraction=0.0,
+        cosine=0.9,
+        d_sae=2560,
+    )
+    assert few.silent_floor == pytest.approx(1 - 128 / 2560) and "too few rows to tell" in few.warnings()[0]
+    assert main(["train", "-w", str(workspace), "--name", "checked", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "FVU on training rows" in out and "held-out rows" in out
+    metrics = json.loads((workspace / "saes" / "checked" / "metrics.json").read_text())
+    assert 0 < metrics["train_fvu"] < 1 and metrics["silent_floor"] >= 0
+    log = [json.loads(line) for line in (workspace / "saes" / "checked" / "train_log.jsonl").read_text().splitlines()]
+    assert sum("heldout_fvu" in record for record in log) >= 10  # the validation curve
+    best = json.loads((workspace / "saes" / "checked" / "cfg.json").read_text())["training"]["heldout_best"]
+    assert best["fvu"] == min(r["heldout_fvu"] for r in log if "heldout_fvu" in r)

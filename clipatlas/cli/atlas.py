@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from clipatlas.atlas.config import AtlasConfig
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("atlas", help="build the feature encyclopedia (atlas.sqlite)", description=__doc__)
-    parser.add_argument("-w", "--workspace", required=True, help="workspace directory")
-    parser.add_argument("--name", default=None, help="SAE name (default: the workspace's only SAE)")
+    add_workspace(parser)
+    add_sae_name(parser)
     add_config_flags(parser, AtlasConfig)
     parser.set_defaults(func=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_workspace, given
 from clipatlas.store.config import EmbedConfig
 
 
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
         help="a folder of images, a WebDataset .tar shard, a .txt/.parquet list of paths, "
         "or demo:samples, demo:tuxpaint, demo:emoji",
     )
-    parser.add_argument("-w", "--workspace", required=True, help="workspace directory (created if missing)")
+    add_workspace(parser, help="workspace directory (created if missing)")
     add_config_flags(parser, EmbedConfig)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

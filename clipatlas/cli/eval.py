@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 from clipatlas.sae.config import EvalConfig
 
 # (metrics.json key, column header, format)
@@ -13,6 +13,7 @@ COLUMNS = (
     ("n_samples", "held-out rows", "{:,}"),
     ("explained_variance", "explained variance", "{:.3f}"),
     ("fvu", "FVU", "{:.3f}"),
+    ("train_fvu", "FVU on training rows", "{:.3f}"),
     ("l0", "L0", "{:.1f}"),
     ("silent_fraction", "silent on held-out rows", "{:.1%}"),
     ("dense_fraction", "dense (>10% of rows)", "{:.1%}"),
@@ -26,24 +27,26 @@ def register(subparsers) -> None:
         help="evaluate SAEs on held-out rows: FVU, L0, silent and dense latents",
         description="Evaluate SAEs on their held-out rows; writes saes/NAME/metrics.json.",
     )
-    p.add_argument("-w", "--workspace", required=True, help="workspace directory")
-    p.add_argument("--name", help="SAE to evaluate (default: every SAE in the workspace)")
+    add_workspace(p)
+    add_sae_name(p, help="SAE to evaluate (default: every SAE in the workspace)")
     add_config_flags(p, EvalConfig)
     p.add_argument("--plot", action="store_true", help="also draw FVU against L0 of all SAEs to saes/pareto.png")
     p.set_defaults(func=run)
 
 
 def print_metrics(rows: dict[str, dict]) -> None:
-    """One row per SAE, and a line for each whose held-out set is too small to tell dead latents."""
+    """One row per SAE, then each SAE's warnings (memorisation, too few held-out rows)."""
     from clipatlas.cli.tables import print_table
     from clipatlas.sae.metrics import Metrics
 
-    table = [[name, *(fmt.format(metrics[key]) for key, _, fmt in COLUMNS)] for name, metrics in rows.items()]
+    def cell(metrics: dict, key: str, fmt: str) -> str:
+        return "-" if metrics.get(key) is None else fmt.format(metrics[key])
+
+    table = [[name, *(cell(metrics, key, fmt) for key, _, fmt in COLUMNS)] for name, metrics in rows.items()]
     print_table(["sae", *(header for _, header, _ in COLUMNS)], table)
     for name, metrics in rows.items():
-        parsed = Metrics.from_dict(metrics)
-        if parsed.too_few_rows:
-            print(f"{name}: {parsed.silent_text()}")
+        for warning in Metrics.from_dict(metrics).warnings():
+            print(f"warning: {name}: {warning}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,9 +10,18 @@ import functools
 import types
 import typing
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from clipatlas._config import default_of, field_docs, init_fields
+
+
+def add_workspace(parser: argparse.ArgumentParser, help: str = "workspace directory") -> None:
+    parser.add_argument("-w", "--workspace", required=True, type=Path, help=help)
+
+
+def add_sae_name(parser: argparse.ArgumentParser, help: str = "SAE name (default: the workspace's only SAE)") -> None:
+    parser.add_argument("--name", help=help)
 
 
 def flag(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 from clipatlas.steer.config import GenerateConfig
 
 
@@ -16,9 +16,9 @@ def register(subparsers) -> None:
         description="Run the Kandinsky 2.2 prior on PROMPT, apply the edits to the "
         "image embedding's SAE features, and decode it.",
     )
-    parser.add_argument("prompt")
-    parser.add_argument("-w", "--workspace", required=True, type=Path)
-    parser.add_argument("--name", help="SAE name (default: the workspace's only SAE)")
+    parser.add_argument("prompt", help='what to draw, e.g. "a red bicycle"')
+    add_workspace(parser)
+    add_sae_name(parser)
     parser.add_argument(
         "--edit",
         action="append",
@@ -35,7 +35,7 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="steps, guidance, height, width, prior_steps, prior_guidance",
     )
-    parser.add_argument("-o", "--out", type=Path, required=True)
+    parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the image with the rules (PNG)")
     parser.add_argument("--before", type=Path, help="also write the image without the rules (same seed)")
     parser.set_defaults(func=run)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 from clipatlas.steer.config import IconConfig
 
 
@@ -16,8 +15,8 @@ def register(subparsers) -> None:
         description="Write icons/<feature>.png for each feature and record them in the "
         "atlas; re-running continues where it stopped.",
     )
-    parser.add_argument("-w", "--workspace", required=True, type=Path)
-    parser.add_argument("--name", help="SAE name (default: the workspace's only SAE)")
+    add_workspace(parser)
+    add_sae_name(parser)
     add_config_flags(parser, IconConfig, skip=("settings",))
     parser.add_argument(
         "--set",

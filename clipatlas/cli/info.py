@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from clipatlas.cli.flags import add_workspace
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("info", help="summarise a workspace", description=__doc__)
-    parser.add_argument("-w", "--workspace", required=True, help="workspace directory")
+    add_workspace(parser)
     parser.add_argument("--verify", action="store_true", help="also re-hash every shard against the manifest")
     parser.set_defaults(func=run)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 from clipatlas.web.config import ServeConfig, WebConfig
 
 
@@ -12,8 +12,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve", help="browse the atlas and steer images in the browser", description=__doc__
     )
-    parser.add_argument("-w", "--workspace", required=True, help="workspace directory")
-    parser.add_argument("--name", default=None, help="SAE name (default: the workspace's only SAE)")
+    add_workspace(parser)
+    add_sae_name(parser)
     add_config_flags(parser, ServeConfig)
     add_config_flags(
         parser, WebConfig, skip=[f for f in ("limits", "devices", "max_cached_results", "max_uploads_kept")]

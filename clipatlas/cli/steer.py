@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
 from clipatlas.steer.recipe import Recipe
 
 
@@ -17,8 +17,8 @@ def register(subparsers) -> None:
         "and decode it; or replay a recipe with --recipe.",
     )
     parser.add_argument("image", nargs="?", help="store image id, sha256:HEX of a stored image, or an image file")
-    parser.add_argument("-w", "--workspace", required=True, type=Path)
-    parser.add_argument("--name", help="SAE name (default: the workspace's only SAE)")
+    add_workspace(parser)
+    add_sae_name(parser)
     parser.add_argument(
         "--edit",
         action="append",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, add_field_flag, given, sentence, shown_default
+from clipatlas.cli.flags import add_config_flags, add_field_flag, add_workspace, given, sentence, shown_default
 from clipatlas.errors import UserError
 from clipatlas.sae.config import ARCH_CONFIGS, EvalConfig, TrainConfig, all_hyperparameters
 
@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         help="train a sparse autoencoder on the store",
         description="Train an SAE (or a --sweep grid) on W/store; re-running resumes a killed run.",
     )
-    p.add_argument("-w", "--workspace", required=True, help="workspace directory")
+    add_workspace(p)
     p.add_argument(
         "--arch",
         choices=list(ARCH_CONFIGS),

@@ -75,15 +75,15 @@ class TopKConfig(SAEConfig):
     """Keep the k largest pre-activations; AuxK lets dead latents model the residual."""
 
     arch: ClassVar[str] = "topk"
-    k: int = 32
-    """Active latents per input (batchtopk: on average over a batch)."""
+    k: int | None = None
+    """Active latents per input, batchtopk: on average over a batch (default: derived from the store at training)."""
     k_aux: int = 512
     """Dead latents that reconstruct the residual in the AuxK loss (0: no AuxK)."""
     aux_weight: float = 1 / 32
     """Weight of the AuxK loss."""
 
     def __post_init__(self):
-        self._require(self.k >= 1, f"k must be at least 1, got {self.k}")
+        self._require(self.k is None or self.k >= 1, f"k must be at least 1, got {self.k}")
         self._require(self.k_aux >= 0, f"k_aux must be >= 0, got {self.k_aux}")
         self._require(self.aux_weight >= 0, f"aux_weight must be >= 0, got {self.aux_weight}")
 
@@ -154,6 +154,32 @@ def all_hyperparameters() -> dict[str, list[type[SAEConfig]]]:
 
 
 # -- training ------------------------------------------------------------------------------
+def derived_settings(n_train: int, d_in: int) -> dict[str, Any]:
+    """Training settings for a store of `n_train` training rows of width `d_in` (measured on small
+    real stores and the 1.4M-image seed run; bench/RESULTS.md "Training defaults"):
+
+    * batch: the power of two nearest n_train / 8, within [64, 4096] (a small store needs steps);
+    * epochs: 100,000 / n_train within [10, 50] (about 100k samples seen on a small store, 10 passes on a large one);
+    * expansion: the largest power of two <= n_train / d_in, within [1/16, 16] (no more latents than
+      training images, or most of them stay dead);
+    * k: 16 below 100,000 training rows, else 32;
+    * lr: 1e-3 below 100,000 training rows (few steps), else 4e-4;
+    * warm-up: a tenth of the steps, at most 100.
+    """
+    large = n_train >= 100_000
+    return {
+        "batch_size": int(min(4096, max(64, 2 ** round(math.log2(max(n_train / 8, 1)))))),
+        "epochs": float(min(50, max(10, round(100_000 / max(n_train, 1))))),
+        "expansion": float(min(16, max(1 / 16, 2.0 ** math.floor(math.log2(max(n_train, 1) / d_in))))),
+        "k": 32 if large else 16,
+        "lr": 4e-4 if large else 1e-3,
+    }
+
+
+def warmup_for(total_steps: int) -> int:
+    return int(min(100, max(1, total_steps // 10)))
+
+
 # Settings that say how a run goes, not what it computes: a finished SAE or a checkpoint made
 # with other values of these is still the same run.
 RUN_CONDITIONS = ("device", "checkpoint_every", "log_every")
@@ -167,22 +193,22 @@ class TrainConfig:
     """SAE name: its folder is W/saes/NAME."""
     sae: SAEConfig = field(default_factory=TopKConfig)
     """The architecture and its hyper-parameters, e.g. TopKConfig(k=32) or ReLUConfig(l1=5.0)."""
-    expansion: int = 16
-    """Latents per input dimension (d_sae = d_in x expansion)."""
-    lr: float = 4e-4
-    """Adam learning rate."""
-    batch_size: int = 4096
-    """Inputs per step."""
+    expansion: float | None = None
+    """Latents per input dimension, d_sae = round(d_in x expansion) (default: derived from the store)."""
+    lr: float | None = None
+    """Adam learning rate (default: derived from the store)."""
+    batch_size: int | None = None
+    """Inputs per step (default: derived from the store)."""
     steps: int | None = None
     """Training steps (default: `epochs` passes over the training split)."""
     epochs: float | None = None
-    """Passes over the training split, used when `steps` is not given (default: 10)."""
+    """Passes over the training split, used when `steps` is not given (default: derived from the store)."""
     seed: int = 0
     """Seed of the initialisation, the held-out split and the batch order."""
     device: str = "auto"
     """cpu, cuda[:N], or auto (the GPU when there is one)."""
-    warmup_steps: int = 100
-    """Learning-rate warm-up steps."""
+    warmup_steps: int | None = None
+    """Learning-rate warm-up steps (default: derived from the store)."""
     decay_fraction: float = 0.2
     """The learning rate decays linearly to zero over this last fraction of the steps."""
     l1_warmup_fraction: float = 0.05
@@ -203,10 +229,12 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.sae, SAEConfig) or type(self.sae) is SAEConfig:
             raise UserError(f"TrainConfig.sae is an architecture config such as TopKConfig(k=32), got {self.sae!r}")
-        for name in ("expansion", "batch_size", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.expansion is not None and not (self.expansion > 0 and math.isfinite(self.expansion)):
+            raise UserError(f"--expansion must be positive, got {self.expansion}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
@@ -266,6 +294,44 @@ class TrainConfig:
         """What the trained weights depend on (everything but `RUN_CONDITIONS`)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONDITIONS}
 
+    def derived(self, n_train: int, d_in: int) -> tuple[TrainConfig, list[str]]:
+        """This config with every setting left unset (None) chosen from the store's size, and
+        the names of those it chose (see `derived_settings` for the rule)."""
+        chosen = derived_settings(n_train, d_in)
+        missing = {k: v for k, v in chosen.items() if k != "k" and getattr(self, k) is None}
+        if self.steps is not None:
+            missing.pop("epochs", None)
+        sae = self.sae
+        if hasattr(sae, "k") and sae.k is None:
+            sae = dataclasses.replace(sae, k=chosen["k"])
+            missing["k"] = chosen["k"]
+        resolved = dataclasses.replace(self, sae=sae, **{k: v for k, v in missing.items() if k != "k"})
+        if resolved.warmup_steps is None:
+            resolved = dataclasses.replace(resolved, warmup_steps=warmup_for(resolved.total_steps(n_train)))
+            missing["warmup_steps"] = resolved.warmup_steps
+        return resolved, sorted(missing)
+
+    def describe(self, n_train: int, derived: list[str]) -> str:
+        """One line of the settings that matter, derived ones starred."""
+        shown = {
+            "batch": ("batch_size", self.batch_size),
+            "epochs": ("epochs", None if self.steps is not None else format(self.epochs, "g")),
+            "steps": ("steps", self.total_steps(n_train)),
+            "expansion": ("expansion", format(self.expansion, "g")),
+            "k": ("k", getattr(self.sae, "k", None)),
+            "lr": ("lr", format(self.lr, "g")),
+            "warm-up": ("warmup_steps", self.warmup_steps),
+        }
+        parts = [
+            f"{label} {value}{'*' if field in derived else ''}"
+            for label, (field, value) in shown.items()
+            if value is not None
+        ]
+        return f"{n_train:,} training rows -> {', '.join(parts)} (* derived from the store's size; flags override)"
+
+    def d_sae(self, d_in: int) -> int:
+        return max(1, round(d_in * self.expansion))
+
     def stream_key(self) -> tuple:
         """Runs with equal keys see the same batches in the same order and can train together."""
         return (self.batch_size, self.steps, self.epochs, self.seed, self.eval_fraction, self.device)
@@ -273,7 +339,7 @@ class TrainConfig:
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
             return self.steps
-        return max(1, math.ceil((self.epochs or 10.0) * n_train / self.batch_size))
+        return max(1, math.ceil(self.epochs * n_train / self.batch_size))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Metrics:
     dense_fraction: float
     cosine: float
     d_sae: int
+    train_fvu: float | None = None  # on as many training rows, where the SAE was trained here
 
     def __post_init__(self):
         if abs(self.explained_variance - (1 - self.fvu)) > 1e-9:
@@ -72,19 +73,31 @@ class Metrics:
             )
         return text
 
+    def warnings(self) -> list[str]:
+        """What these numbers say is wrong, each with what to change."""
+        found = []
+        if self.train_fvu is not None and self.fvu > max(1.5 * self.train_fvu, self.train_fvu + 0.1):
+            found.append(
+                f"held-out FVU {self.fvu:.3f} is much worse than on training rows ({self.train_fvu:.3f}): the SAE "
+                "fits its training images far better than new ones; more images help most, or a smaller --expansion"
+            )
+        if self.too_few_rows:
+            found.append(self.silent_text())
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "silent_floor": self.silent_floor}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Metrics:
         """From a metrics.json (which also holds `sae`, `arch`, `schema_version`, `silent_floor`)."""
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and f.default is dataclasses.MISSING]
         if missing:
             raise SchemaError(
                 f"metrics of SAE {data.get('sae')!r} lack {', '.join(missing)} (an older clipatlas wrote them); "
                 "re-run: clipatlas eval"
             )
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 class MetricsAccumulator:
@@ -148,23 +161,33 @@ def compute_metrics(sae, batches: Iterable[np.ndarray]) -> Metrics:
     return acc.result()
 
 
-def eval_rows(cfg_json: dict[str, Any], n_store: int) -> np.ndarray:
-    """The rows held out when the SAE was trained; all rows for SAEs trained elsewhere."""
+def training_split(cfg_json: dict[str, Any], n_store: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training rows, held-out rows) of the SAE's training run; None for SAEs trained elsewhere."""
     from clipatlas.sae.training import split_rows
 
     training = cfg_json.get("training")
     if not training:
-        return np.arange(n_store)
+        return None
     if training.get("store_count") != n_store:
         raise UserError(
             f"the store now holds {n_store} rows but the SAE was trained when it held "
             f"{training.get('store_count')}; retrain the SAE to evaluate on a consistent split"
         )
-    return split_rows(n_store, training["eval_fraction"], training["seed"])[1]
+    return split_rows(n_store, training["eval_fraction"], training["seed"])
+
+
+def eval_rows(cfg_json: dict[str, Any], n_store: int) -> np.ndarray:
+    """The rows held out when the SAE was trained; all rows for SAEs trained elsewhere."""
+    split = training_split(cfg_json, n_store)
+    return np.arange(n_store) if split is None else split[1]
 
 
 def evaluate(workspace: str | Path | Workspace, name: str | None = None, config: EvalConfig | None = None) -> Metrics:
-    """Evaluate SAE `name` on its held-out rows and write `metrics.json` beside it."""
+    """Evaluate SAE `name` on its held-out rows and write `metrics.json` beside it.
+
+    For an SAE trained here, the FVU on as many training rows (`train_fvu`) is measured too:
+    far below the held-out FVU, it says the SAE fits its training images better than new ones.
+    """
     from clipatlas.sae.model import SAE
     from clipatlas.store import Store
 
@@ -174,10 +197,18 @@ def evaluate(workspace: str | Path | Workspace, name: str | None = None, config:
     store = Store.open(Workspace.of(workspace).root)
     if store.d != sae.cfg.d_in:
         raise UserError(f"the store holds {store.d}-d embeddings but SAE {files.name!r} expects {sae.cfg.d_in}-d")
-    rows = eval_rows(read_json(files.config), len(store))
-    step = config.batch_size
-    batches = (store.rows(rows[i : i + step]) for i in range(0, len(rows), step))
-    metrics = compute_metrics(sae, batches)
+
+    def metrics_of(rows: np.ndarray) -> Metrics:
+        step = config.batch_size
+        return compute_metrics(sae, (store.rows(rows[i : i + step]) for i in range(0, len(rows), step)))
+
+    split = training_split(read_json(files.config), len(store))
+    if split is None:
+        metrics = metrics_of(np.arange(len(store)))
+    else:
+        train_rows, held_out = split
+        sample = np.random.default_rng(0).choice(train_rows, min(len(held_out), len(train_rows)), replace=False)
+        metrics = dataclasses.replace(metrics_of(held_out), train_fvu=metrics_of(np.sort(sample)).fvu)
     atomic_write_json(files.metrics, {"sae": files.name, "arch": sae.cfg.arch, **metrics.to_dict()})
     return metrics
 

@@ -216,6 +216,11 @@ class ReLUSAE(SAE):
 class TopKSAE(SAE):
     config_class = TopKConfig
 
+    def __init__(self, cfg: TopKConfig):
+        if cfg.k is None:
+            raise UserError(f"{cfg.arch}: k is not set; give k (training derives it from the store when left unset)")
+        super().__init__(cfg)
+
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         values, indices = pre.topk(min(self.cfg.k, pre.shape[1]), dim=1)
         return torch.zeros_like(pre).scatter_(1, indices, torch.relu(values))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -26,9 +27,13 @@ from clipatlas.sae.config import TrainConfig, config_from_dict
 from clipatlas.sae.model import ARCHITECTURES, SAE
 from clipatlas.workspace import SAEFiles, Workspace
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_NAME = "checkpoint.pt"
 # Load the whole training split into memory (or onto the GPU) below this many bytes.
 IN_MEMORY_LIMIT = 8 << 30
+# A run ending with more latents dead in training than this gets a warning.
+DEAD_WARNING = 0.3
 
 
 # -- data --------------------------------------------------------------------------------
@@ -74,6 +79,22 @@ class BatchStream:
         return torch.from_numpy(self.store.rows(self.rows[positions])).to(self.device)
 
 
+class HeldOutProbe:
+    """FVU on (a sample of) the held-out rows during training: the validation curve of train_log.jsonl.
+
+    At most `limit` rows, so the probe costs about one forward pass of a batch however large the store.
+    """
+
+    def __init__(self, store, rows: np.ndarray, device: str, limit: int = 4096):
+        chosen = rows if len(rows) <= limit else np.sort(np.random.default_rng(2).choice(rows, limit, replace=False))
+        self.x = torch.from_numpy(store.rows(chosen)).to(device)
+        self.sst = (self.x - self.x.mean(dim=0)).pow(2).sum().clamp_min(1e-12)
+
+    @torch.no_grad()
+    def fvu(self, sae: SAE) -> float:
+        return float((sae.decode(sae.encode(self.x)) - self.x).pow(2).sum() / self.sst)
+
+
 def sample_for_init(store, rows: np.ndarray, seed: int, limit: int = 65_536) -> np.ndarray:
     chosen = np.sort(np.random.default_rng([seed, 1]).choice(rows, size=min(limit, len(rows)), replace=False))
     sample = store.rows(chosen)
@@ -99,7 +120,7 @@ def build_sae(cfg: TrainConfig, sample: np.ndarray, store) -> SAE:
     d = sample.shape[1]
     input_scale = float(math.sqrt(d / np.mean(np.sum(sample.astype(np.float64) ** 2, axis=1))))
     sae_cfg = dataclasses.replace(
-        cfg.sae, d_in=d, d_sae=d * cfg.expansion, input_scale=input_scale, store=str(store.dir), encoder=store.encoder
+        cfg.sae, d_in=d, d_sae=cfg.d_sae(d), input_scale=input_scale, store=str(store.dir), encoder=store.encoder
     )
     sae = ARCHITECTURES[cfg.arch](sae_cfg)
     sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
@@ -135,6 +156,7 @@ class Run:
         self.samples_since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=sae.W_enc.device)
         self.step = 0
         self.last: dict[str, float] = {}
+        self.heldout_curve: list[tuple[int, float]] = []  # (step, held-out FVU)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -221,6 +243,7 @@ class Run:
             "model": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "samples_since_fired": self.samples_since_fired,
+            "heldout_curve": self.heldout_curve,
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(state, tmp)
@@ -240,6 +263,7 @@ class Run:
         self.optimizer = _adam(rebuilt, self.cfg.lr)
         self.optimizer.load_state_dict(state["optimizer"])
         self.samples_since_fired = state["samples_since_fired"]
+        self.heldout_curve = [(int(step), float(fvu)) for step, fvu in state["heldout_curve"]]
         self.step = int(state["step"])
         self._truncate_log()
         return True
@@ -257,11 +281,47 @@ class Run:
         with open(self.files.train_log, "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def probe_heldout(self, probe: HeldOutProbe) -> None:
+        self.last["heldout_fvu"] = probe.fvu(self.sae)
+        self.heldout_curve.append((self.step, self.last["heldout_fvu"]))
+
     def finish(self) -> Path:
-        training = {**self.cfg.to_dict(), **self.meta, "trained_steps": self.step}
+        best_step, best_fvu = min(self.heldout_curve, key=lambda point: point[1], default=(self.step, None))
+        training = {
+            **self.cfg.to_dict(),
+            **self.meta,
+            "trained_steps": self.step,
+            "heldout_best": {"step": best_step, "fvu": best_fvu},
+        }
         self.sae.save_pretrained(self.files.dir, extra={"training": training})
         self.checkpoint_path.unlink(missing_ok=True)
+        for warning in self.warnings():
+            log.warning("warning: %s: %s", self.cfg.name, warning)
         return self.files.dir
+
+    def warnings(self) -> list[str]:
+        """What the run's own record says went wrong, each with what to change."""
+        found = []
+        if self.total_steps <= self.cfg.warmup_steps:
+            found.append(
+                f"the run ended inside its learning-rate warm-up ({self.total_steps} steps of a "
+                f"{self.cfg.warmup_steps}-step warm-up); lower --warmup-steps or --batch-size, or raise --epochs"
+            )
+        dead = self.last.get("dead_in_training", 0.0)
+        if dead > DEAD_WARNING:
+            found.append(
+                f"{dead:.0%} of the latents are dead in training (no activation in the last {self.dead_window:,} "
+                "inputs); use a smaller --expansion, or embed more images"
+            )
+        if self.heldout_curve:
+            best_step, best = min(self.heldout_curve, key=lambda point: point[1])
+            final = self.heldout_curve[-1][1]
+            if final > best + max(0.01, 0.05 * best):
+                found.append(
+                    f"held-out FVU rose from {best:.3f} at step {best_step} to {final:.3f} at the end: the SAE "
+                    f"memorises its training images; train about {best_step} steps (--steps {best_step})"
+                )
+        return found
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -306,13 +366,20 @@ def train_many(workspace: str | Path | Workspace, configs: Sequence[TrainConfig]
 def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> None:
     from clipatlas.store import Store
 
-    pending = [c for c in configs if not _is_finished(ws.sae(c.name, must_exist=False), c)]
+    store = Store.open(ws.root)
+    first = configs[0]
+    train_rows, eval_rows = split_rows(len(store), first.eval_fraction, first.seed)
+    resolved = []
+    for cfg in configs:
+        cfg, derived = cfg.derived(len(train_rows), store.d)
+        if not _is_finished(ws.sae(cfg.name, must_exist=False), cfg):
+            log.info("%s: %s", cfg.name, cfg.describe(len(train_rows), derived))
+            resolved.append(cfg)
+    pending = resolved
     if not pending:
         return
     first = pending[0]
     device = resolve_device(first.device)
-    store = Store.open(ws.root)
-    train_rows, eval_rows = split_rows(len(store), first.eval_fraction, first.seed)
     sample = sample_for_init(store, train_rows, first.seed)
     meta = {"n_train": int(len(train_rows)), "n_eval": int(len(eval_rows)), "store_count": len(store)}
     runs = []
@@ -332,11 +399,15 @@ def _train_group(ws: Workspace, configs: list[TrainConfig], progress: bool) -> N
             run.files.train_log.unlink(missing_ok=True)
         runs.append(run)
     stream = BatchStream(store, train_rows, first.batch_size, first.seed, str(device))
-    _loop(runs, stream, autocast=device.type == "cuda", progress=progress)
+    probe = HeldOutProbe(store, eval_rows, str(device))
+    _loop(runs, stream, probe, autocast=device.type == "cuda", progress=progress)
 
 
-def _loop(runs: list[Run], stream: BatchStream, autocast: bool, progress: bool) -> None:
+def _loop(runs: list[Run], stream: BatchStream, probe: HeldOutProbe, autocast: bool, progress: bool) -> None:
     total = max(r.total_steps for r in runs)
+    # About 50 points of the held-out curve per run, on logged steps.
+    log_every = runs[0].cfg.log_every
+    probe_every = log_every * max(1, total // (50 * log_every))
     start = min(r.step for r in runs)
     names = ", ".join(r.cfg.name for r in runs)
     bar = tqdm(total=total, initial=start, desc=f"train {names}", unit="step", disable=not progress, dynamic_ncols=True)
@@ -346,12 +417,14 @@ def _loop(runs: list[Run], stream: BatchStream, autocast: bool, progress: bool) 
         active = [r for r in runs if r.step == step and step < r.total_steps]
         for run in active:
             run.train_step(x, autocast)
-        if (step + 1) % runs[0].cfg.log_every == 0 or step + 1 == total:
+        if (step + 1) % log_every == 0 or step + 1 == total:
             now = time.perf_counter()
             rate = (step + 1 - last_step) * len(x) / max(now - last_time, 1e-9)
-            last_time, last_step = now, step + 1
             for run in active:
+                if (step + 1) % probe_every == 0 or run.step == run.total_steps:
+                    run.probe_heldout(probe)
                 run.append_log(rate)
+            last_time, last_step = time.perf_counter(), step + 1  # the probe's time is not training time
             head = active[0].last if active else runs[0].last
             bar.set_postfix(
                 fvu=f"{head['fvu']:.3f}", l0=f"{head['l0']:.1f}", dead_in_training=f"{head['dead_in_training']:.1%}"
