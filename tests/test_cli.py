@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -50,3 +51,43 @@ def test_flags_not_given_leave_the_config_default(tmp_path):
     args = _subcommands()["embed"].parse_args(["x", "-w", str(tmp_path), "--batch-size", "8"])
     assert given(args, EmbedConfig) == {"batch_size": 8}
     assert EmbedConfig(**given(args, EmbedConfig)) == EmbedConfig(batch_size=8)
+
+
+def test_tables_are_never_cut(monkeypatch, capsys):
+    """In a pipe: Markdown with every cell whole; in a narrow terminal: rich folds cells instead of '…'."""
+    import sys
+
+    import rich.console
+
+    from clipatlas.cli.tables import print_table
+
+    rows = [["sweep-batchtopk-x16-k64-l1_decoder_normFalse", "0.123", "a long explanation of a number"]]
+    print_table(["sae", "FVU", "note"], rows)
+    out = capsys.readouterr().out
+    assert "| sweep-batchtopk-x16-k64-l1_decoder_normFalse | 0.123 | a long explanation of a number |" in out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    real_console = rich.console.Console
+    monkeypatch.setattr(rich.console, "Console", lambda **kw: real_console(width=30, **kw))
+    print_table(["sae", "FVU", "note"], rows)
+    narrow = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # without the terminal's bold codes
+    assert "…" not in narrow and max(len(line) for line in narrow.splitlines()) <= 30
+    first_column = "".join(line.split("│")[1].strip() for line in narrow.splitlines() if line.startswith("│"))
+    assert first_column == rows[0][0]  # folded over lines, every character kept
+
+
+def test_small_images_are_enlarged_sharply_in_thumbnails():
+    from PIL import Image
+
+    from clipatlas.atlas.thumbs import thumbnail_image
+
+    tiny = Image.new("L", (28, 28), 0)
+    tiny.putpixel((3, 5), 255)
+    thumb = thumbnail_image(tiny, 128)
+    assert thumb.size == (112, 112) and thumb.mode == "RGB"
+    assert thumb.getpixel((3 * 4, 5 * 4)) == (255, 255, 255) and thumb.getpixel((3 * 4 + 3, 5 * 4 + 3)) == (
+        255,
+        255,
+        255,
+    )
+    assert thumb.getpixel((3 * 4 + 4, 5 * 4)) == (0, 0, 0)  # nearest neighbour: no blur into the next pixel
+    assert thumbnail_image(Image.new("RGB", (1000, 500)), 128).size == (128, 64)

@@ -59,6 +59,8 @@ def test_index_shows_summary_and_search(client, atlas):
     assert page.status_code == 200
     summary = atlas.summary()
     assert f"<td>{summary['n_alive']}</td>" in page.text and 'action="/search"' in page.text
+    assert f"<td>{summary['dead_over_store']:.1%}</td>" in page.text and "dead over the store" in page.text
+    assert not re.search(r"\d\.\d{5,}", page.text)  # numbers are rounded for reading
     assert client.get("/api/summary").json()["n_features"] == summary["n_features"]
 
 
