@@ -61,9 +61,9 @@ def test_demo_icons_activate_their_features(demo_workspace, tmp_path):
     run = make_icons(workspace, "demo", IconConfig(features="alive"))  # the store's mean embedding as template
     report = verify_icons(workspace, "demo")
     # The store caps both: rank 0 only for features that are the strongest latent of some image, and
-    # distinct icons at one per image (400 images here for over 1,000 alive features).
+    # distinct icons at one per image (400 images here for over 1,000 alive features). Measured on a rebuild:
+    # rank 0 24.9% = its ceiling, top 5 91.5%, distinct 27.4% of a 27.6% cap.
     distinct_cap = min(1.0, len(atlas_store_ids(workspace)) / report["n_icons"])
-    print(report["top1_share"], report["top1_ceiling"], report["top5_share"], report["distinct_share"], distinct_cap)
     assert run.strength.measured and report["top1_share"] >= 0.9 * report["top1_ceiling"]
     assert report["top5_share"] >= 0.9 and report["distinct_share"] == run.distinct_share >= 0.9 * distinct_cap
     assert report["median_rank_after"] < report["median_rank_before"]

@@ -170,17 +170,21 @@ def _assignment(steerer: Steerer, config: IconConfig, x: np.ndarray, strength: f
     ranker = steerer.decoder("retrieval").ranker
     table = steerer.atlas.feature_table()
     everyone = sorted(set(np.flatnonzero(table.alive).tolist()) | set(features))
-    candidates, steered = {}, {}
+
+    def steered(batch: list[int]) -> np.ndarray:
+        return set_embeddings(steerer.sae, x, batch, strength * table.max_activation[batch])
+
+    candidates = {}
     for start in tqdm(range(0, len(everyone), _EMBED_BATCH), desc="icon candidates", unit="batch"):
         batch = everyone[start : start + _EMBED_BATCH]
-        ys = set_embeddings(steerer.sae, x, batch, strength * table.max_activation[batch])
-        for f, y in zip(batch, ys):
-            steered[f] = y
+        for f, y in zip(batch, steered(batch)):
             candidates[f] = ranker.candidates(y, Guide(raised=(f,), source=x), cfg)
     chosen = assign_images(candidates, len(steerer.store))
-    for f in everyone:
-        if f not in chosen:  # no free image shows it among its top latents: its own best image, shared
-            chosen[f] = int(ranker.rank(steered[f], Guide(raised=(f,), source=x), cfg, 1).rows[0])
+    left = [f for f in everyone if f not in chosen]
+    for start in range(0, len(left), _EMBED_BATCH):  # no free image shows them: their own best image, shared
+        batch = left[start : start + _EMBED_BATCH]
+        for f, y in zip(batch, steered(batch)):
+            chosen[f] = int(ranker.rank(y, Guide(raised=(f,), source=x), cfg, 1).rows[0])
     return chosen
 
 
@@ -233,7 +237,7 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
 
 
 def _distinct_share(paths: list[Path]) -> float:
-    """Share of distinct images among these icon files (byte-identical files count once)."""
+    """Share of distinct pictures among these icon files (files with identical pixels count once)."""
     if not paths:
         return 1.0
     digests = set()
@@ -296,12 +300,14 @@ def verify_icons(workspace, name: str | None = None, features: str = "alive") ->
                 for s in range(0, len(chosen), 64)
             ]
         )
-    report = _icon_report(steerer, identity, x, np.asarray(chosen), produced, [files.icon(f) for f in chosen])
+    distinct = _distinct_share([files.icon(f) for f in chosen])
+    report = icon_report(steerer, identity, x, np.asarray(chosen), produced, distinct)
     atomic_write_json(files.icon_verify_report, {"schema_version": SCHEMA_VERSION, **report})
     return report
 
 
-def _icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produced: np.ndarray, paths) -> dict:
+def icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produced: np.ndarray, distinct: float):
+    """The causal check of icons whose embeddings are `produced` (one row per feature) against template `x`."""
     sae, table = steerer.sae, steerer.atlas.feature_table()
     with torch.no_grad():
         z_template = sae.encode(torch.from_numpy(x[None].astype(np.float32))).float().numpy()[0]
@@ -320,7 +326,6 @@ def _icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, prod
     level = z / np.where(table.max_activation > 0, table.max_activation, np.inf)[None]
     normalised_rank = np.where(own > 0, (level > level[rows, features][:, None]).sum(axis=1), z.shape[1])
     ceiling = float(np.isin(features, steerer.atlas.image_codes().strongest()).mean())
-    distinct = _distinct_share(paths)
     top1 = float((rank == 0).mean())
     checks = [
         CausalCheck(int(f), float(z_template[f]), float(own[i]), int(before[i]), int(rank[i]))

@@ -308,7 +308,9 @@ def plot_success(curves: list[tuple[str, SuccessCurve]], path: Path) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     if curves:
-        axes.set_title(f"steering success: SAE {curves[0][1].sae}, {curves[0][1].config['n_features']} features max")
+        first = curves[0][1]
+        edits = f"{first.points[0].n} edits on {first.n_features} features" if first.points else "no edits"
+        axes.set_title(f"steering success: SAE {first.sae}, {edits} per strength", fontsize=10)
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
@@ -338,7 +340,8 @@ def read_curve(atlas, decoder: str) -> SuccessCurve | None:
 def default_strength(atlas, decoder: str = "retrieval") -> DefaultStrength:
     """The smallest strength reaching the target success on this SAE's curve for `decoder`."""
     curve = read_curve(atlas, decoder)
-    path = atlas.files.steering_success(split_decoder_name(decoder)[0])
+    # Relative to the workspace: the web page shows this line, and server paths stay on the server.
+    path = atlas.files.steering_success(split_decoder_name(decoder)[0]).relative_to(atlas.workspace.root)
     if curve is None:
         return DefaultStrength(
             UNMEASURED_STRENGTH,
