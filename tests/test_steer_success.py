@@ -292,3 +292,17 @@ def test_guide_of_an_edit_names_raised_and_removed_features():
     guide = Guide.of_edit(z, edited, np.ones(3), top)
     # Changes in units of max activation: feature 0 +2, feature 3 +0.25, feature 4 +0.5.
     assert guide.raised == (0, 4, 3) and guide.removed == (2,)
+
+
+def test_icons_on_a_store_too_small_to_measure_say_why_their_strength_is_not_measured(known, tmp_path):
+    import shutil
+
+    from clipatlas.steer.icons import IconConfig, make_icons
+    from clipatlas.steer.success import UNMEASURED_STRENGTH
+
+    workspace = shutil.copytree(known, tmp_path / "ws")
+    for path in (workspace / "saes" / "id" / "eval").glob("steering-success-*"):
+        path.unlink()
+    run = make_icons(workspace, "id", IconConfig(features="0,1"))
+    assert run.made == [0, 1] and run.strength.value == UNMEASURED_STRENGTH and not run.strength.measured
+    assert "no feature fires on at least 10 images" in run.strength.source

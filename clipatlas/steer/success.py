@@ -37,6 +37,10 @@ DUPLICATE_COSINE = RetrievalConfig.duplicate_cosine  # results this close to the
 UNMEASURED_STRENGTH = 7.5  # the seed paper's icon strength, used only until a curve is measured
 
 
+class TooFewImages(UserError):
+    """No feature fires on enough images to be measured."""
+
+
 @dataclass(frozen=True)
 class EditCheck(CausalCheck):
     """The causal check of one edited feature, plus what makes the edit a visible success."""
@@ -196,7 +200,7 @@ def _sample(atlas, config: SuccessConfig) -> tuple[np.ndarray, np.ndarray]:
     table, codes = atlas.feature_table(), atlas.image_codes()
     eligible = np.flatnonzero(table.alive & (table.count >= config.min_images))
     if not len(eligible):
-        raise UserError(
+        raise TooFewImages(
             f"no feature fires on at least {config.min_images} images, so steering success cannot be measured; "
             "lower min_images or train the SAE on more images"
         )
@@ -376,6 +380,9 @@ def strength_for(steerer, decoder: str, strength: float | None, *, measure: bool
     if found.measured or not measure or split_decoder_name(decoder)[0] != "retrieval":
         return found
     started = time.perf_counter()
-    measure_success(steerer.atlas.workspace, steerer.atlas.name, SuccessConfig(decoder=decoder))
+    try:
+        measure_success(steerer.atlas.workspace, steerer.atlas.name, SuccessConfig(decoder=decoder))
+    except TooFewImages as exc:  # a tiny store: say why the default is not measured, and go on
+        return dataclasses.replace(found, source=f"{UNMEASURED_STRENGTH:g}x, the seed paper's icon strength: {exc}")
     found = default_strength(steerer.atlas, decoder)
     return dataclasses.replace(found, source=f"{found.source}; measured now in {time.perf_counter() - started:.0f} s")
