@@ -65,7 +65,8 @@ class IconConfig:
     """The feature is set to this many times its max activation (default: the smallest strength at which
     this SAE's measured steering success reaches its target; measured on first use)."""
     template: str = "mean"
-    """mean (the store's mean embedding: measured the most neutral), a store image id, or an image file."""
+    """mean (the store's mean embedding: in distribution, never an icon itself; templates compared in
+    bench/RESULTS.md), a store image id, or an image file."""
     seed: int = 1
     """Seed of the decoder (every icon starts from the same noise)."""
     batch_size: int = 16
