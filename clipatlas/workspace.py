@@ -34,6 +34,9 @@ ATLAS_DIR = "atlas"
 ATLAS_DB = "atlas.sqlite"
 ICONS_DIR = "icons"
 EVAL_DIR = "eval"
+ICON_MANIFEST = "icons.json"
+ICON_VERIFY_REPORT = "verify.json"
+STEERING_SUCCESS = "steering-success"
 
 
 class WorkspaceError(UserError):
@@ -88,6 +91,22 @@ class SAEFiles:
 
     def icon(self, feature: int) -> Path:
         return self.icons_dir / f"{int(feature)}.png"
+
+    @property
+    def icon_manifest(self) -> Path:
+        """What the icons were made from: their identity and, for retrieval, each feature's image."""
+        return self.icons_dir / ICON_MANIFEST
+
+    @property
+    def icon_verify_report(self) -> Path:
+        return self.icons_dir / ICON_VERIFY_REPORT
+
+    def steering_success(self, decoder: str) -> Path:
+        """The steering success curve measured with `decoder` (a registry name such as retrieval)."""
+        return self.eval_dir / f"{STEERING_SUCCESS}-{decoder}.json"
+
+    def steering_success_plot(self, decoder: str) -> Path:
+        return self.eval_dir / f"{STEERING_SUCCESS}-{decoder}.png"
 
     @property
     def is_trained(self) -> bool:

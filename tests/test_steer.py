@@ -20,7 +20,7 @@ from clipatlas.steer import (
     run_recipe,
     steer_embedding,
 )
-from clipatlas.steer import decoders as decoders_module
+from clipatlas.steer import ranking as ranking_module
 
 D_IN, D_SAE, N_IMAGES = 16, 24, 240
 
@@ -195,7 +195,7 @@ def test_streaming_search_matches_brute_force(steer_workspace, monkeypatch):
     from clipatlas.store import Store
 
     store = Store.open(steer_workspace)
-    monkeypatch.setattr(decoders_module, "_SEARCH_BATCH_ROWS", 37)  # many partial batches
+    monkeypatch.setattr(ranking_module, "_SEARCH_BATCH_ROWS", 37)  # many partial batches
     queries = np.random.default_rng(3).normal(size=(3, D_IN)).astype(np.float32)
     rows, scores = nearest_rows(store, queries, 10)
     all_rows = store.to_array()
@@ -268,16 +268,20 @@ def test_cli_steer_writes_png_and_recipe_that_replays(steer_workspace, tmp_path,
 
 
 # -- icons and the causal check ----------------------------------------------------------------------
-def test_icon_embeddings_equal_one_set_edit_each():
-    from clipatlas.steer.icons import icon_embeddings
+def test_set_embeddings_equal_one_set_edit_each():
+    from clipatlas.steer.edits import set_embeddings
 
     sae = make_sae()
-    x = np.random.default_rng(4).normal(size=D_IN).astype(np.float32)
-    batch = icon_embeddings(sae, x, [0, 5, 9], np.array([1.0, 2.0, 3.0]))
-    for row, (feature, value) in zip(batch, [(0, 1.0), (5, 2.0), (9, 3.0)]):
-        np.testing.assert_allclose(
-            row, steer_embedding(sae, x, [Edit("set", feature=feature, value=value)], ctx_with()), atol=1e-5
-        )
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=D_IN).astype(np.float32)
+    xs = rng.normal(size=(3, D_IN)).astype(np.float32)
+    edits = [(0, 1.0), (5, 2.0), (9, 3.0)]
+    one_template = set_embeddings(sae, x, [f for f, _ in edits], [v for _, v in edits])
+    per_row = set_embeddings(sae, xs, [f for f, _ in edits], [v for _, v in edits])
+    for i, (feature, value) in enumerate(edits):
+        edit = [Edit("set", feature=feature, value=value)]
+        np.testing.assert_allclose(one_template[i], steer_embedding(sae, x, edit, ctx_with()), atol=1e-5)
+        np.testing.assert_allclose(per_row[i], steer_embedding(sae, xs[i], edit, ctx_with()), atol=1e-5)
 
 
 def test_causal_check_ranks_against_brute_force():
@@ -296,52 +300,167 @@ def test_causal_check_ranks_against_brute_force():
     assert causal_check(sae, before, after, silent).after_rank == D_SAE  # not firing: last, not tied with the zeros
 
 
-def test_icons_are_written_recorded_resumed_and_verified(steer_workspace):
+def _assigned(workspace, name="t") -> dict[int, int]:
+    manifest = json.loads((workspace / "saes" / name / "icons" / "icons.json").read_text())
+    return dict(zip(manifest["features"], manifest["rows"]))
+
+
+def test_icons_are_written_recorded_resumed_remade_when_inputs_change_and_verified(steer_workspace, tmp_path):
+    import dataclasses
+    import shutil
+
     from clipatlas.atlas import Atlas
     from clipatlas.steer.icons import IconConfig, make_icons, verify_icons
+    from clipatlas.store import Store
 
-    config = IconConfig(features="0,1,2,3", template="00000003", batch_size=3)
-    assert make_icons(steer_workspace, "t", config) == [0, 1, 2, 3]
-    icons_dir = steer_workspace / "saes" / "t" / "icons"
-    atlas = Atlas.open(steer_workspace, "t")
+    workspace = shutil.copytree(steer_workspace, tmp_path / "ws")
+    config = IconConfig(features="0,1,2,3", template="00000003", batch_size=3, strength=3.0)
+    run = make_icons(workspace, "t", config)
+    assert run.made == [0, 1, 2, 3] and run.kept == 0 and run.strength.value == 3.0
+    icons_dir = workspace / "saes" / "t" / "icons"
+    atlas = Atlas.open(workspace, "t")
     assert atlas.icon_path(2) == icons_dir / "2.png" and (icons_dir / "2.png").read_bytes()[:4] == b"\x89PNG"
-    assert make_icons(steer_workspace, "t", config) == []  # resumed: nothing left to do
+    again = make_icons(workspace, "t", config)
+    assert again.made == [] and again.kept == 4  # resumed: nothing left to do
     (icons_dir / "1.png").unlink()
-    assert make_icons(steer_workspace, "t", config) == [1]
-    stronger = IconConfig(features="0,1,2,3", template="00000003", strength=30.0)
-    assert make_icons(steer_workspace, "t", stronger) == [0, 1, 2, 3]  # other settings: icons redone
-    report = verify_icons(steer_workspace, "t", stronger)
+    assert make_icons(workspace, "t", config).made == [1]
+
+    # Every alive feature gets an image up front; the template (a store image) never is one.
+    first = _assigned(workspace)
+    alive = set(np.flatnonzero(atlas.feature_table().alive).tolist())
+    assert alive <= set(first) and Store.open(workspace).row_of("00000003") not in first.values()
+    # Another template: only the icons whose image changed are remade.
+    other = dataclasses.replace(config, template="00000100")
+    rerun = make_icons(workspace, "t", other)
+    second = _assigned(workspace)
+    assert rerun.made == [f for f in range(4) if second[f] != first[f]] and rerun.kept == 4 - len(rerun.made)
+
+    report = verify_icons(workspace, "t", "0,1,2,3")
+    # The check reads the images actually assigned, not a fresh ranking.
+    z = atlas.sae.encode(torch.from_numpy(Store.open(workspace).rows(np.array([second[f] for f in range(4)]))))
+    z = z.detach().numpy()
+    for f, check in enumerate(report["checks"]):
+        assert check["feature"] == f and check["after_activation"] == pytest.approx(z[f, f], abs=1e-5)
+        own = z[f, f]
+        assert check["after_rank"] == (int((z[f] > own).sum()) if own > 0 else D_SAE)
     ranks = [c["after_rank"] for c in report["checks"]]
     assert report["n_icons"] == 4 and report["top1_share"] == sum(r == 0 for r in ranks) / 4
+    assert report["top5_share"] == sum(r < 5 for r in ranks) / 4
+    strongest = set(atlas.sae.encode(torch.from_numpy(Store.open(workspace).to_array())).detach().argmax(1).tolist())
+    assert report["top1_ceiling"] == sum(f in strongest for f in range(4)) / 4
+    assert report["distinct_share"] == len({second[f] for f in range(4)}) / 4
     assert json.loads((icons_dir / "verify.json").read_text())["schema_version"] == 1
     with pytest.raises(UserError, match="features 0..23"):
-        make_icons(steer_workspace, "t", IconConfig(features="0,99", template="00000003"))
+        make_icons(workspace, "t", IconConfig(features="0,99", template="00000003"))
 
 
-def test_cli_icons_verify_reports_the_share(steer_workspace, capsys):
+def test_icon_assignment_keeps_strongest_latent_rows_and_gives_most_features_their_own():
+    from clipatlas.steer.icons import assign_images
+
+    def cands(rows, scores, ranks):
+        return np.array(rows), np.array(scores, dtype=np.float32), np.array(ranks)
+
+    candidates = {
+        0: cands([5, 6], [3.0, 2.5], [1, 0]),  # row 6 is its strongest-latent row: it takes it over row 5
+        1: cands([6, 7], [2.9, 2.2], [1, 3]),  # row 6 is taken: row 7
+        2: cands([7, 8], [2.5, 1.0], [2, 4]),  # greedy by score would take 7 and leave feature 1 without
+        3: cands([6], [1.9], [2]),  # its only candidate is feature 0's: left for the caller
+    }
+    assert assign_images(candidates, n_rows=10) == {0: 6, 1: 7, 2: 8}
+    # Against brute force: no assignment gives more features a row of their own.
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ranks = rng.integers(1, 5, (8, 12))  # ranks[f, row]; each row has one strongest latent
+        ranks[rng.integers(0, 8, 12), np.arange(12)] = 0
+        random = {}
+        for f in range(8):
+            rows = rng.choice(12, rng.integers(1, 4), replace=False)
+            random[f] = cands(rows, rng.random(len(rows)), ranks[f, rows])
+        strongest = {f for f, (_, _, r) in random.items() if (r == 0).any()}
+        chosen = assign_images(random, n_rows=12)
+        assert len(set(chosen.values())) == len(chosen) and strongest <= set(chosen)
+        assert all(ranks[f, chosen[f]] == 0 for f in strongest)
+        assert len(chosen) == most_features_with_own_rows(random, strongest)
+
+
+def most_features_with_own_rows(candidates, strongest) -> int:
+    """Brute force: the largest set of features (holding every strongest-latent feature, each on a
+    strongest-latent row) that can all have distinct rows."""
+    import itertools
+
+    features = list(candidates)
+    for size in range(len(features), len(strongest) - 1, -1):
+        for subset in itertools.combinations(features, size):
+            if not strongest <= set(subset):
+                continue
+            options = [[r for r, rank in zip(*candidates[f][::2]) if f not in strongest or rank == 0] for f in subset]
+            if any(len(set(pick)) == len(pick) for pick in itertools.product(*options)):
+                return size
+    return 0
+
+
+def test_icon_default_strength_comes_from_the_measured_curve(steer_workspace, tmp_path, capsys):
+    import shutil
+
+    from clipatlas.atlas import Atlas
+    from clipatlas.cli import main
+    from clipatlas.steer.success import SuccessCurve
+
+    workspace = shutil.copytree(steer_workspace, tmp_path / "ws")
+    curve_path = workspace / "saes" / "t" / "eval" / "steering-success-retrieval.json"
+    curve_path.unlink(missing_ok=True)
+    args = ["icons", "-w", str(workspace), "--name", "t", "--features", "4,5", "--template", "00000003", "--verify"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    curve = SuccessCurve.from_dict(json.loads(curve_path.read_text()))
+    assert curve.complete and curve.atlas_build == Atlas.open(workspace, "t").build_id
+    chosen = min(p.strength for p in curve.points if p.success >= curve.target)
+    assert curve.default_strength == chosen
+    assert out.startswith(f"strength {chosen:g}x") and "measured now" in out
+    assert json.loads((workspace / "saes" / "t" / "icons" / "icons.json").read_text())["identity"]["strength"] == chosen
+    report = json.loads((workspace / "saes" / "t" / "icons" / "verify.json").read_text())
+    assert f"{report['top1_share']:.1%} activate their own feature most" in out
+    if report["top1_share"] < 0.9:
+        assert "warning: " in out and "activate their own feature most (target 90%)" in out
+    assert main(["icons", "-w", str(workspace), "--name", "t", "--features", "x,y"]) == 2
+
+
+def test_icons_warn_when_many_are_identical(steer_workspace, tmp_path, capsys):
+    import shutil
+
+    from clipatlas.atlas import Atlas
     from clipatlas.cli import main
 
+    workspace = shutil.copytree(steer_workspace, tmp_path / "ws")
+    # top_latents=1 leaves few candidate images per feature, so many features share their best image.
     assert (
         main(
             [
                 "icons",
                 "-w",
-                str(steer_workspace),
+                str(workspace),
                 "--name",
                 "t",
-                "--features",
-                "4,5",
-                "--template",
-                "00000003",
-                "--verify",
+                "--strength",
+                "1",
+                "--set",
+                "top_latents=1",
+                "--set",
+                "rank_weight=0",
+                "--set",
+                "dominant_weight=0",
+                "--set",
+                "activation_weight=0",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
-    report = json.loads((steer_workspace / "saes" / "t" / "icons" / "verify.json").read_text())
-    assert "made 2 icons" in out and f"{report['top1_share']:.1%} activate their own feature most" in out
-    assert main(["icons", "-w", str(steer_workspace), "--name", "t", "--features", "x,y"]) == 2
+    rows = _assigned(workspace)
+    alive = np.flatnonzero(Atlas.open(workspace, "t").feature_table().alive).tolist()
+    share = len({rows[f] for f in alive}) / len(alive)
+    assert f"{share:.1%} of the {len(alive)} alive features' icons are distinct" in out
+    assert share < 0.8 and "warning: only" in out
 
 
 def test_demo_steering_writes_icons_and_a_replayable_recipe(steer_workspace, tmp_path):
@@ -370,31 +489,19 @@ def test_cli_steer_verify_reports_the_retrieved_images_activation(steer_workspac
 
     atlas = Atlas.open(steer_workspace, "t")
     feature = max(range(D_SAE), key=lambda f: atlas.feature(f).max_activation)
-    assert (
-        main(
-            [
-                "steer",
-                "00000009",
-                "-w",
-                str(steer_workspace),
-                "--name",
-                "t",
-                "--edit",
-                f"set:{feature}=50x",
-                "--verify",
-                "-o",
-                str(tmp_path / "o.png"),
-            ]
-        )
-        == 0
-    )
+    args = ["steer", "00000009", "-w", str(steer_workspace), "--name", "t", "--edit", f"set:{feature}=2x"]
+    assert main([*args, "--verify", "-o", str(tmp_path / "o.png")]) == 0
     out = capsys.readouterr().out
     top_id = out.splitlines()[1].split("\t")[0].strip()  # the first ranked image
+    assert top_id != "00000009"  # an edit never shows the unedited image
     store = Store.open(steer_workspace)
     z = atlas.sae.encode(torch.from_numpy(store.rows([store.row_of("00000009"), store.row_of(top_id)]))).detach()
     rank = int((z[1] > z[1, feature]).sum()) if z[1, feature] > 0 else D_SAE
-    assert f"feature {feature}: activation {z[0, feature]:.3g} -> {z[1, feature]:.3g}, rank " in out
-    assert out.rstrip().endswith(f"-> {rank}")
+    before_rank = int((z[0] > z[0, feature]).sum()) if z[0, feature] > 0 else D_SAE
+    line = next(line for line in out.splitlines() if line.startswith(f"feature {feature}:"))
+    assert line.startswith(f"feature {feature}: activation {z[0, feature]:.3g} -> {z[1, feature]:.3g}, ")
+    assert f"rank {before_rank} -> {rank}; the result differs from the source" in line
+    assert line.endswith(f"{'shown' if rank < 5 else 'not shown'} (success = differs and rank < 5)")
 
 
 def test_kandinsky_refuses_a_non_clip_store(tmp_path):

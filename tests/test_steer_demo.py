@@ -58,9 +58,18 @@ def test_demo_icons_activate_their_features(demo_workspace, tmp_path):
     from clipatlas.steer.icons import IconConfig, make_icons, verify_icons
 
     workspace = shutil.copytree(demo_workspace, tmp_path / "demo")  # the shared fixture stays read-only
-    config = IconConfig(features="alive")  # the packaged template, embedded by EfficientNet-Lite0
-    make_icons(workspace, "demo", config)
-    report = verify_icons(workspace, "demo", config)
-    # Chance that a feature is the strongest of ~n alive ones is about 1/n (under 1% here); a rebuild
-    # of the demo store measured 21% top-1, median rank 3 in the icon against "not firing" in the template.
-    assert report["top1_share"] > 0.1 and report["median_rank_after"] < report["median_rank_before"]
+    run = make_icons(workspace, "demo", IconConfig(features="alive"))  # the store's mean embedding as template
+    report = verify_icons(workspace, "demo")
+    # The store caps both: rank 0 only for features that are the strongest latent of some image, and
+    # distinct icons at one per image (400 images here for over 1,000 alive features). Measured on a rebuild:
+    # rank 0 24.9% = its ceiling, top 5 91.5%, distinct 27.4% of a 27.6% cap.
+    distinct_cap = min(1.0, len(atlas_store_ids(workspace)) / report["n_icons"])
+    assert run.strength.measured and report["top1_share"] >= 0.9 * report["top1_ceiling"]
+    assert report["top5_share"] >= 0.9 and report["distinct_share"] == run.distinct_share >= 0.9 * distinct_cap
+    assert report["median_rank_after"] < report["median_rank_before"]
+
+
+def atlas_store_ids(workspace) -> list[str]:
+    from clipatlas.store import Store
+
+    return Store.open(workspace).metadata.column("image_id").to_pylist()

@@ -3,6 +3,8 @@ reloaded through the production loader."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -214,6 +216,74 @@ def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path,
     assert first.before_png != first.after_png and first.decoder == f"kandinsky:{decoder_path}"
     np.testing.assert_allclose(first.before, clip_encoder.encode_images([Image.open(image)])[0], atol=1e-6)
     assert first.before_ranking is None
+
+
+def sae_codes(steerer, embeddings) -> np.ndarray:
+    return steerer.sae.encode(torch.from_numpy(np.asarray(embeddings, np.float32))).detach().numpy()
+
+
+def test_verify_re_embeds_both_generated_images(clip_workspace, decoder_path, clip_encoder):
+    """With a generator, the measure encodes the before and after images with the store's encoder."""
+    from clipatlas.steer import Recipe, parse_edit, steerer_for
+
+    steerer = steerer_for(clip_workspace, "k")
+    feature = int(steerer.atlas.map_points().feature[0])
+    image = steerer.store.meta(3)["image_id"]
+    recipe = Recipe(
+        image=image,
+        edits=(parse_edit(f"set:{feature}=5x"),),
+        decoder=f"kandinsky:{decoder_path}",
+        settings={"steps": 2, "height": SIZE, "width": SIZE},
+    )
+    result = steerer.run(recipe)
+    (check,) = steerer.verify(recipe, result)
+    pictures = [Image.open(io.BytesIO(png)).convert("RGB") for png in (result.before_png, result.after_png)]
+    before, after = clip_encoder.encode_images(pictures)
+    z = sae_codes(steerer, [before, after])
+    assert check.feature == feature
+    assert check.before_activation == pytest.approx(z[0, feature], abs=1e-5)
+    assert check.after_activation == pytest.approx(z[1, feature], abs=1e-5)
+    own = z[1, feature]
+    assert check.after_rank == (int((z[1] > own).sum()) if own > 0 else z.shape[1])
+    cosine = before @ after / np.linalg.norm(before) / np.linalg.norm(after)
+    assert check.source_cosine == pytest.approx(cosine, abs=1e-5) and check.differs == (cosine < 0.995)
+
+
+def test_success_curve_runs_on_generated_images(clip_workspace, decoder_path, clip_encoder):
+    from clipatlas.atlas import Atlas
+    from clipatlas.steer import steerer_for
+    from clipatlas.steer.config import SuccessConfig
+    from clipatlas.steer.decoders import KandinskyDecoder
+    from clipatlas.steer.edits import set_embeddings
+    from clipatlas.steer.success import _sample, measure_success
+
+    settings = (("height", SIZE), ("steps", 2), ("width", SIZE))
+    config = SuccessConfig(
+        decoder=f"kandinsky:{decoder_path}",
+        settings=settings,
+        strengths=(3.0,),
+        n_features=2,
+        sources_per_feature=2,
+        min_images=1,
+    )
+    curve = measure_success(clip_workspace, "k", config)
+    atlas = Atlas.open(clip_workspace, "k")
+    assert atlas.files.steering_success("kandinsky").is_file() and curve.points[0].n == 4
+    # The same edits by hand: decode before and after with seed 1, re-embed, encode with the SAE.
+    steerer = steerer_for(clip_workspace, "k")
+    features, sources = _sample(atlas, config)
+    x = steerer.store.rows(sources)
+    steered = set_embeddings(steerer.sae, x, features, 3.0 * atlas.feature_table().max_activation[features])
+    decoder = KandinskyDecoder(str(decoder_path), steerer.negative_embedding())
+    draw = dict(settings)
+    before = clip_encoder.encode_images(decoder.decode(x, seed=1, settings=draw).images)
+    after = clip_encoder.encode_images(decoder.decode(steered, seed=1, settings=draw).images)
+    z = sae_codes(steerer, after)
+    own = z[np.arange(len(features)), features]
+    ranks = np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1])
+    cosines = np.einsum("ij,ij->i", before, after) / np.linalg.norm(before, axis=1) / np.linalg.norm(after, axis=1)
+    assert curve.points[0].shown == pytest.approx(np.mean(ranks < 5))
+    assert curve.points[0].source_cosine == pytest.approx(cosines.mean(), abs=1e-4)
 
 
 def _tiny_tokenizer(path):

@@ -439,7 +439,21 @@ def test_generation_equals_steer_and_is_cached(client, workspace, atlas):
     reference = run_recipe(workspace, Recipe.from_dict({**sent, "decoder": "retrieval"}))
     assert client.get(job["result"]["before_url"]).content == reference.before_png
     assert client.get(job["result"]["after_url"]).content == reference.after_png
-    assert [h["image_id"] for h in job["result"]["after_ranking"]] == [h.image_id for h in reference.after_ranking]
+    shown = job["result"]["after_ranking"]
+    assert [h["image_id"] for h in shown] == [h.image_id for h in reference.after_ranking]
+    assert image_id not in [h["image_id"] for h in shown]  # an edit never shows the unedited image
+    # Each shown image carries the edited features' activations: feature 5 raised first.
+    table = atlas.feature_table()
+    for sent_hit, hit in zip(shown, reference.after_ranking):
+        assert sent_hit["score"] == pytest.approx(hit.score) and sent_hit["cosine"] == pytest.approx(hit.cosine)
+        assert [(t["feature"], t["raised"]) for t in sent_hit["targets"]] == [
+            (t.feature, t.raised) for t in hit.targets
+        ]
+        assert (sent_hit["targets"][0]["feature"], sent_hit["targets"][0]["raised"]) == (5, True)
+        for sent_target, target in zip(sent_hit["targets"], hit.targets):
+            assert sent_target["activation"] == pytest.approx(target.activation)
+            assert sent_target["rank"] == (target.rank if target.activation > 0 else None)
+            assert sent_target["max_activation"] == pytest.approx(table.max_activation[target.feature])
     assert job["result"]["decoder"] == "retrieval" and job["progress"] == 1.0
     again = client.post("/api/generate", json=sent).json()
     assert again["cached"] is True and again["id"] == submitted["id"] and again["status"] == "done"
@@ -471,3 +485,23 @@ def test_unknown_decoder_fails_at_start(workspace):
 def test_synthetic_atlas_refuses_sizes_it_cannot_fill(fields):
     with pytest.raises(UserError, match="synthetic atlas needs"):
         SyntheticAtlasConfig(**fields)
+
+
+def test_playground_default_strength_says_where_it_came_from(tmp_path):
+    from clipatlas._io import atomic_write_json
+    from clipatlas.steer.success import StrengthPoint, SuccessCurve
+
+    ws = write_synthetic_atlas(tmp_path / "s", SyntheticAtlasConfig(n_features=32, n_images=40))
+    with TestClient(create_app(ws.root), client=LOOPBACK) as unmeasured:
+        page = unmeasured.get("/playground", headers=HTML).text
+        assert 'data-default-strength="7.5"' in page and "has not been measured" in page
+    atlas = Atlas.open(ws)
+    points = [
+        StrengthPoint(s, 30, success, 1.0, success, 0.2, 0.8, 0.4, 0.1) for s, success in ((1.0, 0.5), (2.0, 0.9))
+    ]
+    curve = SuccessCurve(atlas.name, atlas.build_id, "retrieval", {}, {"target": 0.8, "top": 5}, 10, points)
+    atomic_write_json(atlas.files.steering_success("retrieval"), curve.to_dict())
+    with TestClient(create_app(ws.root), client=LOOPBACK) as measured:
+        page = measured.get("/playground", headers=HTML).text
+        assert 'data-default-strength="2.0"' in page
+        assert "2x: 90% of 30 single set edits on 10 features showed the feature" in page

@@ -5,6 +5,7 @@ Screenshots go to test-artifacts/ (gitignored) so a person can look at what the 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -200,7 +201,9 @@ def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
     sync_api.expect(page.locator("#edits li")).to_have_count(3)
     edits = page.locator("#edits li").all_inner_texts()
     assert edits[0].startswith(f"set #{active[0].feature} = 0.5") and edits[1].startswith(f"ban #{active[1].feature}")
-    assert edits[2].startswith(f"set #{added} = {round(atlas.feature(added).max_activation, 4)}")
+    # An added feature starts at the default strength: 7.5x here, as this atlas has no measured curve.
+    assert "7.5x" in page.locator("#strength-note").inner_text()
+    assert edits[2].startswith(f"set #{added} = {round(7.5 * atlas.feature(added).max_activation, 4)}")
     assert not any("/api/generate" in u or "/api/jobs" in u for u in requests), "sliders must not run the model"
     shot(page, "playground-edits")
 
@@ -248,6 +251,33 @@ def test_playground_generates_before_and_after(page, synthetic):
     page.goto(f"{url}/playground")
     page.wait_for_selector("body[data-playground-ready]")
     ban_first_feature_and_generate_twice(page, "playground-generated")
+
+
+def test_playground_shows_the_shown_images_with_the_edited_features_activation(page, synthetic):
+    from urllib.parse import unquote
+
+    from clipatlas.steer import Recipe, run_recipe
+
+    url, atlas = synthetic
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    assert page.locator("#candidates-box").is_hidden()
+    page.fill("#feature-search", "mushroom")
+    page.locator("#feature-results button").first.click()
+    page.click("#generate")
+    sync_api.expect(page.locator("#job-status")).to_contain_text("done", timeout=60_000)
+    download = page.locator("#download-recipe").get_attribute("href")
+    reference = run_recipe(atlas.workspace, Recipe.from_dict(json.loads(unquote(download.split(",", 1)[1]))))
+    items = page.locator("#candidates li")
+    sync_api.expect(items).to_have_count(min(8, len(reference.after_ranking)))
+    for item, hit in zip(items.all(), reference.after_ranking):
+        assert item.get_attribute("data-image") == hit.image_id
+        target = hit.targets[0]
+        shown = item.inner_text()
+        assert f"#{target.feature} {target.activation:.2f}" in shown
+        assert (f"rank {target.rank}" if target.activation > 0 else "not firing") in shown
+    assert all(width > 0 for width in loaded_widths(page.locator("#candidates img")))
+    shot(page, "playground-candidates")
 
 
 # ---- the demo-like atlas: real images, uploads and generation ------------------------------------

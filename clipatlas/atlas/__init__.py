@@ -5,11 +5,22 @@ Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.types`):
 `feature(i) -> FeatureInfo`, `top_images(i)` / `quantile_samples(i) -> list[Example]`,
 `coactivating(i)` / `similar(i, by) -> list[Neighbour]`, `features_of_image(image_id)` /
 `features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`,
-`map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`.
+`map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`,
+`image_codes() -> ImageCodes` (every image's sparse code), `feature_table() -> FeatureTable` (per-feature arrays).
 """
 
 from clipatlas.atlas.config import AtlasConfig
-from clipatlas.atlas.types import Activation, AtlasError, Example, FeatureInfo, Label, MapPoints, Neighbour
+from clipatlas.atlas.types import (
+    Activation,
+    AtlasError,
+    Example,
+    FeatureInfo,
+    FeatureTable,
+    ImageCodes,
+    Label,
+    MapPoints,
+    Neighbour,
+)
 
 __all__ = [
     "Activation",
@@ -18,6 +29,8 @@ __all__ = [
     "AtlasError",
     "Example",
     "FeatureInfo",
+    "FeatureTable",
+    "ImageCodes",
     "Label",
     "MapPoints",
     "Neighbour",

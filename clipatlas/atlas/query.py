@@ -20,6 +20,8 @@ from clipatlas.atlas.types import (
     AtlasError,
     Example,
     FeatureInfo,
+    FeatureTable,
+    ImageCodes,
     Label,
     MapPoints,
     Neighbour,
@@ -55,7 +57,8 @@ class Atlas:
         self.arrays_dir = self.dir / self.meta["arrays_dir"]
         self.hist_edges = np.asarray(json.loads(self.meta["hist_edges"]), dtype=np.float64)
         self._hist: np.ndarray | None = None
-        self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._codes: ImageCodes | None = None
+        self._table: FeatureTable | None = None
         self._map: MapPoints | None = None
         self._store = None
         self._sae = None
@@ -181,9 +184,9 @@ class Atlas:
             row = self.store.row_of(image_id)
         except KeyError:
             raise AtlasError(f"no image with id {image_id!r} in this workspace's store") from None
-        indptr, features, values = self._image_codes()
-        lo, hi = int(indptr[row]), int(indptr[row + 1])
-        return [Activation(int(f), float(v)) for f, v in zip(features[lo:hi], values[lo:hi])]
+        codes = self.image_codes()
+        lo, hi = int(codes.indptr[row]), int(codes.indptr[row + 1])
+        return [Activation(int(f), float(v)) for f, v in zip(codes.features[lo:hi], codes.values[lo:hi])]
 
     def features_of_embedding(self, x: Any) -> list[Activation]:
         """Run the SAE on one raw-scale embedding (d,) and list its active features, strongest first."""
@@ -283,10 +286,25 @@ class Atlas:
             self._hist = np.load(array_path(self.arrays_dir, HIST_ARRAY), mmap_mode="r")
         return self._hist
 
-    def _image_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def image_codes(self) -> ImageCodes:
+        """Every store image's sparse code (CSR, strongest first; memory-mapped, read once)."""
         if self._codes is None:
-            self._codes = tuple(np.load(array_path(self.arrays_dir, name), mmap_mode="r") for name in CODE_ARRAYS)
+            self._codes = ImageCodes(
+                *(np.load(array_path(self.arrays_dir, name), mmap_mode="r") for name in CODE_ARRAYS)
+            )
         return self._codes
+
+    def feature_table(self) -> FeatureTable:
+        """alive, count and max activation of every feature as arrays (one query, cached)."""
+        if self._table is None:
+            rows = self._conn().execute("SELECT alive, count, max_activation FROM features ORDER BY feature").fetchall()
+            table = np.array([tuple(r) for r in rows], dtype=np.float64).reshape(-1, 3)
+            self._table = FeatureTable(
+                alive=table[:, 0].astype(bool),
+                count=table[:, 1].astype(np.int64),
+                max_activation=table[:, 2].astype(np.float32),
+            )
+        return self._table
 
     @property
     def store(self):

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
         "icons",
         help="make feature icons (template image with one feature boosted)",
         description="Write icons/<feature>.png for each feature and record them in the "
-        "atlas; re-running continues where it stopped.",
+        "atlas; re-running continues where it stopped and remakes the icons whose inputs changed.",
     )
     add_workspace(parser)
     add_sae_name(parser)
@@ -24,10 +24,12 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="decoder setting, e.g. steps=12",
+        help="decoder setting, e.g. steps=12 (kandinsky) or rank_weight=1 (retrieval; see clipatlas steer --help)",
     )
     parser.add_argument(
-        "--verify", action="store_true", help="re-embed the icons and report the share whose own feature fires most"
+        "--verify",
+        action="store_true",
+        help="re-embed the icons made and report how often their own feature fires most, and how many are distinct",
     )
     parser.set_defaults(func=run)
 
@@ -37,13 +39,25 @@ def run(args: argparse.Namespace) -> int:
     from clipatlas.steer.icons import make_icons, verify_icons
 
     config = IconConfig(**given(args, IconConfig, skip=("settings",)), settings=parse_settings(args.settings))
-    made = make_icons(args.workspace, args.name, config)
-    print(f"made {len(made)} icons")
+    icons = make_icons(args.workspace, args.name, config)
+    print(f"strength {icons.strength.source}")
+    print(
+        f"made {len(icons.made)} icons, kept {icons.kept} up to date; "
+        f"{icons.distinct_share:.1%} of the {icons.n_icons} alive features' icons are distinct"
+    )
+    warnings = icons.warnings
     if args.verify:
-        report = verify_icons(args.workspace, args.name, config)
+        report = verify_icons(args.workspace, args.name, config.features)
         print(
             f"{report['n_icons']} icons: {report['top1_share']:.1%} activate their own feature most "
-            f"({report['top10_share']:.1%} in the top 10); median rank {report['median_rank_before']:.0f} "
-            f"in the template -> {report['median_rank_after']:.0f} in the icon"
+            f"(target {report['top1_target']:.0%}; at most {report['top1_ceiling']:.1%} can with retrieval on "
+            "this store: the share of these features that is the strongest latent of some store image)\n"
+            f"  other measures: {report['top5_share']:.1%} have it among their 5 strongest latents, "
+            f"{report['normalised_top1_share']:.1%} fire it at the largest fraction of its max activation; "
+            f"median rank {report['median_rank_before']:.0f} in the template -> {report['median_rank_after']:.0f} "
+            "in the icon"
         )
+        warnings = report["warnings"]  # the same distinct share, plus the causal check's
+    for warning in warnings:
+        print(warning)
     return 0

@@ -41,7 +41,9 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="decoder setting, e.g. steps=12 guidance=4 height=512 width=512 strength=0.5 k=16",
+        help="decoder setting: kandinsky steps=12 guidance=4 height=512 width=512 (img2img: strength=0.5); "
+        "retrieval k=16 tile=128 activation_weight=0.1 rank_weight=1 top_latents=5 dominant_weight=0 "
+        "duplicate_cosine=0.995 (the ranking of edited images, see the README's Steering section)",
     )
     parser.add_argument("--recipe", type=Path, help="replay this recipe JSON (ignores IMAGE and edit options)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the edited image (PNG)")
@@ -50,7 +52,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="re-embed the result and report each set/add feature's activation and rank",
+        help="re-embed the result and report, per set/add feature, its activation and rank there, whether the "
+        "result differs from the source, and how far the other features moved",
     )
     parser.set_defaults(func=run)
 
@@ -83,11 +86,33 @@ def run(args: argparse.Namespace) -> int:
         recipe.save(args.recipe_out)
     print(f"wrote {args.out} (decoder {result.decoder}, recipe {recipe.hash[:12]})")
     for hit in (result.after_ranking or [])[:5]:
-        print(f"  {hit.image_id}\tcosine {hit.score:.3f}")
+        print(f"  {hit.image_id}\tscore {hit.score:.3f}  cosine {hit.cosine:.3f}{describe_targets(hit, steerer)}")
     if args.verify:
         for check in steerer.verify(recipe, result):
-            print(
-                f"feature {check.feature}: activation {check.before_activation:.3g} -> {check.after_activation:.3g}, "
-                f"rank {check.before_rank} -> {check.after_rank}"
-            )
+            print(describe_check(check))
     return 0
+
+
+def describe_targets(hit, steerer) -> str:
+    """Each edited feature's activation in a shown image, in units of its max activation, and its rank."""
+    parts = []
+    for target in hit.targets:
+        top = float(steerer.max_activation[target.feature])
+        rank = f"rank {target.rank}" if target.activation > 0 else "not firing"
+        level = f" ({target.activation / top:.2f}x max)" if top > 0 else ""
+        parts.append(f"#{target.feature} {target.activation:.3g}{level}, {rank}")
+    return ("  " + "; ".join(parts)) if parts else ""
+
+
+def describe_check(check) -> str:
+    differs = (
+        f"differs from the source (cosine {check.source_cosine:.2f})"
+        if check.differs
+        else f"is the source or a near-duplicate (cosine {check.source_cosine:.3f})"
+    )
+    verdict = "shown" if check.success else "not shown"
+    return (
+        f"feature {check.feature}: activation {check.before_activation:.3g} -> {check.after_activation:.3g}, "
+        f"rank {check.before_rank} -> {check.after_rank}; the result {differs}; the other features' cosine "
+        f"{check.unedited_cosine:.2f}: {verdict} (success = differs and rank < {check.top})"
+    )

@@ -5,15 +5,18 @@ Modules load on first use: the command line reads the configs and recipes withou
 
 import importlib
 
-from clipatlas.steer.config import IconConfig
+from clipatlas.steer.config import IconConfig, RetrievalConfig, SuccessConfig
 
 _LAZY = {
     "CausalCheck": "causal",
     "causal_check": "causal",
     "DECODERS": "decoders",
-    "CosineIndex": "decoders",
+    "CosineIndex": "ranking",
     "Decoded": "decoders",
     "Hit": "decoders",
+    "TargetActivation": "decoders",
+    "Guide": "ranking",
+    "EditRanker": "ranking",
     "KandinskyDecoder": "decoders",
     "RetrievalDecoder": "decoders",
     "load_kandinsky_pipeline": "decoders",
@@ -33,9 +36,15 @@ _LAZY = {
     "make_icons": "icons",
     "verify_icons": "icons",
     "Recipe": "recipe",
+    "EditCheck": "success",
+    "SuccessCurve": "success",
+    "check_edits": "success",
+    "default_strength": "success",
+    "measure_success": "success",
+    "plot_success": "success",
 }
 
-__all__ = ["IconConfig", *_LAZY]
+__all__ = ["IconConfig", "RetrievalConfig", "SuccessConfig", *_LAZY]
 
 
 def __getattr__(name: str):

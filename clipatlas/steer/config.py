@@ -5,8 +5,54 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from clipatlas.errors import UserError
+
 KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
 KANDINSKY_PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Settings of the retrieval decoder (`--set KEY=VALUE`), which shows the store images that best show an
+    edited embedding y. For the features the edits raised (R) and switched off (O), store image c scores
+
+        cos(y, x_c) + mean over f in R of [activation_weight * min(z_f(c) / max_f, 1)
+                                           + rank_weight * (f among c's top_latents strongest latents)
+                                           + dominant_weight * (f is c's strongest latent)]
+                    - mean over f in O of [activation_weight * min(z_f(c) / max_f, 1)
+                                           + rank_weight * (f among c's top_latents strongest latents)]
+
+    and for an edited embedding the unedited image and its near-duplicates are never shown. With both
+    weights 0 it is plain cosine retrieval. The defaults are measured (bench/RESULTS.md, "Steering success")."""
+
+    k: int = 16
+    """Images shown, best first, as a contact sheet."""
+    tile: int = 128
+    """Size of a contact sheet's tiles in pixels."""
+    activation_weight: float = 0.1
+    """Weight of a target feature's activation in a candidate, in units of its max activation (capped at 1)."""
+    rank_weight: float = 1.0
+    """Bonus when a target feature is among the candidate's top_latents strongest latents."""
+    top_latents: int = 5
+    """How many of a candidate's strongest latents earn rank_weight."""
+    dominant_weight: float = 0.0
+    """Bonus when a target feature is the candidate's strongest latent (icons use 2)."""
+    duplicate_cosine: float = 0.995
+    """Store images at least this cosine-similar to the unedited image count as it: never shown for an edit."""
+
+    def __post_init__(self):
+        for name in ("k", "tile", "top_latents"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or int(value) != value:
+                raise UserError(f"retrieval setting {name!r} is a whole number >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        for name in ("activation_weight", "rank_weight", "dominant_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise UserError(f"retrieval setting {name!r} is a number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 0 < self.duplicate_cosine <= 1:
+            raise UserError(f"retrieval setting 'duplicate_cosine' is in (0, 1], got {self.duplicate_cosine!r}")
 
 
 @dataclass(frozen=True)
@@ -14,11 +60,13 @@ class IconConfig:
     features: str = "alive"
     """Which features get an icon: all, alive, or comma-separated ids."""
     decoder: str = "retrieval"
-    """retrieval (nearest store image, no GPU) or kandinsky[:PATH_OR_ID]."""
-    strength: float = 7.5
-    """The feature is set to this many times its max activation."""
-    template: str | None = None
-    """Template image file or store image id (default: the packaged template)."""
+    """retrieval (a store image, no GPU) or kandinsky[:PATH_OR_ID]."""
+    strength: float | None = None
+    """The feature is set to this many times its max activation (default: the smallest strength at which
+    this SAE's measured steering success reaches its target; measured on first use)."""
+    template: str = "mean"
+    """mean (the store's mean embedding: in distribution, never an icon itself; templates compared in
+    bench/RESULTS.md), a store image id, or an image file."""
     seed: int = 1
     """Seed of the decoder (every icon starts from the same noise)."""
     batch_size: int = 16
@@ -26,15 +74,32 @@ class IconConfig:
     settings: tuple[tuple[str, Any], ...] = ()
     """Decoder settings as (key, value) pairs, e.g. (("steps", 12),)."""
 
-    def identity(self, template_digest: str) -> dict:
-        """What an icon depends on; icons made under another identity are redone."""
-        return {
-            "decoder": self.decoder,
-            "strength": self.strength,
-            "template": template_digest,
-            "seed": self.seed,
-            "settings": dict(self.settings),
-        }
+
+@dataclass(frozen=True)
+class SuccessConfig:
+    """How the steering success curve is measured: single `set` edits on a seeded sample of alive features,
+    each applied to images where the feature does not fire, decoded, re-embedded and checked."""
+
+    decoder: str = "retrieval"
+    """The decoder measured: retrieval or kandinsky[:PATH_OR_ID] (which generates two images per edit)."""
+    settings: tuple[tuple[str, Any], ...] = ()
+    """Decoder settings as (key, value) pairs (e.g. (("rank_weight", 0),) measures plain cosine)."""
+    strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0)
+    """Edit strengths, in units of each feature's max activation."""
+    n_features: int = 500
+    """Features sampled (alive, firing on at least min_images images); all of them when fewer."""
+    sources_per_feature: int = 3
+    """Images each feature is set on, drawn from those where it does not fire."""
+    min_images: int = 10
+    """Only features firing on at least this many store images are sampled."""
+    top: int = 5
+    """An edit succeeds when the result is not the source and the feature is among its `top` strongest latents."""
+    target: float = 0.8
+    """The success rate the default strength must reach."""
+    seed: int = 0
+    """Seed of the feature and source sample."""
+    batch_size: int = 64
+    """Edits decoded per decoder call."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """Decoders turn (edited) embeddings into images. A registry maps names to factories:
 
-- `retrieval`: the store images nearest (cosine) to each embedding, as a ranked list and a
-  contact sheet. Works for any encoder, needs no GPU.
+- `retrieval`: the store images that best show each embedding (for an edit: `ranking.EditRanker`'s
+  mix of cosine and the edited features' activations), as a ranked list and a contact sheet.
+  Works for any encoder, needs no GPU.
 - `kandinsky[:PATH_OR_ID]`: diffusers `KandinskyV22Pipeline` (image_embeds -> image).
 - `kandinsky-img2img[:PATH_OR_ID]`: `KandinskyV22Img2ImgPipeline`, keeping the input's layout.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -18,24 +20,38 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
+from clipatlas.atlas.types import ImageCodes
 from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
-from clipatlas.steer.config import KANDINSKY_DECODER_ID
+from clipatlas.steer.config import KANDINSKY_DECODER_ID, RetrievalConfig
+from clipatlas.steer.ranking import CosineIndex, EditRanker, Guide
 
 # The seed system's Cog predictor: 512 px, 12 steps, guidance 4, fp16, seed 1.
 KANDINSKY_DEFAULTS = {"steps": 12, "guidance": 4.0, "height": 512, "width": 512, "strength": 0.5}
-RETRIEVAL_DEFAULTS = {"k": 16, "tile": 128}
 NOT_CLIP_ENCODERS = ("efficientnet",)
-_SEARCH_BATCH_ROWS = 65536  # store rows per float32 batch while building the index
+
+
+@dataclass(frozen=True)
+class TargetActivation:
+    """A feature an edit changed, as it fires in a shown image: its activation, its rank in the image's
+    stored code (0 = strongest; `NOT_IN_CODE` when absent) and whether the edit raised or removed it."""
+
+    feature: int
+    activation: float
+    rank: int
+    raised: bool
 
 
 @dataclass(frozen=True)
 class Hit:
+    """A shown store image: `score` ranked it (the cosine, or the edit-aware mix for an edited embedding)."""
+
     row: int
     image_id: str
-    score: float  # cosine similarity
+    score: float
+    cosine: float
+    targets: tuple[TargetActivation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,41 +63,6 @@ class Decoded:
 
 
 # -- retrieval -------------------------------------------------------------------------------------
-class CosineIndex:
-    """The store's rows, unit-normalised, in RAM in the store's dtype (float16 stores stay float16:
-    1.4M x 1280 is 3.6 GB); one matrix-vector product per query batch. Exact, no approximation."""
-
-    def __init__(self, store):
-        self.d = store.d
-        dtype = torch.float16 if store.dtype == np.float16 else torch.float32
-        self.unit_rows = torch.empty((len(store), store.d), dtype=dtype)
-        batches = store.iter_batches(_SEARCH_BATCH_ROWS)
-        for start, batch in tqdm(
-            batches,
-            total=-(-len(store) // _SEARCH_BATCH_ROWS),
-            desc="retrieval index",
-            unit="batch",
-            disable=len(store) < 20 * _SEARCH_BATCH_ROWS,
-        ):
-            norms = np.sqrt(np.einsum("ij,ij->i", batch, batch))[:, None]
-            self.unit_rows[start : start + len(batch)] = torch.from_numpy(batch / np.maximum(norms, 1e-12))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cosines), each (B, k), best first; ties go to the lower row."""
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.d:
-            raise UserError(f"embeddings have {queries.shape[1]} dims, the store holds {self.d}-dim embeddings")
-        k = min(int(k), len(self.unit_rows))
-        if k < 1:
-            raise UserError("retrieval needs a non-empty store and k >= 1")
-        unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        scores = (self.unit_rows @ torch.from_numpy(unit).to(self.unit_rows.dtype).T).float().T.numpy()
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(scores, part, 1)
-        order = np.lexsort((part, -top), axis=1)
-        return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(top, order, 1)
-
-
 def nearest_rows(store, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cosines), each (B, k) best first: an exact cosine search over the store."""
     return CosineIndex(store).search(queries, k)
@@ -109,22 +90,72 @@ def contact_sheet(store, rows: Sequence[int], tile: int) -> Image.Image:
     return sheet
 
 
+def retrieval_config(settings: dict[str, Any] | None) -> RetrievalConfig:
+    """The retrieval decoder's settings from a recipe's `settings` (unknown keys refused in one line)."""
+    settings = dict(settings or {})
+    known = [f.name for f in dataclasses.fields(RetrievalConfig)]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise UserError(f"decoder 'retrieval' has no settings {unknown}; it takes {known}")
+    return RetrievalConfig(**settings)
+
+
 class RetrievalDecoder:
-    """Nearest store images; `k` == 1 gives the single nearest image (icons)."""
+    """The store images that best show each embedding (`RetrievalConfig`): for an edited embedding with a
+    `Guide`, ranked by the edit-aware mix of `ranking.EditRanker`, never the unedited image; without one,
+    by cosine. Its image is a contact sheet of the ranked images; `k` == 1 gives the single best image."""
 
     name = "retrieval"
 
-    def __init__(self, store):
+    def __init__(self, store, codes: ImageCodes, max_activation: np.ndarray):
         self.store = store
-        self._index: CosineIndex | None = None
-        self._index_lock = threading.Lock()
+        self._codes = codes
+        self._max_activation = np.asarray(max_activation, dtype=np.float32)
+        self._ranker: EditRanker | None = None
+        self._lock = threading.Lock()
 
     @property
-    def index(self) -> CosineIndex:
-        with self._index_lock:  # the web's worker threads share one decoder: build the index once
-            if self._index is None:
-                self._index = CosineIndex(self.store)
-            return self._index
+    def ranker(self) -> EditRanker:
+        with self._lock:  # the web's worker threads share one decoder: build the index once
+            if self._ranker is None:
+                self._ranker = EditRanker(CosineIndex(self.store), self._codes, self._max_activation)
+            return self._ranker
+
+    def rank(
+        self, embeddings: np.ndarray, guides: Sequence[Guide | None] | None = None, settings: dict | None = None
+    ) -> list[list[Hit]]:
+        """The ranked hits of each embedding (no images drawn)."""
+        cfg = retrieval_config(settings)
+        embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
+        guides = list(guides) if guides is not None else [None] * len(embeddings)
+        ids = self.store.metadata.column("image_id")
+        rankings = []
+        for y, guide in zip(embeddings, guides):
+            if guide is None:
+                rows, cosines = self.ranker.index.search(y[None], cfg.k)
+                rankings.append(
+                    [Hit(int(r), str(ids[int(r)]), float(c), float(c)) for r, c in zip(rows[0], cosines[0])]
+                )
+                continue
+            ranked = self.ranker.rank(y, guide, cfg, cfg.k)
+            rankings.append(
+                [
+                    Hit(
+                        int(row),
+                        str(ids[int(row)]),
+                        float(score),
+                        float(cosine),
+                        tuple(
+                            TargetActivation(f, float(act), int(rank), f in guide.raised)
+                            for f, act, rank in zip(guide.targets, acts, ranks)
+                        ),
+                    )
+                    for row, score, cosine, acts, ranks in zip(
+                        ranked.rows, ranked.scores, ranked.cosines, ranked.activations, ranked.ranks
+                    )
+                ]
+            )
+        return rankings
 
     def decode(
         self,
@@ -133,13 +164,18 @@ class RetrievalDecoder:
         seed: int = 1,
         settings: dict[str, Any] | None = None,
         init_images: Sequence[Image.Image] | None = None,
+        guides: Sequence[Guide | None] | None = None,
     ) -> Decoded:
-        opts = _options(RETRIEVAL_DEFAULTS, settings, self.name)
-        rows, scores = self.index.search(embeddings, int(opts["k"]))
-        ids = self.store.metadata.column("image_id")
-        rankings = [[Hit(int(r), str(ids[int(r)]), float(s)) for r, s in zip(rr, ss)] for rr, ss in zip(rows, scores)]
-        images = [contact_sheet(self.store, rr, int(opts["tile"])) for rr in rows]
-        return Decoded(images, rankings)
+        rankings = self.rank(embeddings, guides, settings)
+        tile = retrieval_config(settings).tile
+        return Decoded([contact_sheet(self.store, [hit.row for hit in hits], tile) for hits in rankings], rankings)
+
+    def result_embeddings(
+        self, embeddings: np.ndarray, *, guides=None, settings=None, seed: int = 1, init_images=None, encode=None
+    ) -> np.ndarray:
+        """The store embedding of the image shown first for each embedding (exact: no re-encoding)."""
+        settings = {**(settings or {}), "k": 1}
+        return self.store.rows(np.array([hits[0].row for hits in self.rank(embeddings, guides, settings)]))
 
 
 def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
@@ -224,7 +260,9 @@ class KandinskyDecoder:
         seed: int = 1,
         settings: dict[str, Any] | None = None,
         init_images: Sequence[Image.Image] | None = None,
+        guides: Sequence[Guide | None] | None = None,
     ) -> Decoded:
+        """One generated image per embedding (`guides` are for decoders that choose among stored images)."""
         opts = _options(KANDINSKY_DEFAULTS, settings, "kandinsky")
         embeddings = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if embeddings.shape[1] != self.negative.shape[0]:
@@ -255,6 +293,13 @@ class KandinskyDecoder:
             kwargs.update(image=list(init_images), strength=float(opts["strength"]))
         return Decoded(list(self.pipe(**kwargs).images))
 
+    def result_embeddings(
+        self, embeddings: np.ndarray, *, guides=None, settings=None, seed: int = 1, init_images=None, encode=None
+    ) -> np.ndarray:
+        """The generated images re-embedded by `encode` (the store's encoder: list of images -> (n, d))."""
+        images = self.decode(embeddings, seed=seed, settings=settings, init_images=init_images).images
+        return np.asarray(encode(images), dtype=np.float32)
+
 
 # -- registry ----------------------------------------------------------------------------------------
 DecoderFactory = Callable[[str | None, Any], Any]
@@ -274,7 +319,9 @@ def _kandinsky_factory(img2img: bool) -> DecoderFactory:
 
 
 DECODERS: dict[str, DecoderFactory] = {
-    "retrieval": lambda arg, ctx: RetrievalDecoder(ctx.store),
+    "retrieval": lambda arg, ctx: RetrievalDecoder(
+        ctx.store, ctx.atlas.image_codes(), ctx.atlas.feature_table().max_activation
+    ),
     "kandinsky": _kandinsky_factory(img2img=False),
     "kandinsky-img2img": _kandinsky_factory(img2img=True),
 }
@@ -294,6 +341,6 @@ def split_decoder_name(spec: str) -> tuple[str, str | None]:
 
 
 def make_decoder(spec: str, ctx):
-    """A decoder by registry name; `ctx` gives `.store` and `.negative_embedding()`."""
+    """A decoder by registry name; `ctx` (a `Steerer`) gives `.store`, `.atlas` and `.negative_embedding()`."""
     base, arg = split_decoder_name(spec)
     return DECODERS[base](arg, ctx)

@@ -207,23 +207,55 @@ def apply_edits(z: torch.Tensor, edits: Sequence[Edit], ctx: SteerContext) -> to
     return z
 
 
-def steer_embedding(sae, x: np.ndarray | torch.Tensor, edits: Sequence[Edit], ctx: SteerContext) -> np.ndarray:
-    """dec(z') + (x - dec(z)) in the encoder's raw scale; x itself when there are no edits."""
-    x_np = np.array(x, dtype=np.float32)  # a copy: store rows are read-only memory maps
+def checked_embedding(sae, x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """`x` as a float32 copy (store rows are read-only memory maps), refused unless it is one finite
+    embedding of the SAE's input size."""
+    x_np = np.array(x, dtype=np.float32)
     if x_np.ndim != 1 or x_np.shape[0] != sae.cfg.d_in:
         raise EditError(f"expected one embedding of size {sae.cfg.d_in}, got shape {x_np.shape}")
     if not np.isfinite(x_np).all():
         raise EditError("the input embedding contains NaN or infinite values; re-embed the image")
-    if not edits:
-        return x_np
+    return x_np
+
+
+def edit_latents(sae, x: np.ndarray, edits: Sequence[Edit], ctx: SteerContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, z'): the latents of the checked embedding `x` and the latents after the edits."""
     import torch
 
     with torch.no_grad():
-        x_t = torch.from_numpy(x_np)[None].to(sae.W_dec.device, sae.W_dec.dtype)
-        z = sae.encode(x_t)[0]
-        delta = apply_edits(z, edits, ctx) - z
-        # dec(z') - dec(z) = (z' - z) W_dec / input_scale: b_dec cancels, the residual is kept exactly,
-        # and only the edited rows of W_dec are read (a full decode reads all d_sae of them).
+        z = sae.encode(torch.from_numpy(x)[None].to(sae.W_dec.device, sae.W_dec.dtype))[0]
+        return z, apply_edits(z, edits, ctx)
+
+
+def embedding_from_latents(sae, x: np.ndarray, z: torch.Tensor, z_edited: torch.Tensor) -> np.ndarray:
+    """dec(z') + (x - dec(z)) = x + (z' - z) W_dec / input_scale: b_dec cancels, the residual is kept
+    exactly, and only the edited rows of W_dec are read (a full decode reads all d_sae of them)."""
+    import torch
+
+    with torch.no_grad():
+        delta = z_edited - z
         changed = delta.nonzero().flatten()
-        steered = x_t[0] + (delta[changed] @ sae.W_dec[changed]) / sae.cfg.input_scale
+        x_t = torch.from_numpy(x).to(sae.W_dec.device, sae.W_dec.dtype)
+        steered = x_t + (delta[changed] @ sae.W_dec[changed]) / sae.cfg.input_scale
     return steered.float().cpu().numpy()
+
+
+def steer_embedding(sae, x: np.ndarray | torch.Tensor, edits: Sequence[Edit], ctx: SteerContext) -> np.ndarray:
+    """dec(z') + (x - dec(z)) in the encoder's raw scale; x itself when there are no edits."""
+    x_np = checked_embedding(sae, x)
+    if not edits:
+        return x_np
+    return embedding_from_latents(sae, x_np, *edit_latents(sae, x_np, edits, ctx))
+
+
+def set_embeddings(sae, xs: np.ndarray, features: Sequence[int], values: Sequence[float]) -> np.ndarray:
+    """Row i: embedding xs[i] (or xs, when one embedding) with feature features[i] set to values[i]: the
+    steered embedding of the edit set:features[i]=values[i], for many edits in one batch."""
+    import torch
+
+    features = torch.as_tensor(np.asarray(features, dtype=np.int64))
+    x_t = torch.from_numpy(np.array(np.broadcast_to(xs, (len(features), sae.cfg.d_in)), dtype=np.float32))
+    with torch.no_grad():
+        current = sae.encode(x_t)[torch.arange(len(features)), features]
+        change = torch.as_tensor(np.asarray(values, dtype=np.float32)) - current
+        return (x_t + change[:, None] * sae.W_dec[features] / sae.cfg.input_scale).numpy()

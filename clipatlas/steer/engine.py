@@ -15,10 +15,11 @@ from PIL import Image
 from clipatlas.atlas import Atlas
 from clipatlas.errors import UserError
 from clipatlas.sources import ImageDecodeError, open_uri
-from clipatlas.steer.causal import CausalCheck, causal_check
 from clipatlas.steer.decoders import Hit, make_decoder, zero_image_embedding
-from clipatlas.steer.edits import SteerContext, steer_embedding
+from clipatlas.steer.edits import SteerContext, checked_embedding, edit_latents, embedding_from_latents
+from clipatlas.steer.ranking import Guide
 from clipatlas.steer.recipe import Recipe
+from clipatlas.steer.success import EditCheck, check_edits
 from clipatlas.workspace import Workspace
 
 
@@ -40,6 +41,7 @@ class SteerResult:
     after_png: bytes
     before_ranking: list[Hit] | None = None  # retrieval decoder only
     after_ranking: list[Hit] | None = None
+    guide: Guide | None = None  # the features the edits raised and removed (None: no edit)
 
 
 class Steerer:
@@ -114,18 +116,34 @@ class Steerer:
                 self._decoders[spec] = make_decoder(spec, self)
             return self._decoders[spec]
 
+    @functools.cached_property
+    def max_activation(self) -> np.ndarray:
+        return self.atlas.feature_table().max_activation
+
+    def edit(self, recipe: Recipe, x: np.ndarray) -> tuple[np.ndarray, Guide | None]:
+        """The recipe's edited embedding of `x`, and its guide (None when the recipe has no edits)."""
+        x = checked_embedding(self.sae, x)
+        if not recipe.edits:
+            return x, None
+        z, z_edited = edit_latents(self.sae, x, recipe.edits, self.context())
+        guide = Guide.of_edit(z.float().cpu().numpy(), z_edited.float().cpu().numpy(), x, self.max_activation)
+        return embedding_from_latents(self.sae, x, z, z_edited), guide
+
     def steer(self, recipe: Recipe, x: np.ndarray | None = None) -> np.ndarray:
         """The edited embedding of the recipe's image (or of `x` when given)."""
-        x = self.embedding_of(recipe.image) if x is None else x
-        return steer_embedding(self.sae, x, recipe.edits, self.context())
+        return self.edit(recipe, self.embedding_of(recipe.image) if x is None else x)[0]
 
     def run(self, recipe: Recipe) -> SteerResult:
         decoder = self.decoder(recipe.decoder)
         before = self.embedding_of(recipe.image)
-        after = self.steer(recipe, before)
+        after, guide = self.edit(recipe, before)
         init = [self.image_of(recipe.image)] * 2 if "img2img" in recipe.decoder else None
         decoded = decoder.decode(
-            np.stack([before, after]), seed=recipe.seed, settings=recipe.settings_dict, init_images=init
+            np.stack([before, after]),
+            seed=recipe.seed,
+            settings=recipe.settings_dict,
+            init_images=init,
+            guides=[None, guide],
         )
         rankings = decoded.rankings or [None, None]
         return SteerResult(
@@ -137,17 +155,34 @@ class Steerer:
             png_bytes(decoded.images[1]),
             rankings[0],
             rankings[1],
+            guide,
         )
 
-    def verify(self, recipe: Recipe, result: SteerResult) -> list[CausalCheck]:
-        """Re-embed what the recipe produced and check each set/add target feature in it."""
-        if result.after_ranking is not None:  # retrieval: the top image's store embedding is exact
+    def verify(self, recipe: Recipe, result: SteerResult) -> list[EditCheck]:
+        """Check each set/add target feature in what the recipe produced (`success.EditCheck`).
+
+        Retrieval: the image shown first is a store image, so its store embedding is exact, and it is
+        compared with the input. A generator: the before and after images (same seed) are both re-embedded
+        by the store's encoder, so only the edit differs between them."""
+        if result.after_ranking is not None:
+            before = result.before
             produced = np.array(self.store[result.after_ranking[0].row], dtype=np.float32)
         else:
-            image = Image.open(io.BytesIO(result.after_png)).convert("RGB")
-            produced = np.asarray(self.encoder.encode_images([image])[0], dtype=np.float32)
-        targets = [edit.feature for edit in recipe.edits if edit.op in ("set", "add")]
-        return [causal_check(self.sae, result.before, produced, f) for f in targets]
+            images = [Image.open(io.BytesIO(png)).convert("RGB") for png in (result.before_png, result.after_png)]
+            before, produced = np.asarray(self.encoder.encode_images(images), dtype=np.float32)
+        targets = np.array([edit.feature for edit in recipe.edits if edit.op in ("set", "add")], dtype=np.int64)
+        if not len(targets):
+            return []
+        z, z_edited = edit_latents(self.sae, checked_embedding(self.sae, result.before), recipe.edits, self.context())
+        edited = (z_edited != z).cpu().numpy()
+        return check_edits(
+            self.sae,
+            np.tile(before, (len(targets), 1)),
+            np.tile(produced, (len(targets), 1)),
+            targets,
+            np.tile(edited, (len(targets), 1)),
+            self.max_activation[targets],
+        )
 
 
 @functools.lru_cache(maxsize=4)

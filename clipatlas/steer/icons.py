@@ -1,128 +1,351 @@
-"""Feature icons: the template image's embedding with one feature set to `strength` x its max
-activation, decoded with a fixed seed; and the causal check that the icon expresses the feature."""
+"""Feature icons: the template's embedding with one feature set to `strength` x its max activation,
+decoded with a fixed seed; and the causal check that each icon expresses its feature.
+
+Retrieval icons are store images chosen by the edit-aware ranking (plus `dominant_weight`, a bonus
+when the feature is the image's strongest latent) and assigned one image per feature where the store
+allows it, for all alive features at once (`assign_images`): every feature that is the strongest latent
+of some image gets such an image, as many features as possible get an image of their own among those
+where they are in the top `top_latents`, and any feature left keeps its own best image. The assignment
+is saved in icons.json, so resumed runs and `verify_icons` use the very images shown. Each icon records
+what it was made from, and a re-run remakes exactly the icons whose inputs changed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
 from clipatlas._io import SCHEMA_VERSION, atomic_path, atomic_write_json, read_json, sha256_file
 from clipatlas.atlas.annotations import set_icon
 from clipatlas.errors import UserError
-from clipatlas.steer.causal import causal_check
+from clipatlas.steer.causal import CausalCheck
 from clipatlas.steer.config import IconConfig
+from clipatlas.steer.decoders import contact_sheet, retrieval_config, split_decoder_name
+from clipatlas.steer.edits import set_embeddings
 from clipatlas.steer.engine import Steerer, steerer_for
+from clipatlas.steer.ranking import Guide
+from clipatlas.steer.success import DefaultStrength, strength_for
 
-TEMPLATE = Path(__file__).parent / "assets" / "template.png"
-ICON_MANIFEST = "icons.json"
-VERIFY_REPORT = "verify.json"
+ICON_RANKING = {"k": 1, "dominant_weight": 2.0}  # retrieval settings of icons, under the user's own
+ASSIGNMENT = "maximum matching, strongest-latent rows kept, v1"  # part of the icons' identity
+ICON_KEY = "clipatlas-icon"  # PNG text chunk: the hash of what the icon was made from
+MEAN_TEMPLATE = "mean"
+TOP1_TARGET = 0.9  # share of icons whose own feature fires most
+DISTINCT_TARGET = 0.8  # share of distinct icons
+_EMBED_BATCH = 1024  # steered embeddings made at once while assigning
+
+
+@dataclass(frozen=True)
+class IconRun:
+    """What `make_icons` did: the features whose icon it made, how many up-to-date icons it kept,
+    the strength and where it came from, the share of distinct icons, and warnings to print."""
+
+    made: list[int]
+    kept: int
+    strength: DefaultStrength
+    n_icons: int
+    distinct_share: float
+    warnings: list[str]
 
 
 def select_features(atlas, spec: str) -> list[int]:
     if spec == "all":
         return list(range(atlas.n_features))
     if spec == "alive":
-        return [f for f in range(atlas.n_features) if atlas.feature(f).alive]
+        return np.flatnonzero(atlas.feature_table().alive).tolist()
     try:
         features = [int(f) for f in spec.split(",") if f.strip()]
     except ValueError:
         raise UserError(f"--features takes all, alive or a comma-separated list of ids, got {spec!r}") from None
     for f in features:
-        atlas.feature(f)  # raises a UserError naming the valid range
+        atlas.check_feature(f)  # raises a UserError naming the valid range
     return features
 
 
-def icon_embeddings(sae, x: np.ndarray, features: list[int], values: np.ndarray) -> np.ndarray:
-    """For each feature f_i: dec(z with z[f_i] = values[i]) + (x - dec(z)), batched."""
-    with torch.no_grad():
-        x_t = torch.from_numpy(np.array(x, dtype=np.float32))[None]
-        z = sae.encode(x_t)
-        edited = z.repeat(len(features), 1)
-        edited[torch.arange(len(features)), torch.tensor(features)] = torch.from_numpy(values.astype(np.float32))
-        return (sae.decode(edited) - sae.decode(z) + x_t).numpy()
-
-
-def _template(steerer: Steerer, config: IconConfig) -> tuple[np.ndarray, str]:
-    ref = config.template or str(TEMPLATE)
-    if Path(ref).is_file():
-        return steerer.embedding_of(ref), sha256_file(ref)
+def template_embedding(steerer: Steerer, ref: str) -> tuple[np.ndarray, str]:
+    """(embedding, digest) of the template: the store's mean embedding, a store image or an image file."""
+    if ref == MEAN_TEMPLATE:
+        store = steerer.store
+        total = np.zeros(store.d, dtype=np.float64)
+        for _, batch in store.iter_batches(65536):
+            total += batch.sum(axis=0, dtype=np.float64)
+        return (total / max(len(store), 1)).astype(np.float32), f"mean:{steerer.atlas.build_id}"
+    if Path(ref).expanduser().is_file() and steerer.row_of(ref) is None:
+        return steerer.embedding_of(ref), f"file:{sha256_file(Path(ref).expanduser())}"
     return steerer.embedding_of(ref), f"store:{ref}"
 
 
-def make_icons(workspace, name: str | None = None, config: IconConfig = IconConfig()) -> list[int]:
-    """Write icons/<feature>.png for the chosen features and record them in the atlas; resumable.
-    Returns the features whose icon was made by this call."""
+def _identity(steerer: Steerer, config: IconConfig, strength: float, template: str) -> dict:
+    """What every icon depends on; icons made under another identity are remade."""
+    base, _ = split_decoder_name(config.decoder)
+    settings = dict(config.settings)
+    if base == "retrieval":
+        settings = dataclasses.asdict(retrieval_config({**ICON_RANKING, **settings}))
+    return {
+        "decoder": config.decoder,
+        "strength": strength,
+        "template": template,
+        "template_ref": config.template,
+        "seed": config.seed,
+        "settings": settings,
+        "atlas_build": steerer.atlas.build_id,
+        **({"assignment": ASSIGNMENT} if base == "retrieval" else {}),
+    }
+
+
+def _icon_input(steerer: Steerer, identity: dict, assigned: dict[int, int], feature: int) -> str:
+    """A hash of what one icon's picture is made from: a retrieval icon is a tile of its assigned store
+    image (whatever chose it); a generated one depends on everything in the identity and its feature."""
+    if feature in assigned:
+        item = [identity["settings"]["tile"], str(steerer.store.metadata.column("image_id")[assigned[feature]])]
+    else:
+        item = [identity, feature]
+    return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _icon_key(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            return image.text.get(ICON_KEY)
+    except (OSError, ValueError):
+        return None
+
+
+def _save_icon(path: Path, image: Image.Image, key: str) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text(ICON_KEY, key)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=info)
+
+
+def assign_images(candidates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], n_rows: int) -> dict[int, int]:
+    """One store row per feature, from each feature's candidates (rows, scores, the feature's rank in each
+    row), for as many features as the store allows: a maximum bipartite matching (Hopcroft-Karp) in which a
+    feature that is the strongest latent of some row may only take such a row (these sets are disjoint:
+    a row has one strongest latent), so every such feature gets one; then each feature moves to its
+    best-scoring free row. Features left without a row are left out (the caller gives them their best)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    features = list(candidates)
+    allowed = {}
+    for f in features:
+        rows, _, ranks = candidates[f]
+        allowed[f] = ranks == 0 if (ranks == 0).any() else np.ones(len(rows), dtype=bool)
+    columns = [candidates[f][0][allowed[f]] for f in features]
+    indptr = np.concatenate([[0], np.cumsum([len(c) for c in columns])])
+    indices = np.concatenate(columns) if columns else np.zeros(0, np.int64)
+    graph = csr_matrix((np.ones(len(indices)), indices, indptr), shape=(len(features), n_rows))
+    matched = maximum_bipartite_matching(graph, perm_type="column")
+    chosen = {f: int(r) for f, r in zip(features, matched) if r >= 0}
+    owner = {r: f for f, r in chosen.items()}
+    for f in features:  # a strongest-latent feature left out takes its best such row from whoever has it
+        rows, scores, ranks = candidates[f]
+        if f not in chosen and (ranks == 0).any():
+            row = int(rows[ranks == 0][np.argmax(scores[ranks == 0])])
+            chosen.pop(owner.get(row), None)  # the same number of features keeps a row of its own
+            chosen[f], owner[row] = row, f
+    taken = np.zeros(n_rows, dtype=bool)
+    taken[list(chosen.values())] = True
+    for f in sorted(chosen):
+        rows, scores, _ = candidates[f]
+        free = allowed[f] & (~taken[rows] | (rows == chosen[f]))
+        best = int(rows[free][np.argmax(scores[free])])
+        taken[chosen[f]], taken[best] = False, True
+        chosen[f] = best
+    return chosen
+
+
+def _assignment(steerer: Steerer, config: IconConfig, x: np.ndarray, strength: float, features: list[int]):
+    """{feature: store row} of retrieval icons for all alive features plus `features`."""
+    cfg = retrieval_config({**ICON_RANKING, **dict(config.settings)})
+    ranker = steerer.decoder("retrieval").ranker
+    table = steerer.atlas.feature_table()
+    everyone = sorted(set(np.flatnonzero(table.alive).tolist()) | set(features))
+
+    def steered(batch: list[int]) -> np.ndarray:
+        return set_embeddings(steerer.sae, x, batch, strength * table.max_activation[batch])
+
+    candidates = {}
+    for start in tqdm(range(0, len(everyone), _EMBED_BATCH), desc="icon candidates", unit="batch"):
+        batch = everyone[start : start + _EMBED_BATCH]
+        for f, y in zip(batch, steered(batch)):
+            candidates[f] = ranker.candidates(y, Guide(raised=(f,), source=x), cfg)
+    chosen = assign_images(candidates, len(steerer.store))
+    left = [f for f in everyone if f not in chosen]
+    for start in range(0, len(left), _EMBED_BATCH):  # no free image shows them: their own best image, shared
+        batch = left[start : start + _EMBED_BATCH]
+        for f, y in zip(batch, steered(batch)):
+            chosen[f] = int(ranker.rank(y, Guide(raised=(f,), source=x), cfg, 1).rows[0])
+    return chosen
+
+
+def make_icons(workspace, name: str | None = None, config: IconConfig = IconConfig()) -> IconRun:
+    """Write icons/<feature>.png for the chosen features and record them in the atlas; resumable, and a
+    re-run remakes only the icons whose inputs changed."""
     steerer = steerer_for(workspace, name)
     atlas, files = steerer.atlas, steerer.atlas.files
-    icons_dir = files.icons_dir
     features = select_features(atlas, config.features)
-    x, digest = _template(steerer, config)
-    identity = config.identity(digest)
-    manifest = icons_dir / ICON_MANIFEST
-    if not manifest.is_file() or read_json(manifest).get("identity") != identity:
-        # New settings: earlier icons no longer match, so all are redone.
-        atomic_write_json(manifest, {"identity": identity})
-        done = set()
-    else:
-        done = {int(p.stem) for p in icons_dir.glob("*.png") if p.stem.isdigit()}
-    todo = [f for f in features if f not in done]
-    decoder = steerer.decoder(config.decoder)
-    settings = {"k": 1, **dict(config.settings)} if config.decoder == "retrieval" else dict(config.settings)
+    strength = strength_for(steerer, config.decoder, config.strength)
+    x, template = template_embedding(steerer, config.template)
+    identity = _identity(steerer, config, strength.value, template)
+    retrieval = split_decoder_name(config.decoder)[0] == "retrieval"
+    manifest = read_json(files.icon_manifest) if files.icon_manifest.is_file() else {}
+    assigned = dict(zip(manifest.get("features", []), manifest.get("rows", [])))
+    if manifest.get("identity") != identity:
+        assigned = {}
+    if retrieval and any(f not in assigned for f in features):
+        assigned.update(_assignment(steerer, config, x, strength.value, features))
+    atomic_write_json(
+        files.icon_manifest,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "identity": identity,
+            "features": list(assigned),
+            "rows": list(assigned.values()),
+        },
+    )
+    keys = {f: _icon_input(steerer, identity, assigned, f) for f in features}
+    todo = [f for f in features if _icon_key(files.icon(f)) != keys[f]]
     made = []
     for start in tqdm(range(0, len(todo), config.batch_size), desc="icons", unit="batch", disable=not todo):
         batch = todo[start : start + config.batch_size]
-        values = config.strength * np.array([atlas.feature(f).max_activation for f in batch])
-        decoded = decoder.decode(icon_embeddings(steerer.sae, x, batch, values), seed=config.seed, settings=settings)
-        for feature, image in zip(batch, decoded.images):
-            path = files.icon(feature)
-            with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG")
-            set_icon(atlas, feature, path)
+        if retrieval:
+            tile = identity["settings"]["tile"]
+            images = [contact_sheet(steerer.store, [assigned[f]], tile) for f in batch]
+        else:
+            values = strength.value * atlas.feature_table().max_activation[batch]
+            steered = set_embeddings(steerer.sae, x, batch, values)
+            images = (
+                steerer.decoder(config.decoder).decode(steered, seed=config.seed, settings=dict(config.settings)).images
+            )
+        for feature, image in zip(batch, images):
+            _save_icon(files.icon(feature), image, keys[feature])
+            set_icon(atlas, feature, files.icon(feature))
             made.append(feature)
-    return made
+    alive = [f for f in features if atlas.feature_table().alive[f]]
+    distinct = _distinct_share([files.icon(f) for f in alive])
+    return IconRun(made, len(features) - len(todo), strength, len(alive), distinct, icon_warnings(distinct, len(alive)))
 
 
-def _icon_embedding(steerer: Steerer, config: IconConfig, x: np.ndarray, feature: int) -> np.ndarray:
-    """The embedding of what feature's icon shows."""
-    if config.decoder == "retrieval":
-        # A retrieval icon is a store image: its store embedding is the exact one, no encoder needed.
-        value = config.strength * steerer.atlas.feature(feature).max_activation
-        steered = icon_embeddings(steerer.sae, x, [feature], np.array([value]))
-        return steerer.store[steerer.decoder("retrieval").decode(steered, settings={"k": 1}).rankings[0][0].row]
-    from PIL import Image
-
-    with Image.open(steerer.atlas.files.icon(feature)) as image:
-        return np.asarray(steerer.encoder.encode_images([image.convert("RGB")])[0], dtype=np.float32)
+def _distinct_share(paths: list[Path]) -> float:
+    """Share of distinct pictures among these icon files (files with identical pixels count once)."""
+    if not paths:
+        return 1.0
+    digests = set()
+    for path in paths:
+        with Image.open(path) as image:  # pixels, not file bytes: each file also carries its own key
+            digests.add(hashlib.sha256(image.tobytes()).digest())
+    return len(digests) / len(paths)
 
 
-def verify_icons(workspace, name: str | None = None, config: IconConfig = IconConfig()) -> dict:
-    """Re-embed every icon, encode it, and report the share whose own feature fires most.
-    Writes icons/verify.json."""
+def icon_warnings(distinct_share: float, n_icons: int, top1_share: float | None = None, ceiling: float | None = None):
+    """Lines to print when icons fall short of their targets, each saying what it means and what to do."""
+    warnings = []
+    if n_icons and distinct_share < DISTINCT_TARGET:
+        warnings.append(
+            f"warning: only {distinct_share:.1%} of the {n_icons} alive features' icons are distinct images "
+            f"(target {DISTINCT_TARGET:.0%}): many features share a picture. With retrieval the store has too few "
+            "images that show each feature; try another --template or add images to the store"
+        )
+    if top1_share is not None and top1_share < TOP1_TARGET:
+        reason = (
+            f"; on this store at most {ceiling:.0%} can, since only that share of these features is the strongest "
+            "latent of any store image"
+            if ceiling is not None
+            else ""
+        )
+        warnings.append(
+            f"warning: {top1_share:.0%} of the icons activate their own feature most (target {TOP1_TARGET:.0%}){reason}"
+        )
+    return warnings
+
+
+def verify_icons(workspace, name: str | None = None, features: str = "alive") -> dict:
+    """The causal check of the icons actually made (read from icons.json, retrieval images by their store
+    rows, generated ones re-embedded): how often the icon's own feature fires most, is in its top 5, or
+    fires at the largest fraction of its max activation; how many icons are distinct; and the rank-0
+    ceiling of retrieval on this store. Writes icons/verify.json and returns the report."""
     steerer = steerer_for(workspace, name)
     atlas, files = steerer.atlas, steerer.atlas.files
-    x, _ = _template(steerer, config)
-    features = [f for f in select_features(atlas, config.features) if files.icon(f).is_file()]
-    if not features:
-        raise UserError(
-            f"no icons to verify in {files.icons_dir}; make them with: clipatlas icons -w {steerer.workspace.root}"
+    hint = f"make them with: clipatlas icons -w {steerer.workspace.root}"
+    if not files.icon_manifest.is_file():
+        raise UserError(f"no icons to verify in {files.icons_dir}; {hint}")
+    manifest = read_json(files.icon_manifest)
+    identity = manifest["identity"]
+    retrieval = split_decoder_name(identity["decoder"])[0] == "retrieval"
+    assigned = dict(zip(manifest["features"], manifest["rows"]))
+    chosen = [
+        f
+        for f in select_features(atlas, features)
+        if (not retrieval or f in assigned) and _icon_key(files.icon(f)) == _icon_input(steerer, identity, assigned, f)
+    ]
+    if not chosen:
+        raise UserError(f"no up-to-date icons to verify in {files.icons_dir}; {hint}")
+    x, _ = template_embedding(steerer, identity["template_ref"])
+    if retrieval:  # a retrieval icon is a store image: its store embedding is exact, no encoder needed
+        produced = steerer.store.rows(np.array([assigned[f] for f in chosen]))
+    else:
+        produced = np.concatenate(
+            [
+                steerer.encoder.encode_images([Image.open(files.icon(f)).convert("RGB") for f in chosen[s : s + 64]])
+                for s in range(0, len(chosen), 64)
+            ]
         )
-    checks = []
-    for feature in tqdm(features, desc="verify icons", unit="icon"):
-        after = _icon_embedding(steerer, config, x, feature)
-        checks.append(causal_check(steerer.sae, x, after, feature))
-    report = {
-        "decoder": config.decoder,
-        "strength": config.strength,
-        "n_icons": len(checks),
-        "top1_share": float(np.mean([c.after_rank == 0 for c in checks])),
-        "top10_share": float(np.mean([c.after_rank < 10 for c in checks])),
-        "median_rank_before": float(np.median([c.before_rank for c in checks])),
-        "median_rank_after": float(np.median([c.after_rank for c in checks])),
+    distinct = _distinct_share([files.icon(f) for f in chosen])
+    report = icon_report(steerer, identity, x, np.asarray(chosen), produced, distinct)
+    atomic_write_json(files.icon_verify_report, {"schema_version": SCHEMA_VERSION, **report})
+    return report
+
+
+def icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produced: np.ndarray, distinct: float):
+    """The causal check of icons whose embeddings are `produced` (one row per feature) against template `x`."""
+    sae, table = steerer.sae, steerer.atlas.feature_table()
+    with torch.no_grad():
+        z_template = sae.encode(torch.from_numpy(x[None].astype(np.float32))).float().numpy()[0]
+        z = np.concatenate(
+            [
+                sae.encode(torch.from_numpy(produced[s : s + 1024])).float().numpy()
+                for s in range(0, len(produced), 1024)
+            ]
+        )
+    rows = np.arange(len(features))
+    own = z[rows, features]
+    rank = np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1])
+    before = np.where(
+        z_template[features] > 0, (z_template[None] > z_template[features][:, None]).sum(axis=1), z.shape[1]
+    )
+    level = z / np.where(table.max_activation > 0, table.max_activation, np.inf)[None]
+    normalised_rank = np.where(own > 0, (level > level[rows, features][:, None]).sum(axis=1), z.shape[1])
+    ceiling = float(np.isin(features, steerer.atlas.image_codes().strongest()).mean())
+    top1 = float((rank == 0).mean())
+    checks = [
+        CausalCheck(int(f), float(z_template[f]), float(own[i]), int(before[i]), int(rank[i]))
+        for i, f in enumerate(features)
+    ]
+    return {
+        "decoder": identity["decoder"],
+        "strength": identity["strength"],
+        "template": identity["template_ref"],
+        "n_icons": len(features),
+        "top1_share": top1,
+        "top1_target": TOP1_TARGET,
+        "top1_ceiling": ceiling,
+        "top5_share": float((rank < 5).mean()),
+        "top10_share": float((rank < 10).mean()),
+        "normalised_top1_share": float((normalised_rank == 0).mean()),
+        "distinct_share": distinct,
+        "distinct_target": DISTINCT_TARGET,
+        "median_rank_before": float(np.median(before)),
+        "median_rank_after": float(np.median(rank)),
+        "warnings": icon_warnings(distinct, len(features), top1, ceiling),
         "checks": [dataclasses.asdict(c) for c in checks],
     }
-    atomic_write_json(files.icons_dir / VERIFY_REPORT, {"schema_version": SCHEMA_VERSION, **report})
-    return report

@@ -56,6 +56,7 @@ def playground_page(request: Request, ctx: Context):
         title="playground",
         decoder=ctx.steering.decoder_name,
         samples=ctx.views.sample_images(),
+        strength=ctx.steering.default_strength,
     )
 
 

@@ -120,9 +120,25 @@ class Upload(BaseModel):
     features: list[ActiveFeature]
 
 
+class TargetOut(BaseModel):
+    """An edited feature in a shown image: `rank` is its place among the image's latents (0 = strongest,
+    None = not firing); `raised` is False for a feature the edit switched off."""
+
+    feature: int
+    activation: float
+    max_activation: float
+    rank: int | None
+    raised: bool
+
+
 class RankedImage(BaseModel):
+    """A retrieved image: `score` ranked it (cosine, plus the edited features' terms for an edit; see
+    the retrieval decoder's settings), `cosine` is its similarity to the (edited) embedding."""
+
     image_id: str
     score: float
+    cosine: float
+    targets: list[TargetOut]
 
 
 class JobResult(BaseModel):

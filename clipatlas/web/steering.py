@@ -25,6 +25,7 @@ from clipatlas.errors import UserError
 from clipatlas.steer.decoders import split_decoder_name
 from clipatlas.steer.engine import Steerer
 from clipatlas.steer.recipe import Recipe
+from clipatlas.steer.success import default_strength
 
 UPLOAD_PREFIX = "upload:"
 DISPLAY_SIZE = 512
@@ -98,6 +99,8 @@ class Steering:
         self.uploads = uploads
         self.decoder_name = decoder or default_decoder(self.atlas.store.encoder)
         split_decoder_name(self.decoder_name)  # an unknown decoder fails at start-up, not on first use
+        # The strength a feature added in the playground starts at, from this SAE's measured steering success.
+        self.default_strength = default_strength(self.atlas, self.decoder_name)
         self._encoder_lock = threading.Lock()
 
     # -- uploads --------------------------------------------------------------------------------
@@ -172,11 +175,30 @@ class Steering:
             "decoder": result.decoder,
             "seconds": time.perf_counter() - started,
             "recipe": recipe.to_dict(),
-            "before_ranking": ranking(result.before_ranking),
-            "after_ranking": ranking(result.after_ranking),
+            "before_ranking": self.ranking(result.before_ranking),
+            "after_ranking": self.ranking(result.after_ranking),
         }
 
-
-def ranking(hits) -> list[dict[str, Any]] | None:
-    """Retrieval hits as image ids and cosines (rows are server internals)."""
-    return None if hits is None else [{"image_id": hit.image_id, "score": float(hit.score)} for hit in hits]
+    def ranking(self, hits) -> list[dict[str, Any]] | None:
+        """Retrieval hits as image ids, scores and the edited features' activations (rows are server internals)."""
+        if hits is None:
+            return None
+        top = self.steerer.max_activation
+        return [
+            {
+                "image_id": hit.image_id,
+                "score": float(hit.score),
+                "cosine": float(hit.cosine),
+                "targets": [
+                    {
+                        "feature": t.feature,
+                        "activation": t.activation,
+                        "max_activation": float(top[t.feature]),
+                        "rank": t.rank if t.activation > 0 else None,
+                        "raised": t.raised,
+                    }
+                    for t in hit.targets
+                ],
+            }
+            for hit in hits
+        ]

@@ -6,7 +6,10 @@
   const $ = id => document.getElementById(id);
   const root = $("playground");
   const state = { image: null, transfer: null, features: [], edits: [], history: [] };
-  const SLIDER_RANGE = 2.0;  // sliders reach twice the feature's max activation
+  // The strength an added feature starts at (x its max activation), from the SAE's measured steering success.
+  const DEFAULT_STRENGTH = Number(root.dataset.defaultStrength) || 1.0;
+  const SLIDER_RANGE = Math.max(2.0, 2 * DEFAULT_STRENGTH);  // sliders reach this many times the max activation
+  const SHOWN_CANDIDATES = 8;
 
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
@@ -42,7 +45,7 @@
     state.image = image;
     state.edits = [];  // edits name features of the image they were made on; a new image starts clean
     state.features = features.map(f => Object.assign({}, f, { value: f.activation }));
-    $("before").src = image.url; $("after").removeAttribute("src");
+    $("before").src = image.url; $("after").removeAttribute("src"); $("candidates-box").hidden = true;
     renderFeatures(); renderEdits(); $("generate").disabled = false;
   }
 
@@ -106,7 +109,7 @@
     const brief = await api("/api/features/" + feature + "/brief");
     const f = { feature, label: brief.label, activation: 0, max_activation: brief.max_activation, value: 0 };
     state.features.unshift(f);
-    setEdit(f, brief.max_activation);
+    setEdit(f, DEFAULT_STRENGTH * brief.max_activation);
   }
 
   let searchTimer = null;
@@ -171,8 +174,31 @@
     $("before").src = job.result.before_url; $("after").src = job.result.after_url;
     $("progress").value = 1;
     say("done in " + job.result.seconds.toFixed(1) + " s with the " + job.result.decoder + " decoder" + (cached ? " (cached result)" : ""));
+    renderCandidates(job.result.after_ranking);
     state.history.unshift({ recipe: r, job });
     renderHistory();
+  }
+  function describeTarget(t) {
+    const level = t.max_activation > 0 ? " (" + (t.activation / t.max_activation).toFixed(2) + "× max)" : "";
+    const where = t.rank === null ? "not firing" : "rank " + t.rank;
+    return (t.raised ? "#" : "removed #") + t.feature + " " + t.activation.toFixed(2) + level + ", " + where;
+  }
+  function renderCandidates(ranking) {
+    const list = $("candidates");
+    list.replaceChildren();
+    $("candidates-box").hidden = !ranking;
+    if (!ranking) return;
+    for (const hit of ranking.slice(0, SHOWN_CANDIDATES)) {
+      const link = el("a", { href: "/images/" + encodeURIComponent(hit.image_id), target: "_blank" },
+        el("img", { src: "/thumbs/" + encodeURIComponent(hit.image_id), alt: "image " + hit.image_id, width: 64, height: 64 }));
+      const targets = el("span", { className: "targets" });
+      for (const t of hit.targets) targets.append(el("span", { className: "target", textContent: describeTarget(t) }));
+      if (!hit.targets.length) targets.append(el("span", { className: "muted", textContent: "no feature raised or removed" }));
+      const score = el("span", { className: "value", textContent: "score " + hit.score.toFixed(3) + " · cosine " + hit.cosine.toFixed(3) });
+      const item = el("li", {}, link, targets, score);
+      item.dataset.image = hit.image_id;
+      list.append(item);
+    }
   }
   function renderHistory() {
     const list = $("history");
