@@ -30,7 +30,6 @@ def test_every_option_has_help():
     [
         ("steer", "--decoder", "retrieval"),
         ("icons", "--features", "alive"),
-        ("icons", "--strength", "7.5"),
         ("icons", "--decoder", "retrieval"),
         ("serve", "--port", "8000"),
         ("train", "--device", "auto"),
@@ -42,6 +41,13 @@ def test_every_option_has_help():
 def test_help_shows_the_configs_default(command, option, default):
     action = next(a for a in _subcommands()[command]._actions if option in a.option_strings)
     assert f"(default: {default})" in action.help
+
+
+def test_help_says_where_a_measured_default_comes_from():
+    action = next(a for a in _subcommands()["icons"]._actions if "--strength" in a.option_strings)
+    assert "(default: the smallest strength at which this SAE's measured steering success" in " ".join(
+        action.help.split()
+    )
 
 
 def test_flags_not_given_leave_the_config_default(tmp_path):
