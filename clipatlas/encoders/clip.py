@@ -149,9 +149,15 @@ def check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
     Without this, transformers retries each file with back-off for most of a minute.
     """
     from huggingface_hub import HfApi, constants, try_to_load_from_cache
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
-    if any(isinstance(try_to_load_from_cache(repo_id, f"{sub}config.json"), str) for sub in ("image_encoder/", "")):
+    try:
+        cached = any(
+            isinstance(try_to_load_from_cache(repo_id, f"{sub}config.json"), str) for sub in ("image_encoder/", "")
+        )
+    except HFValidationError:
+        return  # not a hub id (a local folder that is not there): the loader says so
+    if cached:
         return  # cached: transformers loads it without the network
     if constants.HF_HUB_OFFLINE:
         raise UserError(
