@@ -10,7 +10,7 @@ WORKSPACE ?= demo-atlas
 PORT ?= 8000
 # The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
-APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
+APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji unicode-data chromium
 
 .PHONY: install demo demo-data bench-data lint test bench clean
 
@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# Demo images (Tux Paint stamps, Noto Color Emoji) and Chromium for the browser tests.
+# Demo images (Tux Paint stamps, Noto Color Emoji and the Unicode emoji groups that label them) and
+# Chromium for the browser tests.
 # Without root or apt we say so and go on: the demo uses whatever image sets are present.
 demo-data:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

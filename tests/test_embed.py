@@ -395,3 +395,26 @@ def test_killed_run_resumes_to_byte_identical_shards(tmp_path, tiny_clip, capsys
     store = Store.open(killed)
     slow_row = store.row_of(next(i.image_id for i in iter_source(str(listing)) if i.uri.endswith("slow.png")))
     assert store.meta(slow_row)["sha256"] == hashlib.sha256(slow_bytes).hexdigest()
+
+
+def test_labels_from_folder_then_from_a_csv_relabel_without_re_embedding(tmp_path, tiny_clip, capsys):
+    corpus = tmp_path / "corpus"
+    for i, cls in enumerate(["cats", "cats", "dogs"]):
+        (corpus / cls).mkdir(parents=True, exist_ok=True)
+        (corpus / cls / f"{i}.png").write_bytes(encode(random_image(i)))
+    workspace = tmp_path / "ws"
+    args = ("--batch-size", "2", "--workers", "0")
+    assert embed_cli([corpus], workspace, f"hf:{tiny_clip}", *args, "--labels-from", "folder") == 0
+    store = Store.open(workspace)
+    assert store.metadata.column("label").to_pylist() == ["cats", "cats", "dogs"]
+    embeddings = store.to_array()
+
+    (tmp_path / "labels.csv").write_text("path,label\ncorpus/cats/0.png,tabby\n")
+    capsys.readouterr()
+    assert embed_cli([corpus], workspace, f"hf:{tiny_clip}", *args, "--labels-from", str(tmp_path / "labels.csv")) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0 images this run" in out and "labelled 1 images already in the store" in out
+    store = Store.open(workspace)
+    assert store.metadata.column("label").to_pylist() == ["tabby", "cats", "dogs"]  # unnamed rows keep theirs
+    np.testing.assert_array_equal(store.to_array(), embeddings)
+    assert store.verify() == []
