@@ -4,7 +4,8 @@
 W/
   store/                         the embedding store (its inner layout: clipatlas.store.core)
   saes/<name>/                   one SAE (`SAEFiles`): cfg.json, sae.safetensors, metrics.json,
-                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/
+                                 train_log.jsonl, checkpoints/, atlas/, icons/, steer/, eval/
+  eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
 ```
@@ -33,7 +34,15 @@ CHECKPOINTS_DIR = "checkpoints"
 ATLAS_DIR = "atlas"
 ATLAS_DB = "atlas.sqlite"
 ICONS_DIR = "icons"
+ICONS_VERIFY = "verify.json"  # the icon causal check (`clipatlas icons --verify`)
+STEER_DIR = "steer"
+STEER_SUCCESS = "success.json"  # the steering success report that `clipatlas evaluate` reads
 EVAL_DIR = "eval"
+EVAL_REPORT = "report.json"
+EVAL_MARKDOWN = "report.md"
+EVAL_SECTIONS_DIR = "sections"  # finished sections, reused when an interrupted evaluation is re-run
+COMPARE_REPORT = "compare.json"
+COMPARE_MARKDOWN = "compare.md"
 
 
 class WorkspaceError(UserError):
@@ -83,8 +92,30 @@ class SAEFiles:
         return self.dir / ICONS_DIR
 
     @property
+    def icons_verify(self) -> Path:
+        return self.icons_dir / ICONS_VERIFY
+
+    @property
+    def steer_success(self) -> Path:
+        return self.dir / STEER_DIR / STEER_SUCCESS
+
+    @property
     def eval_dir(self) -> Path:
         return self.dir / EVAL_DIR
+
+    @property
+    def eval_report(self) -> Path:
+        return self.eval_dir / EVAL_REPORT
+
+    @property
+    def eval_markdown(self) -> Path:
+        return self.eval_dir / EVAL_MARKDOWN
+
+    def eval_plot(self, kind: str) -> Path:
+        return self.eval_dir / f"{kind}.png"
+
+    def eval_section(self, section: str) -> Path:
+        return self.eval_dir / EVAL_SECTIONS_DIR / f"{section}.json"
 
     def icon(self, feature: int) -> Path:
         return self.icons_dir / f"{int(feature)}.png"
@@ -121,6 +152,21 @@ class Workspace:
     @property
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def compare_report(self) -> Path:
+        return self.eval_dir / COMPARE_REPORT
+
+    @property
+    def compare_markdown(self) -> Path:
+        return self.eval_dir / COMPARE_MARKDOWN
+
+    def compare_plot(self, kind: str) -> Path:
+        return self.eval_dir / f"compare_{kind}.png"
 
     def sae_names(self) -> list[str]:
         if not self.saes_dir.is_dir():
