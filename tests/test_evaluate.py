@@ -112,7 +112,7 @@ def test_report_files_and_plots_are_written(workspace, reports):
         "| FVU (held-out) |" in markdown and "## Sparse probing of the SAE" in markdown and "## Stability" in markdown
     )
     compare = Workspace(workspace).compare_markdown.read_text()
-    assert "| a |" in compare and "| b |" in compare and "pca (k=3, for a)" in compare
+    assert "| a |" in compare and "| b |" in compare and "pca (k=3, for a)" in compare and "| raw (for a) |" in compare
     assert (Workspace(workspace).compare_plot("fvu_l0")).is_file() and Workspace(workspace).compare_plot(
         "f1_l0"
     ).is_file()
@@ -249,3 +249,19 @@ def test_bad_settings_are_one_line_errors(workspace, capsys):
     with pytest.raises(UserError, match="probe-ks"):
         EvaluateConfig(probe_ks="1,x")
     assert EvaluateConfig(probe_ks="8,2,2").probe_ks == (2, 8) and EvaluateConfig(baselines="none").baselines == ()
+
+
+def test_an_sae_trained_elsewhere_gets_a_seeded_held_out_tenth(tmp_path):
+    from clipatlas.sae import ARCHITECTURES, make_config
+
+    write_store(tmp_path, *labelled_rows(n=200))
+    sae = ARCHITECTURES["topk"](make_config("topk", d_in=D, d_sae=24, k=3))
+    sae.save_pretrained(Workspace(tmp_path).sae("imported", must_exist=False).dir)  # no training settings
+    report = evaluate_suite(
+        tmp_path, ["imported"], EvaluateConfig(suite=("reconstruction", "probing", "stability"), **FAST)
+    )
+    report = report["imported"]
+    assert report["rows"] == {"held_out": 20, "training_sample": 180}
+    assert report["sections"]["reconstruction"]["coders"]["sae"]["n_samples"] == 20
+    assert report["sections"]["probing"]["coders"]["pca"]["mean"]["classes"] == CLASSES
+    assert "needs a second SAE" in report["sections"]["stability"]["skipped"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ class Coder(ABC):
     name: str
     description: str
     width: int
+    sparsity: int | None = None  # codes per image the coder is given (the SAE's k), where it is given one
     signed: bool = False
     dense: bool = False
     sign_free: bool = False
@@ -96,7 +98,7 @@ class PCACoder(Coder):
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device)
         self.components = torch.as_tensor(components, dtype=torch.float32, device=device)
         self.width = len(components)
-        self.keep = min(keep, self.width)
+        self.keep = self.sparsity = min(keep, self.width)
         self.dense = self.keep == self.width
         sparse = "" if self.dense else f", each image keeping its {self.keep} largest |coefficients|"
         self.description = f"top {self.width} principal components of the training sample{sparse}"
@@ -129,7 +131,7 @@ class KMeansCoder(Coder):
         self.atoms = self.centroids - self.mean
         self.half_sq_norms = 0.5 * (self.centroids**2).sum(dim=1)
         self.width = len(centroids)
-        self.k = min(k, self.width)
+        self.k = self.sparsity = min(k, self.width)
         self.description = (
             f"{self.width} k-means centroids; each image coded by its {self.k} nearest, "
             "with least-squares coefficients around the mean"
@@ -196,6 +198,11 @@ class FitData:
     def mean(self) -> np.ndarray:
         return self.x.mean(axis=0, dtype=np.float64)
 
+    @cached_property
+    def principal(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, every principal component by decreasing variance): computed once for pca and pca-width."""
+        return principal_components(self.x, self.x.shape[1])
+
 
 def principal_components(x: np.ndarray, n: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(mean (d,), the top n unit principal components (n, d)) from the covariance, accumulated in
@@ -213,14 +220,14 @@ def principal_components(x: np.ndarray, n: int, block: int = 4096) -> tuple[np.n
 
 def fit_pca(data: FitData) -> Coder:
     n = min(data.k, data.x.shape[1], max(len(data.x) - 1, 1))
-    mean, components = principal_components(data.x, n)
-    return PCACoder("pca", mean, components, n, data.device)
+    mean, components = data.principal
+    return PCACoder("pca", mean, components[:n], n, data.device)
 
 
 def fit_pca_width(data: FitData) -> Coder:
     n = min(data.width, data.x.shape[1], max(len(data.x) - 1, 1))
-    mean, components = principal_components(data.x, n)
-    return PCACoder("pca-width", mean, components, data.k, data.device)
+    mean, components = data.principal
+    return PCACoder("pca-width", mean, components[:n], data.k, data.device)
 
 
 def fit_kmeans(data: FitData) -> Coder:
@@ -254,7 +261,9 @@ def fit_random(data: FitData) -> Coder:
         f"untrained TopK SAE: {data.width} random unit directions, k={cfg.k}, encoder = decoder transpose, "
         "decoder bias at the mean"
     )
-    return SAECoder(sae.to(data.device), "random", description)
+    coder = SAECoder(sae.to(data.device), "random", description)
+    coder.sparsity = cfg.k
+    return coder
 
 
 def fit_raw(data: FitData) -> Coder:

@@ -13,7 +13,7 @@ SECTIONS = ("reconstruction", "fidelity", "probing", "purity", "stability", "int
 BASELINES = ("pca", "pca-width", "kmeans", "random", "raw")
 LABELLED_SECTIONS = ("probing", "purity")  # need a label column; fidelity's zero-shot part does too
 # Settings that change how a run goes, not its numbers.
-RUN_CONDITIONS = ("suite", "compare", "batch_size", "device")
+RUN_CONDITIONS = ("suite", "compare", "train_stability", "batch_size", "device")
 
 
 def _names(value: Any, known: tuple[str, ...], flag: str) -> tuple[str, ...]:
@@ -57,7 +57,7 @@ class EvaluateConfig:
     """Also put every evaluated SAE and its baselines side by side in one table, with Pareto plots
     (FVU and probe F1 against L0) in W/eval/."""
     train_stability: bool = False
-    """Stability: when no other evaluated SAE differs from this one only by its seed, train one that does."""
+    """Stability: when no evaluated or stored SAE differs from this one only by its seed, train one that does."""
     max_train_rows: int = 20_000
     """Training rows (a seeded sample) that fit the baselines and the probes and enter purity; every
     held-out row is always used."""

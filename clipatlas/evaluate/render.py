@@ -325,9 +325,10 @@ def compare_rows(reports: dict[str, dict[str, Any]]) -> tuple[list[str], list[li
     entries, rows = [], []
     for name, report in reports.items():
         metrics = {m.label: m for m in summary_metrics(report)}
-        for coder in report["coders"]:
+        for coder, info in report["coders"].items():
             values = {label: metrics[label].value(report, coder) if label in metrics else None for label in wanted}
-            entry = name if coder == SAE_CODER else f"{coder} (k={report['k']}, for {name})"
+            k = f"k={info['k']}, " if info.get("k") else ""
+            entry = name if coder == SAE_CODER else f"{coder} ({k}for {name})"
             entries.append({"entry": entry, "sae": name, "coder": coder, **values})
             rows.append([entry, *(fmt(values[label]) for label in wanted)])
     return ["SAE / baseline", *wanted], rows, entries

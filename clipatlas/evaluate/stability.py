@@ -1,11 +1,11 @@
 """Stability: does training again with another seed find the same directions?
 
-Two dictionaries of the same kind (the SAE and one trained with another seed, or `--name` pairs
-that differ only by seed; each baseline and the same baseline fit with another seed on the other
-SAE's training rows) are matched one to one by the Hungarian algorithm on the cosine of their
-directions (`scipy.optimize.linear_sum_assignment`, maximising the total cosine). Reported: the
-mean matched cosine and the share of matched pairs above 0.7. PCA directions are defined up to
-sign, so PCA matches |cosine|.
+Two dictionaries of the same kind are matched one to one by the Hungarian algorithm on the cosine
+of their directions (`scipy.optimize.linear_sum_assignment`, maximising the total cosine): the SAE
+and another trained like it with another seed (an evaluated `--name` pair, any such SAE of the
+workspace, or one that `--train-stability` trains), and each baseline and the same baseline fit
+with the next seed on that other SAE's training rows. Reported: the mean matched cosine and the
+share of matched pairs above 0.7. PCA directions are defined up to sign, so PCA matches |cosine|.
 """
 
 from __future__ import annotations
@@ -73,12 +73,13 @@ def _same_but_seed(a, b) -> bool:
     return a.seed != b.seed and strip(a) == strip(b)
 
 
-def find_partner(ws: Workspace, name: str, candidates: list[str]) -> SAEFiles | None:
-    """Among `candidates`, an SAE trained like `name` but with another seed."""
+def find_partner(ws: Workspace, name: str, evaluated: list[str]) -> SAEFiles | None:
+    """An SAE trained like `name` but with another seed: among the evaluated SAEs first, then the
+    workspace's others (such as one `train_partner` made before)."""
     mine = _training(ws.sae(name))
     if mine is None:
         return None
-    for other in candidates:
+    for other in dict.fromkeys([*evaluated, *ws.sae_names()]):
         if other != name:
             theirs = _training(ws.sae(other))
             if theirs is not None and _same_but_seed(mine, theirs):

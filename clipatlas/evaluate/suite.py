@@ -30,6 +30,7 @@ from clipatlas.evaluate.fidelity import FidelityTasks
 from clipatlas.evaluate.labels import NO_LABELS_HINT, Labels, read_labels
 from clipatlas.evaluate.probing import probe_classes
 from clipatlas.evaluate.purity import purity
+from clipatlas.sae.config import TrainConfig
 from clipatlas.sae.metrics import eval_rows
 from clipatlas.store import Store
 from clipatlas.workspace import SAEFiles, Workspace
@@ -70,18 +71,25 @@ class Evaluation:
             raise UserError(
                 f"the store holds {self.store.d}-d embeddings but SAE {name!r} expects {self.sae.cfg.d_in}-d"
             )
-        self.notes: list[str] = []
 
     # -- rows ----------------------------------------------------------------------------------
+    def held_out_of(self, files: SAEFiles) -> np.ndarray:
+        """The rows an SAE held out from its training; for SAEs trained elsewhere (no split
+        recorded, every row is unseen) a seeded tenth, so baselines and probes have training rows."""
+        from clipatlas.sae.training import split_rows
+
+        rows = eval_rows(read_json(files.config), len(self.store))
+        if len(rows) < len(self.store):
+            return rows
+        return split_rows(len(self.store), TrainConfig.eval_fraction, self.config.seed)[1]
+
     @cached_property
     def held_out(self) -> np.ndarray:
-        return eval_rows(read_json(self.files.config), len(self.store))
+        return self.held_out_of(self.files)
 
     def training_sample(self, held_out: np.ndarray, seed: int) -> np.ndarray:
         """A seeded sample of at most `max_train_rows` of the rows not in `held_out`, sorted."""
         train = np.setdiff1d(np.arange(len(self.store)), held_out)
-        if not len(train):  # SAEs trained elsewhere: every row is held out; fit on them
-            train = held_out
         take = min(self.config.max_train_rows, len(train))
         return np.sort(np.random.default_rng(seed).choice(train, take, replace=False))
 
@@ -174,7 +182,13 @@ class Evaluation:
 
     def coder_info(self, name: str, coder) -> dict[str, Any]:
         rows = len(self.store) if name == SAE_CODER else len(self.analysis_rows)
-        return {"description": coder.description, "width": coder.width, "signed": coder.signed, "rows_coded": rows}
+        return {
+            "description": coder.description,
+            "width": coder.width,
+            "k": coder.sparsity,
+            "signed": coder.signed,
+            "rows_coded": rows,
+        }
 
     # -- the second SAE -------------------------------------------------------------------------
     @cached_property
@@ -283,7 +297,7 @@ def stability_section(ev: Evaluation) -> dict[str, Any]:
     if other_sae.cfg.d_sae != ev.sae.cfg.d_sae:
         return {"skipped": f"{partner.name!r} has {other_sae.cfg.d_sae} latents, {ev.name!r} {ev.sae.cfg.d_sae}"}
     seed = ev.config.seed + PARTNER_SEED_OFFSET
-    other_sample = ev.training_sample(eval_rows(read_json(partner.config), len(ev.store)), seed)
+    other_sample = ev.training_sample(ev.held_out_of(partner), seed)
     other_data = ev.fit_data(ev.store.rows(other_sample), seed)
     pairs = {SAE_CODER: (ev.sae_coder.directions(), SAECoder(other_sae, SAE_CODER, "").directions(), False)}
     for name, coder in ev.baselines.items():
