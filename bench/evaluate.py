@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import resource
 import sys
 import time
@@ -80,6 +81,20 @@ def build(ws: Path, args) -> None:
     train_many(ws, configs)
 
 
+def matmul_gflops(threads: int) -> float:
+    """Dense fp32 matmul speed at the SAE encoder's shape (4096 x 1280 x 16640), best of 3."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(4096, 1280), torch.randn(1280, 16640)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 4096 * 1280 * 16640 / best / 1e9
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("synthetic", "fashion-mnist"), default="synthetic")
@@ -98,9 +113,13 @@ def main() -> None:
     build(ws, args)
     for stale in (ws / "saes" / "a" / "eval").rglob("*.json"):
         stale.unlink()  # a timed run computes every section
+    peak = matmul_gflops(args.threads)  # this machine's speed now: it is shared, so say how loaded it was
+    load = os.getloadavg()[0]
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     report = evaluate_suite(ws, ["a"], EvaluateConfig(device="cpu"))["a"]
     seconds = time.perf_counter() - started
+    used = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "data": args.data,
         "rows": report["store_rows"],
@@ -109,6 +128,10 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "seconds": seconds,
+        "cpu_seconds": used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime,
+        "load_average_before": load,
+        "load_average_after": os.getloadavg()[0],
+        "matmul_gflops_before": peak,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "section_seconds": report["seconds"],
         "report": str(ws / "saes" / "a" / "eval" / "report.md"),

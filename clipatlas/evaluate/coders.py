@@ -31,15 +31,22 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from clipatlas.sae.sparse import sparse_decode
+
 SAE_CODER = "sae"  # the coder name of the evaluated SAE in every report
 RIDGE = 1e-6  # relative ridge of the k-means least squares: near-duplicate centroids stay solvable
 LSTSQ_ROWS = 256  # rows per batched least-squares solve: bounds the (rows, k, d) gather
 
 
+Codes = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
 class Coder(ABC):
-    """One way of coding embeddings. `signed`: codes take both signs (probing and purity read each
-    latent in both directions); `dense`: every code is non-zero (kept as an array, not a sparse
-    matrix); `sign_free`: directions are defined up to sign (stability matches |cosine|)."""
+    """One way of coding embeddings. Codes are dense (B, width) tensors for `dense` coders (every
+    code non-zero) and otherwise (indices, values), each (B, m), the non-zeros of each row padded
+    with index -1 and value 0 (as `SAE.encode_sparse` returns them). `signed`: codes take both
+    signs (probing and purity read each latent in both directions); `sign_free`: directions are
+    defined up to sign (stability matches |cosine|)."""
 
     name: str
     description: str
@@ -50,11 +57,11 @@ class Coder(ABC):
     sign_free: bool = False
 
     @abstractmethod
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Codes (B, width) of raw-scale embeddings (B, d)."""
+    def encode(self, x: torch.Tensor) -> Codes:
+        """The codes of raw-scale embeddings (B, d)."""
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor | None:
-        """The raw-scale reconstruction (B, d) of codes, or None where the coder does not rebuild."""
+    def decode(self, codes: Codes) -> torch.Tensor | None:
+        """The raw-scale reconstruction (B, d), or None where the coder does not rebuild."""
         return None
 
     def directions(self) -> np.ndarray | None:
@@ -67,8 +74,13 @@ def _unit_rows(matrix: torch.Tensor) -> np.ndarray:
     return (matrix / matrix.norm(dim=1, keepdim=True).clamp_min(1e-12)).numpy()
 
 
+def _decode_rows(indices: torch.Tensor, values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """sum_j values[b, j] * rows[indices[b, j]], padding (index -1) left out."""
+    return sparse_decode(indices.clamp_min(0), values * (indices >= 0), rows)
+
+
 class SAECoder(Coder):
-    """A trained (or untrained) SAE module: its own encode and decode."""
+    """A trained (or untrained) SAE module: its own sparse encode and decode."""
 
     def __init__(self, sae, name: str, description: str):
         self.sae, self.name, self.description = sae.eval(), name, description
@@ -76,11 +88,11 @@ class SAECoder(Coder):
 
     @torch.no_grad()
     def encode(self, x):
-        return self.sae.encode(x)
+        return self.sae.encode_sparse(x)
 
     @torch.no_grad()
-    def decode(self, z):
-        return self.sae.decode(z)
+    def decode(self, codes):
+        return self.sae.decode_sparse(*codes)
 
     def directions(self):
         return _unit_rows(self.sae.W_dec)
@@ -108,12 +120,14 @@ class PCACoder(Coder):
         z = (x.to(self.mean) - self.mean) @ self.components.T
         if self.dense:
             return z
-        top = z.abs().topk(self.keep, dim=1).indices
-        return torch.zeros_like(z).scatter_(1, top, z.gather(1, top))
+        indices = z.abs().topk(self.keep, dim=1).indices
+        return indices, z.gather(1, indices)
 
     @torch.no_grad()
-    def decode(self, z):
-        return z @ self.components + self.mean
+    def decode(self, codes):
+        if self.dense:
+            return codes @ self.components + self.mean
+        return _decode_rows(*codes, self.components) + self.mean
 
     def directions(self):
         return self.components.cpu().numpy()
@@ -145,22 +159,22 @@ class KMeansCoder(Coder):
     @torch.no_grad()
     def encode(self, x):
         x = x.to(self.mean)
-        z = torch.zeros(len(x), self.width, dtype=x.dtype, device=x.device)
+        indices = self.nearest(x)
+        values = torch.empty(indices.shape, dtype=x.dtype, device=x.device)
+        eye = torch.eye(self.k, dtype=torch.float64, device=x.device)
         for start in range(0, len(x), LSTSQ_ROWS):
-            part = x[start : start + LSTSQ_ROWS]
-            index = self.nearest(part)
-            atoms = self.atoms[index]  # (b, k, d)
+            index = indices[start : start + LSTSQ_ROWS]
+            atoms = self.atoms[index].double()  # (b, k, d)
             gram = atoms @ atoms.transpose(1, 2)
             ridge = RIDGE * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
-            gram = gram + ridge[:, None, None] * torch.eye(self.k, dtype=x.dtype, device=x.device)
-            target = atoms @ (part - self.mean).unsqueeze(2)
-            coefficients = torch.linalg.solve(gram.double(), target.double()).squeeze(2).to(x.dtype)
-            z[start : start + LSTSQ_ROWS].scatter_(1, index, coefficients)
-        return z
+            target = atoms @ (x[start : start + LSTSQ_ROWS] - self.mean).double().unsqueeze(2)
+            solved = torch.linalg.solve(gram + ridge[:, None, None] * eye, target)
+            values[start : start + LSTSQ_ROWS] = solved.squeeze(2).to(x.dtype)
+        return indices, values
 
     @torch.no_grad()
-    def decode(self, z):
-        return z @ self.atoms + self.mean
+    def decode(self, codes):
+        return _decode_rows(*codes, self.atoms) + self.mean
 
     def directions(self):
         return _unit_rows(self.atoms)

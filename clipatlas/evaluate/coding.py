@@ -12,7 +12,6 @@ Nothing of size (rows x latents) is ever held densely beyond one batch.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,13 +50,12 @@ class Coded:
         return float((self.fired == 0).mean())
 
 
-def _to_csr(z: torch.Tensor) -> sp.csr_matrix:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        csr = z.cpu().to_sparse_csr()
-    return sp.csr_matrix(
-        (csr.values().numpy(), csr.col_indices().numpy(), csr.crow_indices().numpy()), shape=tuple(z.shape)
-    )
+def _csr(indices: torch.Tensor, values: torch.Tensor, width: int) -> sp.csr_matrix:
+    """Sparse codes (index -1 = padding, zeros left out) as a CSR matrix (B, width)."""
+    indices, values = indices.cpu().numpy(), values.float().cpu().numpy()
+    rows = np.broadcast_to(np.arange(len(indices))[:, None], indices.shape)
+    stored = (indices >= 0) & (values != 0)
+    return sp.csr_matrix((values[stored], (rows[stored], indices[stored])), shape=(len(indices), width))
 
 
 def _read(store: Store, rows: np.ndarray) -> np.ndarray:
@@ -80,37 +78,37 @@ def code_rows(
     """Code the sorted `rows` (a superset of the sorted `analysis_rows`, which hold `held_out_rows`)."""
     keep = np.isin(rows, analysis_rows)
     held = np.isin(rows, held_out_rows)
-    fired = torch.zeros(coder.width, dtype=torch.int64, device=device)
+    fired = np.zeros(coder.width, dtype=np.int64)
     pieces: list = []
     reconstruction = MetricsAccumulator(store.d, coder.width)
     rebuilds = False
     for start in tqdm(range(0, len(rows), batch_size), desc=f"coding ({coder.name})", unit="batch", leave=False):
         chunk = rows[start : start + batch_size]
         x = torch.from_numpy(_read(store, chunk)).to(device)
-        z = coder.encode(x)
-        fired += (z != 0).sum(dim=0)
-        chunk_keep = torch.from_numpy(keep[start : start + batch_size]).to(device)
-        kept = z[chunk_keep]
-        pieces.append(kept.float().cpu().numpy() if coder.dense else _to_csr(kept.float()))
+        codes = coder.encode(x)
+        batch = codes.float().cpu().numpy() if coder.dense else _csr(*codes, coder.width)
+        fired += np.count_nonzero(batch, axis=0) if coder.dense else np.bincount(batch.indices, minlength=coder.width)
+        pieces.append(batch[keep[start : start + batch_size]])
         chunk_held = held[start : start + batch_size]
         if chunk_held.any():
             mask = torch.from_numpy(chunk_held).to(device)
-            x_held, z_held = x[mask], z[mask]
-            x_hat = coder.decode(z_held)
+            held_codes = codes[mask] if coder.dense else (codes[0][mask], codes[1][mask])
+            x_hat = coder.decode(held_codes)
             if x_hat is not None:
                 rebuilds = True
-                reconstruction.add(x_held.cpu().numpy(), x_hat.float().cpu().numpy(), (z_held != 0).cpu().numpy())
+                active = batch[chunk_held] != 0
+                active = active if coder.dense else active.toarray()
+                reconstruction.add(x[mask].cpu().numpy(), x_hat.float().cpu().numpy(), active)
                 for sink in sinks:
-                    sink.add(x_held, x_hat.float(), chunk[chunk_held])
+                    sink.add(x[mask], x_hat.float(), chunk[chunk_held])
     if coder.dense:
-        codes = np.concatenate(pieces) if pieces else np.zeros((0, coder.width), np.float32)
+        kept = np.concatenate(pieces) if pieces else np.zeros((0, coder.width), np.float32)
     else:
-        codes = sp.vstack(pieces, format="csr") if pieces else sp.csr_matrix((0, coder.width), dtype=np.float32)
-        codes.eliminate_zeros()
+        kept = sp.vstack(pieces, format="csr") if pieces else sp.csr_matrix((0, coder.width), dtype=np.float32)
     return Coded(
         coder,
-        codes,
-        fired.cpu().numpy(),
+        kept,
+        fired,
         len(rows),
         reconstruction.result() if rebuilds else None,
         {key: value for sink in sinks for key, value in sink.result().items()} if rebuilds else {},

@@ -30,11 +30,15 @@ def match_directions(a: np.ndarray, b: np.ndarray, sign_free: bool = False) -> n
     row of the smaller; the matching maximises their sum (|cosine| where `sign_free`)."""
     from scipy.optimize import linear_sum_assignment
 
-    cosine = (torch.from_numpy(np.ascontiguousarray(a, np.float32)) @ torch.from_numpy(b.astype(np.float32)).T).numpy()
+    cosine = torch.from_numpy(np.ascontiguousarray(a, np.float32)) @ torch.from_numpy(b.astype(np.float32)).T
     if sign_free:
-        np.abs(cosine, out=cosine)
-    rows, cols = linear_sum_assignment(cosine.astype(np.float64), maximize=True)
-    return cosine[rows, cols].astype(np.float64)
+        cosine.abs_()
+    # the solver works in float64 and would negate a copy to maximise: hand it the negated costs
+    cost = cosine.numpy().astype(np.float64)
+    del cosine
+    np.negative(cost, out=cost)
+    rows, cols = linear_sum_assignment(cost)
+    return -cost[rows, cols]
 
 
 def summarise(matched: np.ndarray, partner: str) -> dict[str, Any]:
