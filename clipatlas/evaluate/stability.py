@@ -23,6 +23,7 @@ from clipatlas.workspace import SAEFiles, Workspace
 
 THRESHOLD = 0.7
 HIST_BINS = 20
+MATCH_BLOCK = 2048  # rows of the cosine matrix computed at once
 
 
 def match_directions(a: np.ndarray, b: np.ndarray, sign_free: bool = False) -> np.ndarray:
@@ -30,13 +31,13 @@ def match_directions(a: np.ndarray, b: np.ndarray, sign_free: bool = False) -> n
     row of the smaller; the matching maximises their sum (|cosine| where `sign_free`)."""
     from scipy.optimize import linear_sum_assignment
 
-    cosine = torch.from_numpy(np.ascontiguousarray(a, np.float32)) @ torch.from_numpy(b.astype(np.float32)).T
-    if sign_free:
-        cosine.abs_()
-    # the solver works in float64 and would negate a copy to maximise: hand it the negated costs
-    cost = cosine.numpy().astype(np.float64)
-    del cosine
-    np.negative(cost, out=cost)
+    # The solver works in float64 and would negate a copy to maximise: the negated costs are written
+    # into one float64 array block by block, so the matching holds one (n x n) array, not three.
+    cost = np.empty((len(a), len(b)))
+    b_t = torch.from_numpy(np.ascontiguousarray(b, np.float32)).T
+    for start in range(0, len(a), MATCH_BLOCK):
+        block = torch.from_numpy(np.ascontiguousarray(a[start : start + MATCH_BLOCK], np.float32)) @ b_t
+        cost[start : start + MATCH_BLOCK] = -(block.abs_() if sign_free else block).numpy()
     rows, cols = linear_sum_assignment(cost)
     return -cost[rows, cols]
 
