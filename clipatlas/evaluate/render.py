@@ -71,7 +71,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return MISSING
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}"  # L0 and counts need no 3 decimals
     return str(value)
 
 
