@@ -11,7 +11,6 @@ from clipatlas.errors import UserError
 
 SECTIONS = ("reconstruction", "fidelity", "probing", "purity", "stability", "interpretability", "steering")
 BASELINES = ("pca", "pca-width", "kmeans", "random", "raw")
-LABELLED_SECTIONS = ("probing", "purity")  # need a label column; fidelity's zero-shot part does too
 # Settings that change how a run goes, not its numbers.
 RUN_CONDITIONS = ("suite", "compare", "train_stability", "batch_size", "device")
 
