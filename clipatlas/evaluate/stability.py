@@ -11,6 +11,7 @@ share of matched pairs above 0.7. PCA directions are defined up to sign, so PCA 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -53,10 +54,13 @@ def summarise(matched: np.ndarray, partner: str) -> dict[str, Any]:
     }
 
 
-def match_all(pairs: dict[str, tuple[np.ndarray, np.ndarray, bool]], threads: int) -> dict[str, np.ndarray]:
-    """`match_directions` of every pair, in parallel threads (the solver releases the GIL)."""
+def match_all(
+    pairs: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, bool]]], threads: int
+) -> dict[str, np.ndarray]:
+    """`match_directions` of every pair, each made by its callable (a refit) inside the same task:
+    threads overlap one pair's fit with another's matching (the solver releases the GIL)."""
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        futures = {name: pool.submit(match_directions, *pair) for name, pair in pairs.items()}
+        futures = {name: pool.submit(lambda make=make: match_directions(*make())) for name, make in pairs.items()}
         return {name: future.result() for name, future in futures.items()}
 
 

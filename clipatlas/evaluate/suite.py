@@ -299,11 +299,14 @@ def stability_section(ev: Evaluation) -> dict[str, Any]:
     seed = ev.config.seed + PARTNER_SEED_OFFSET
     other_sample = ev.training_sample(ev.held_out_of(partner), seed)
     other_data = ev.fit_data(ev.store.rows(other_sample), seed)
-    pairs = {SAE_CODER: (ev.sae_coder.directions(), SAECoder(other_sae, SAE_CODER, "").directions(), False)}
+    pairs = {SAE_CODER: lambda: (ev.sae_coder.directions(), SAECoder(other_sae, SAE_CODER, "").directions(), False)}
     for name, coder in ev.baselines.items():
-        mine = coder.directions()
-        if mine is not None:
-            pairs[name] = (mine, BASELINE_FITS[name](other_data).directions(), coder.sign_free)
+        if coder.directions() is not None:  # refit on the other SAE's training rows, with the next seed
+            pairs[name] = lambda n=name, c=coder: (
+                c.directions(),
+                BASELINE_FITS[n](other_data).directions(),
+                c.sign_free,
+            )
     matched = stability.match_all(pairs, torch.get_num_threads())
     coders = {name: stability.summarise(cosines, partner.name) for name, cosines in matched.items()}
     for name in ev.baselines:
