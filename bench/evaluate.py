@@ -134,6 +134,7 @@ def main() -> None:
         "matmul_gflops_before": peak,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "section_seconds": report["seconds"],
+        "section_cpu_seconds": report["cpu_seconds"],
         "report": str(ws / "saes" / "a" / "eval" / "report.md"),
     }
     (OUT / f"evaluate-{args.data}.json").write_text(json.dumps(result, indent=2))

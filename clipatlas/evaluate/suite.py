@@ -341,9 +341,9 @@ def evaluate_one(shared: Shared, name: str) -> dict[str, Any]:
 
     ev = Evaluation(shared, name)
     uses_data = bool(set(shared.config.suite) - set(UNCACHED))
-    sections, seconds = {}, {}
+    sections, seconds, cpu_seconds = {}, {}, {}
     for section in shared.config.suite:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         cached = None if section in UNCACHED else ev.cache_load(section)
         if cached is None:
             cached = SECTIONS[section](ev)
@@ -351,6 +351,7 @@ def evaluate_one(shared: Shared, name: str) -> dict[str, Any]:
                 ev.cache_save(section, cached)
         sections[section] = cached
         seconds[section] = round(time.perf_counter() - started, 2)
+        cpu_seconds[section] = round(time.process_time() - cpu_started, 2)  # all threads: tells a busy machine
     labels = shared.labels
     report = {
         "sae": name,
@@ -367,6 +368,7 @@ def evaluate_one(shared: Shared, name: str) -> dict[str, Any]:
         "coders": ev.coders if uses_data else {SAE_CODER: ev.coder_info(SAE_CODER, ev.sae_coder)},
         "sections": sections,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "notes": [NO_LABELS_HINT] if labels is None else [],
         "config": shared.config.identity(),
     }
