@@ -5,12 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.clipatlas-installed
-EXTRAS := demo,clip,diffusion,atlas,web,dev
+EXTRAS := demo,clip,diffusion,atlas,evaluate,web,dev
 WORKSPACE ?= demo-atlas
 PORT ?= 8000
 # The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH_SPEC := $(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),torch==2.13.0,torch)
-APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji chromium
+APT_PACKAGES := tuxpaint-stamps-default fonts-noto-color-emoji unicode-data chromium
 
 .PHONY: install demo demo-data bench-data lint test bench clean
 
@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-# Demo images (Tux Paint stamps, Noto Color Emoji) and Chromium for the browser tests.
+# Demo images (Tux Paint stamps, Noto Color Emoji and the Unicode emoji groups that label them) and
+# Chromium for the browser tests.
 # Without root or apt we say so and go on: the demo uses whatever image sets are present.
 demo-data:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -59,7 +60,7 @@ $(PEERS_VENV)/bin/python:
 	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
 
 bench: install bench-data $(PEERS_VENV)/bin/python
-	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py
+	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) test-artifacts .pytest_cache

@@ -1,8 +1,9 @@
 """`clipatlas demo`: the whole pipeline, offline, on the demo images this machine has.
 
 embed (efficientnet-lite0) -> train a TopK SAE -> evaluate -> build the atlas -> retrieval icons and
-an example steering recipe -> serve. Every step resumes or reuses finished work, so running the demo
-again after an interruption (or to serve again) only does what is missing.
+an example steering recipe -> the evaluation suite against its baselines (a short table) -> serve.
+Every step resumes or reuses finished work, so running the demo again after an interruption (or to
+serve again) only does what is missing.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
             f"-w {workspace} -o out.png"
         ),
     )
+    _step(
+        "the evaluation suite, against PCA, k-means, random and raw baselines", lambda: _suite(workspace, config.name)
+    )
     if config.serve:
         from clipatlas.web.config import ServeConfig
         from clipatlas.web.server import serve
@@ -103,6 +107,16 @@ def _metrics_line(metrics) -> str:
         f"L0 {metrics.l0:.1f}, cosine {metrics.cosine:.3f}, {metrics.silent_text()}, "
         f"{metrics.dense_fraction:.1%} dense"
     )
+
+
+def _suite(workspace: Path, name: str) -> str:
+    """Every section; stability trains the demo SAE again with the next seed (as fast as the first)."""
+    from clipatlas.evaluate import EvaluateConfig, evaluate_suite, print_report
+    from clipatlas.workspace import Workspace
+
+    report = evaluate_suite(workspace, [name], EvaluateConfig(train_stability=True))[name]
+    print_report(report, short=True)
+    return f"full report: {Workspace(workspace).sae(name).eval_markdown}"
 
 
 def _atlas_line(atlas) -> str:

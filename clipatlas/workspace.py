@@ -4,7 +4,8 @@
 W/
   store/                         the embedding store (its inner layout: clipatlas.store.core)
   saes/<name>/                   one SAE (`SAEFiles`): cfg.json, sae.safetensors, metrics.json,
-                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/
+                                 train_log.jsonl, checkpoints/, atlas/, icons/, steer/, eval/
+  eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
 ```
@@ -37,6 +38,11 @@ EVAL_DIR = "eval"
 ICON_MANIFEST = "icons.json"
 ICON_VERIFY_REPORT = "verify.json"
 STEERING_SUCCESS = "steering-success"
+EVAL_REPORT = "report.json"
+EVAL_MARKDOWN = "report.md"
+EVAL_SECTIONS_DIR = "sections"  # finished sections, reused when an interrupted evaluation is re-run
+COMPARE_REPORT = "compare.json"
+COMPARE_MARKDOWN = "compare.md"
 
 
 class WorkspaceError(UserError):
@@ -88,6 +94,20 @@ class SAEFiles:
     @property
     def eval_dir(self) -> Path:
         return self.dir / EVAL_DIR
+
+    @property
+    def eval_report(self) -> Path:
+        return self.eval_dir / EVAL_REPORT
+
+    @property
+    def eval_markdown(self) -> Path:
+        return self.eval_dir / EVAL_MARKDOWN
+
+    def eval_plot(self, kind: str) -> Path:
+        return self.eval_dir / f"{kind}.png"
+
+    def eval_section(self, section: str) -> Path:
+        return self.eval_dir / EVAL_SECTIONS_DIR / f"{section}.json"
 
     def icon(self, feature: int) -> Path:
         return self.icons_dir / f"{int(feature)}.png"
@@ -141,10 +161,28 @@ class Workspace:
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
 
-    def sae_names(self) -> list[str]:
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / EVAL_DIR
+
+    @property
+    def compare_report(self) -> Path:
+        return self.eval_dir / COMPARE_REPORT
+
+    @property
+    def compare_markdown(self) -> Path:
+        return self.eval_dir / COMPARE_MARKDOWN
+
+    def compare_plot(self, kind: str) -> Path:
+        return self.eval_dir / f"compare_{kind}.png"
+
+    def sae_names(self, hidden: bool = False) -> list[str]:
+        """The trained SAEs; names starting with "." (auxiliary SAEs, e.g. `evaluate`'s seed partners)
+        only with `hidden`, so they never make a workspace's one SAE ambiguous."""
         if not self.saes_dir.is_dir():
             return []
-        return sorted(p.name for p in self.saes_dir.iterdir() if SAEFiles(p).is_trained)
+        names = (p.name for p in self.saes_dir.iterdir() if SAEFiles(p).is_trained)
+        return sorted(name for name in names if hidden or not name.startswith("."))
 
     def sae(self, name: str | None = None, *, must_exist: bool = True) -> SAEFiles:
         """The files of SAE `name`; with no name, the workspace's only SAE."""

@@ -45,6 +45,11 @@ def test_demo_runs_every_stage_then_serves(demo_run):
     assert any(atlas.labels(f) for f in alive)  # lens labels from the ImageNet head
     icons = list((workspace / "saes" / "demo" / "icons").glob("*.png"))
     assert len(icons) == len(alive)
+    report = json.loads((workspace / "saes" / "demo" / "eval" / "report.json").read_text())
+    assert list(report["coders"]) == ["sae", "pca", "pca-width", "kmeans", "random", "raw"]
+    assert report["labels"]["column"] == "label" and report["labels"]["labelled_rows"] > 0
+    assert report["sections"]["stability"]["partner"] == ".demo-seed1"  # trained by the demo for stability, hidden
+    assert report["sections"]["fidelity"]["coders"]["sae"]["imagenet_top1_agreement"] > 0
     recipe = json.loads((workspace / "recipes" / "example.json").read_text())
     assert recipe["edits"] and (workspace / "recipes" / "example.png").stat().st_size > 0
     assert served == [(workspace.resolve(), "demo", ServeConfig(host="127.0.0.1", port=8123))]
@@ -56,7 +61,7 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
-    assert "clipatlas serve -w" in out
+    assert "clipatlas serve -w" in out and "| FVU (held-out) |" in out  # the evaluation table, again
     assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before
     assert main(["info", "-w", str(workspace), "--verify"]) == 0
     info = capsys.readouterr().out

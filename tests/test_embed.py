@@ -427,3 +427,26 @@ def test_hub_encoder_without_network_fails_fast_with_the_offline_options(tmp_pat
     assert main(["embed", str(folder), "-w", str(tmp_path / "ws"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot reach the Hugging Face hub" in err and "kandinsky-clip:PRIOR" in err and "\n" not in err
+
+
+def test_labels_from_folder_then_from_a_csv_relabel_without_re_embedding(tmp_path, tiny_clip, capsys):
+    corpus = tmp_path / "corpus"
+    for i, cls in enumerate(["cats", "cats", "dogs"]):
+        (corpus / cls).mkdir(parents=True, exist_ok=True)
+        (corpus / cls / f"{i}.png").write_bytes(encode(random_image(i)))
+    workspace = tmp_path / "ws"
+    args = ("--batch-size", "2", "--workers", "0")
+    assert embed_cli([corpus], workspace, f"hf:{tiny_clip}", *args, "--labels-from", "folder") == 0
+    store = Store.open(workspace)
+    assert store.metadata.column("label").to_pylist() == ["cats", "cats", "dogs"]
+    embeddings = store.to_array()
+
+    (tmp_path / "labels.csv").write_text("path,label\ncorpus/cats/0.png,tabby\n")
+    capsys.readouterr()
+    assert embed_cli([corpus], workspace, f"hf:{tiny_clip}", *args, "--labels-from", str(tmp_path / "labels.csv")) == 0
+    out = capsys.readouterr().out
+    assert "embedded 0 images this run" in out and "labelled 1 images already in the store" in out
+    store = Store.open(workspace)
+    assert store.metadata.column("label").to_pylist() == ["tabby", "cats", "dogs"]  # unnamed rows keep theirs
+    np.testing.assert_array_equal(store.to_array(), embeddings)
+    assert store.verify() == []

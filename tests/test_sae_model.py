@@ -73,6 +73,8 @@ def test_encode_sparse_lists_exactly_the_dense_codes(arch):
         rebuilt[row, indices[row][keep]] = values[row][keep].detach()
         assert (values[row][keep][:-1] >= values[row][keep][1:]).all()  # strongest first
     torch.testing.assert_close(rebuilt, dense)
+    with torch.no_grad():  # and decoding them sparsely is the dense decode
+        torch.testing.assert_close(sae.decode_sparse(indices, values), sae.decode(dense), atol=1e-5, rtol=1e-5)
 
 
 def test_sparse_gather_backward_equals_dense_autograd():

@@ -28,7 +28,9 @@ from clipatlas.sources import (
     iter_source,
     open_uri,
     read_image,
+    with_labels,
 )
+from clipatlas.sources.demo import emoji_groups
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -181,11 +183,13 @@ def test_webdataset_tar_is_read_in_place(tmp_path):
         add_member(archive, "000001.txt", b"a red rectangle\nsecond line\n")
         add_member(archive, "000002.png", png)
         add_member(archive, "000002.json", json.dumps({"caption": "a gradient", "width": 5}).encode())
+        add_member(archive, "000002.cls", b"3\n")  # the WebDataset class member
         add_member(archive, "000003.cls", b"7")  # no image member: not an item
         add_member(archive, "sub/000004.png", png)  # keys may hold folders
     before = sorted(p.name for p in tmp_path.iterdir())
     items = list(iter_source(str(shard)))
     assert [item.caption for item in items] == ["a red rectangle", "a gradient", None]
+    assert [item.label for item in items] == [None, "3", None]
     assert [item.uri for item in items] == [
         f"tar://{shard}#000001.jpg",
         f"tar://{shard}#000002.png",
@@ -251,6 +255,7 @@ def test_parquet_list_with_path_and_caption_columns(tmp_path):
         {
             "path": ["p.png", str(tmp_path / "q.png"), "gone.png"],
             "caption": ["first", None, "third"],
+            "label": [2, None, 5],
             "extra": [1, 2, 3],
         }
     )
@@ -262,6 +267,7 @@ def test_parquet_list_with_path_and_caption_columns(tmp_path):
         str(tmp_path / "gone.png"),
     ]
     assert [item.caption for item in items] == ["first", None, "third"]
+    assert [item.label for item in items] == ["2", None, "5"]
     assert (pixels(open_uri(items[1].uri)) == [4, 5, 6]).all()
     with pytest.raises(ImageDecodeError, match="file not found"):
         read_image(items[2].uri)
@@ -379,11 +385,17 @@ def test_demo_samples():
     assert image.mode == "RGB" and min(image.size) > 100
 
 
-def test_demo_tuxpaint_is_captioned():
+def test_demo_tuxpaint_is_captioned_and_labelled_by_category():
+    from clipatlas.sources.demo import TUXPAINT_DIR
+
     items = demo_items("tuxpaint")
     assert len(items) > 100
     captioned = [item for item in items if item.caption]
     assert len(captioned) > 0.9 * len(items)
+    categories = {p.name for p in TUXPAINT_DIR.iterdir() if p.is_dir()}
+    assert {item.label for item in items} <= categories and len({item.label for item in items}) > 5
+    coin = next(item for item in items if "/symbols/money/" in item.uri)
+    assert coin.label == "symbols"  # the top-level category, not the innermost folder
     assert len({item.image_id for item in items}) == len(items)
     image = open_uri(items[0].uri)
     assert image.mode == "RGB"
@@ -399,6 +411,63 @@ def test_demo_emoji_renders():
     array = pixels(image)
     assert (array < 250).any(axis=2).mean() > 0.1  # a real drawing, not a white square
     assert (array[0, 0] == 255).all()  # on a white background
+
+
+def test_demo_emoji_are_labelled_with_their_unicode_group():
+    items = demo_items("emoji")
+    if not emoji_groups():
+        pytest.skip("Debian unicode-data (emoji-test.txt) is not installed")
+    by_caption = {item.caption: item.label for item in items}
+    assert by_caption["cat face"] == "Animals & Nature"
+    assert by_caption["grinning face"] == "Smileys & Emotion"
+    assert sum(label is not None for label in by_caption.values()) > 0.9 * len(items)
+
+
+def test_emoji_groups_parse_the_unicode_test_file(tmp_path):
+    listing = tmp_path / "emoji-test.txt"
+    listing.write_text(
+        "# group: Smileys & Emotion\n# subgroup: face-smiling\n"
+        "1F600 ; fully-qualified # 😀 E1.0 grinning face\n"
+        "# group: Symbols\n"
+        "2764 FE0F ; fully-qualified # ❤️ E0.6 red heart\n"
+        "2764 ; unqualified # ❤ E0.6 red heart\n"
+        "1F469 200D 1F4BB ; fully-qualified # 👩‍💻 woman technologist\n"
+    )
+    assert emoji_groups.__wrapped__(listing) == {0x1F600: "Smileys & Emotion", 0x2764: "Symbols"}
+    assert emoji_groups.__wrapped__(tmp_path / "missing.txt") == {}
+
+
+# -- labels from folders and CSV files ---------------------------------------------------------------
+def test_labels_from_folder_and_cls_sidecars(tmp_path):
+    for path in ("cats/a.png", "cats/b.png", "dogs/deeper/c.png"):
+        (tmp_path / "src" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / path).write_bytes(encode(solid((1, 2, 3))))
+    (tmp_path / "src" / "cats" / "b.cls").write_text("kitten\n")
+    items = list(iter_source(str(tmp_path / "src")))
+    assert [item.label for item in items] == [None, "kitten", None]  # the .cls sidecar
+    labelled = with_labels(items, "folder")
+    assert [item.label for item in labelled] == ["cats", "cats", "deeper"]  # the folder replaces it
+    assert with_labels(items, None) == items
+
+
+def test_labels_from_a_csv_by_relative_or_absolute_path(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "imgs" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "imgs" / name).write_bytes(encode(solid((1, 2, 3))))
+    items = list(iter_source(str(tmp_path / "imgs")))
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(f"path,label\nimgs/a.png,cat\n{tmp_path / 'imgs' / 'c.png'},dog\nimgs/nope.png,x\n")
+    assert [item.label for item in with_labels(items, str(csv_path))] == ["cat", None, "dog"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,class\na.png,cat\n")
+    with pytest.raises(UserError, match="path,label"):
+        with_labels(items, str(bad))
+    unrelated = tmp_path / "unrelated.csv"
+    unrelated.write_text("path,label\nelsewhere/a.png,cat\n")
+    with pytest.raises(UserError, match="no image of the sources"):
+        with_labels(items, str(unrelated))
+    with pytest.raises(UserError, match="'folder' or a CSV"):
+        with_labels(items, str(tmp_path / "missing.csv"))
 
 
 def test_unknown_demo_set():

@@ -97,3 +97,30 @@ def test_incompatible_resume_is_refused(tmp_path):
 def test_missing_store_says_how_to_make_one(tmp_path):
     with pytest.raises(StoreError, match="clipatlas embed"):
         Store.open(tmp_path)
+
+
+def test_stores_from_before_the_label_column_still_open_and_take_labels_later(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.arange(18, dtype=np.float32).reshape(6, 3)
+    write_store(tmp_path, x, _rows(6), shard_size=4)
+    # what an older clipatlas wrote: metadata shards without the label column (one with an extra one)
+    for index in (0, 1):
+        path = tmp_path / f"store/metadata/metadata_0000{index}.parquet"
+        table = pq.read_table(path).drop(["label"])
+        if index == 1:
+            table = table.append_column("similarity", pa.array([0.5, 0.25]))  # LAION-style extra metadata
+        pq.write_table(table, path)
+    store = Store.open(tmp_path)
+    assert "label" not in store.metadata.column_names and len(store.metadata) == 6
+    assert store.metadata.column("similarity").to_pylist() == [None] * 4 + [0.5, 0.25]
+
+    writer = StoreWriter(tmp_path / "store", encoder="synthetic", d=3, dtype="float32", shard_size=4, sources=["array"])
+    assert writer.set_labels({"img1": "cat", "img5": "dog", "unknown": "x"}) == 2
+    relabelled = Store.open(tmp_path)
+    assert relabelled.metadata.column("label").to_pylist() == [None, "cat", None, None, None, "dog"]
+    assert relabelled.metadata.column("similarity").to_pylist()[4:] == [0.5, 0.25]  # other columns kept
+    assert relabelled.verify() == []  # the manifest's checksums follow the rewritten shards
+    assert writer.set_labels({"img1": "cat"}) == 0  # nothing changes, nothing is erased
+    assert Store.open(tmp_path).metadata.column("label").to_pylist()[1] == "cat"

@@ -35,6 +35,8 @@ def shown_default(value: Any) -> str:
         return "on" if value else "off"
     if isinstance(value, float):
         return format(value, ".6g")
+    if isinstance(value, tuple):  # the command line writes tuples comma-separated
+        return ",".join(map(str, value))
     return str(value)
 
 

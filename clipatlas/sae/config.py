@@ -183,6 +183,8 @@ def warmup_for(total_steps: int) -> int:
 # Settings that say how a run goes, not what it computes: a finished SAE or a checkpoint made
 # with other values of these is still the same run.
 RUN_CONDITIONS = ("device", "checkpoint_every", "log_every")
+# What a finished run records beside `TrainConfig.to_dict()` in the `training` entry of cfg.json.
+RUN_RECORD = ("n_train", "n_eval", "store_count", "trained_steps", "heldout_best")
 
 
 @dataclass(frozen=True)
@@ -286,8 +288,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Inverse of `to_dict` (the `training` entry of a cfg.json)."""
-        data = dict(data)
+        """Inverse of `to_dict`; reads the `training` entry of a cfg.json (its `RUN_RECORD` is left out)."""
+        data = {k: v for k, v in data.items() if k not in RUN_RECORD}
         return cls.from_settings({**data.pop("sae", {}), **data})
 
     def identity(self) -> dict[str, Any]:

@@ -97,6 +97,11 @@ class SAE(nn.Module):
         z = z.to(device=self.W_dec.device, dtype=self.W_dec.dtype)
         return (z @ self.W_dec + self.b_dec) / self.cfg.input_scale
 
+    def decode_sparse(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """`decode` of codes given as `encode_sparse` returns them (index -1 = padding): B*m*d work."""
+        values = values.to(device=self.W_dec.device, dtype=self.W_dec.dtype) * (indices >= 0)
+        return (sparse_decode(indices.clamp_min(0), values, self.W_dec) + self.b_dec) / self.cfg.input_scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 

@@ -17,6 +17,7 @@ from clipatlas.sources.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decod
 from clipatlas.sources.demo import EMOJI_SCHEME, available_demo_sets, emoji_png_bytes, iter_demo
 from clipatlas.sources.files import TAR_SCHEME, iter_folder, iter_list, iter_tar, read_tar_member, split_tar_uri
 from clipatlas.sources.items import SourceItem, make_image_id
+from clipatlas.sources.labels import with_labels
 
 DEMO_PREFIX = "demo:"
 LIST_SUFFIXES = (".txt", ".parquet")
@@ -34,6 +35,7 @@ __all__ = [
     "read_image",
     "read_uri_bytes",
     "to_rgb",
+    "with_labels",
 ]
 
 

@@ -1,9 +1,11 @@
 """The built-in demo sets: real images that ship with Debian packages and Python wheels.
 
 * `demo:samples`  the colour photos bundled in scikit-image and scikit-learn (11 images)
-* `demo:tuxpaint` Tux Paint's photo cut-outs (Debian `tuxpaint-stamps-default`), captioned
+* `demo:tuxpaint` Tux Paint's photo cut-outs (Debian `tuxpaint-stamps-default`), captioned,
+                  labelled with their Tux Paint category (animals, food, vehicles, ...)
 * `demo:emoji`    Noto Color Emoji (Debian `fonts-noto-color-emoji`) rendered with Pillow,
-                  captioned with the emoji's Unicode name
+                  captioned with the emoji's Unicode name, labelled with its Unicode emoji group
+                  (from `emoji-test.txt` of Debian `unicode-data`, where installed)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from clipatlas.sources.items import SourceItem, make_image_id
 
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")  # Unicode's emoji list, with groups
+VARIATION_SELECTOR_16 = 0xFE0F
 EMOJI_SCHEME = "emoji:"
 EMOJI_FONT_SIZE = 109  # the only size the font's colour bitmaps (CBDT) come in
 EMOJI_CANVAS = 160
@@ -46,7 +50,7 @@ _PACKAGE_DATA = {"skimage": "data", "sklearn": "datasets/images"}
 
 INSTALL_HINTS = {
     "tuxpaint": "install it with: sudo apt-get install --no-install-recommends tuxpaint-stamps-default",
-    "emoji": "install it with: sudo apt-get install fonts-noto-color-emoji (and pip install fonttools)",
+    "emoji": "install it with: sudo apt-get install fonts-noto-color-emoji unicode-data (and pip install fonttools)",
     "samples": "install scikit-image and scikit-learn: pip install 'clipatlas[demo]'",
 }
 
@@ -71,8 +75,9 @@ def iter_tuxpaint(spec: str) -> Iterator[SourceItem]:
         caption = caption_beside(path)
         if caption is None and path.stem.endswith(MIRROR_SUFFIX):  # mirrored stamps share the caption
             caption = caption_beside(path.with_name(path.stem[: -len(MIRROR_SUFFIX)] + ".png"))
-        key = path.relative_to(TUXPAINT_DIR).as_posix()
-        yield SourceItem(make_image_id("tuxpaint", key), str(path), spec, caption)
+        relative = path.relative_to(TUXPAINT_DIR)
+        category = relative.parts[0] if len(relative.parts) > 1 else None
+        yield SourceItem(make_image_id("tuxpaint", relative.as_posix()), str(path), spec, caption, category)
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,10 +94,31 @@ def emoji_codepoints() -> tuple[int, ...]:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def emoji_groups(path: Path = EMOJI_TEST) -> dict[int, str]:
+    """{code point: Unicode emoji group} of the single-code-point emoji in `emoji-test.txt`
+    (`# group: Smileys & Emotion` heads each group); empty when the file is not installed."""
+    if not path.is_file():
+        return {}
+    groups: dict[int, str] = {}
+    group = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.strip() and not line.startswith("#") and group:
+            points = [int(p, 16) for p in line.split(";", 1)[0].split()]
+            points = [p for p in points if p != VARIATION_SELECTOR_16]
+            if len(points) == 1:
+                groups.setdefault(points[0], group)
+    return groups
+
+
 def iter_emoji(spec: str) -> Iterator[SourceItem]:
+    groups = emoji_groups()
     for cp in emoji_codepoints():
         name = unicodedata.name(chr(cp)).lower()
-        yield SourceItem(make_image_id("emoji", f"{cp:x}-{name}"), f"{EMOJI_SCHEME}{cp:x}", spec, name)
+        uri = f"{EMOJI_SCHEME}{cp:x}"
+        yield SourceItem(make_image_id("emoji", f"{cp:x}-{name}"), uri, spec, name, groups.get(cp))
 
 
 @functools.lru_cache(maxsize=1)

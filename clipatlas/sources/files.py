@@ -14,12 +14,14 @@ import pyarrow.parquet as pq
 from clipatlas.errors import UserError
 from clipatlas.sources.items import SourceItem, make_image_id
 
-# Files beside an image that carry its caption; they are never inputs themselves.
+# Files beside an image that carry its caption or class; they are never inputs themselves.
 CAPTION_SUFFIXES = (".txt", ".caption")
-SIDECAR_SUFFIXES = CAPTION_SUFFIXES + (".json", ".cls", ".npy", ".parquet")
+LABEL_SUFFIX = ".cls"  # the WebDataset convention: the class, as text
+SIDECAR_SUFFIXES = CAPTION_SUFFIXES + (".json", LABEL_SUFFIX, ".npy", ".parquet")
 TAR_SCHEME = "tar://"
 LIST_PATH_COLUMNS = ("path", "uri", "image_path", "file", "filename", "url")
 LIST_CAPTION_COLUMNS = ("caption", "text", "title")
+LIST_LABEL_COLUMNS = ("label", "class", "cls")
 
 
 def read_caption(path: Path) -> str | None:
@@ -39,6 +41,12 @@ def caption_beside(path: Path) -> str | None:
     return None
 
 
+def label_beside(path: Path) -> str | None:
+    """The class in a `name.cls` beside `name.jpg` (its first non-empty line)."""
+    candidate = path.with_suffix(LABEL_SUFFIX)
+    return read_caption(candidate) if candidate.is_file() else None
+
+
 # -- folders -----------------------------------------------------------------------------------
 def iter_folder(root: Path, spec: str) -> Iterator[SourceItem]:
     """Every file under `root` in sorted order, except hidden files and caption sidecars.
@@ -50,7 +58,7 @@ def iter_folder(root: Path, spec: str) -> Iterator[SourceItem]:
         if path.suffix.lower() in SIDECAR_SUFFIXES:
             continue
         key = path.relative_to(root).as_posix()
-        yield SourceItem(make_image_id(root.name, key), str(path), spec, caption_beside(path))
+        yield SourceItem(make_image_id(root.name, key), str(path), spec, caption_beside(path), label_beside(path))
 
 
 def _walk_sorted(root: Path) -> Iterator[Path]:
@@ -111,14 +119,20 @@ def iter_tar(path: Path, spec: str) -> Iterator[SourceItem]:
         if image_member is None:
             continue
         caption = _tar_caption(str(path), members)
-        yield SourceItem(make_image_id(path.stem, key), f"{TAR_SCHEME}{path}#{image_member}", spec, caption)
+        label = _tar_text(str(path), members["cls"]) if "cls" in members else None
+        yield SourceItem(make_image_id(path.stem, key), f"{TAR_SCHEME}{path}#{image_member}", spec, caption, label)
+
+
+def _tar_text(path: str, member: str) -> str | None:
+    """The first line of a text member, stripped."""
+    text = read_tar_member(path, member).decode("utf-8", errors="replace").strip()
+    return text.splitlines()[0].strip() if text else None
 
 
 def _tar_caption(path: str, members: dict[str, str]) -> str | None:
     for suffix in ("txt", "caption"):
         if suffix in members:
-            text = read_tar_member(path, members[suffix]).decode("utf-8", errors="replace").strip()
-            return text.splitlines()[0].strip() if text else None
+            return _tar_text(path, members[suffix])
     if "json" in members:
         try:
             value = json.loads(read_tar_member(path, members["json"]))
@@ -136,7 +150,8 @@ def split_tar_uri(uri: str) -> tuple[str, str]:
 
 # -- lists of paths --------------------------------------------------------------------------------
 def iter_list(list_path: Path, spec: str) -> Iterator[SourceItem]:
-    """A .txt (one path per line, # comments) or .parquet (a path column, optional caption) list.
+    """A .txt (one path per line, # comments) or .parquet (a path column, optional caption and
+    label columns) list.
 
     Relative paths are relative to the list's folder, so a list travels with its images.
     """
@@ -144,19 +159,25 @@ def iter_list(list_path: Path, spec: str) -> Iterator[SourceItem]:
         rows = _parquet_rows(list_path)
     else:
         lines = list_path.read_text(encoding="utf-8").splitlines()
-        rows = ((line.strip(), None) for line in lines if line.strip() and not line.lstrip().startswith("#"))
-    for position, (entry, caption) in enumerate(rows):
+        rows = ((line.strip(), None, None) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    for position, (entry, caption, label) in enumerate(rows):
         key = f"{position}:{entry}"
         if "://" in entry:  # remote: kept as is, reported as skipped when read
-            yield SourceItem(make_image_id(list_path.stem, key), entry, spec, caption)
+            yield SourceItem(make_image_id(list_path.stem, key), entry, spec, caption, label)
             continue
         path = Path(entry).expanduser()
         if not path.is_absolute():
             path = list_path.parent / path
-        yield SourceItem(make_image_id(list_path.stem, key), str(path), spec, caption or caption_beside(path))
+        yield SourceItem(
+            make_image_id(list_path.stem, key),
+            str(path),
+            spec,
+            caption or caption_beside(path),
+            label or label_beside(path),
+        )
 
 
-def _parquet_rows(list_path: Path) -> Iterator[tuple[str, str | None]]:
+def _parquet_rows(list_path: Path) -> Iterator[tuple[str, str | None, str | None]]:
     table = pq.read_table(list_path)
     path_column = next((c for c in LIST_PATH_COLUMNS if c in table.column_names), None)
     if path_column is None:
@@ -164,7 +185,14 @@ def _parquet_rows(list_path: Path) -> Iterator[tuple[str, str | None]]:
             f"{list_path} has no path column; name one of {', '.join(LIST_PATH_COLUMNS)} "
             f"(it has {', '.join(table.column_names)})"
         )
-    caption_column = next((c for c in LIST_CAPTION_COLUMNS if c in table.column_names), None)
     paths = table.column(path_column).to_pylist()
-    captions = table.column(caption_column).to_pylist() if caption_column else [None] * len(paths)
-    return ((str(p), c) for p, c in zip(paths, captions) if p)
+    captions, labels = (
+        _optional_column(table, names, len(paths)) for names in (LIST_CAPTION_COLUMNS, LIST_LABEL_COLUMNS)
+    )
+    return ((str(p), c, None if b is None else str(b)) for p, c, b in zip(paths, captions, labels) if p)
+
+
+def _optional_column(table, names: tuple[str, ...], n: int) -> list:
+    """The first of `names` that `table` has, as a list; all None when it has none."""
+    name = next((c for c in names if c in table.column_names), None)
+    return table.column(name).to_pylist() if name else [None] * n

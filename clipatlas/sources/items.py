@@ -15,13 +15,16 @@ class SourceItem:
     """One input image, not yet read.
 
     `image_id` is stable (derived from where the image sits inside its source, not from the
-    machine it is on) and URL-safe; `uri` is what `open_uri` and the workers read.
+    machine it is on) and URL-safe; `uri` is what `open_uri` and the workers read. `label` is
+    the image's class where the source gives one (a WebDataset `.cls`, a list's `label` column,
+    a demo set's category, or `clipatlas embed --labels-from`); the store keeps it for evaluation.
     """
 
     image_id: str
     uri: str
     source: str
     caption: str | None = None
+    label: str | None = None
 
 
 def make_image_id(source_name: str, key: str) -> str:

@@ -1,9 +1,26 @@
 """The embedding store (clip-retrieval layout) and the pipeline that fills it."""
 
 from clipatlas.store.config import EmbedConfig
-from clipatlas.store.core import METADATA_SCHEMA, Store, StoreError, StoreWriter, store_dir_of, write_store
+from clipatlas.store.core import (
+    LABEL_COLUMN,
+    METADATA_SCHEMA,
+    Store,
+    StoreError,
+    StoreWriter,
+    store_dir_of,
+    write_store,
+)
 
-__all__ = ["METADATA_SCHEMA", "EmbedConfig", "Store", "StoreError", "StoreWriter", "store_dir_of", "write_store"]
+__all__ = [
+    "LABEL_COLUMN",
+    "METADATA_SCHEMA",
+    "EmbedConfig",
+    "Store",
+    "StoreError",
+    "StoreWriter",
+    "store_dir_of",
+    "write_store",
+]
 
 
 def __getattr__(name: str):

@@ -31,6 +31,9 @@ class EmbedConfig:
     """Image decoding processes (default: up to 4, one per core)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Skip images with more pixels than this (decompression bombs)."""
+    labels_from: str | None = None
+    """Store a class label per image: 'folder' (the name of the folder holding it) or a CSV file
+    with path,label columns; images already stored get it too, without re-embedding."""
 
     def __post_init__(self):
         if self.batch_size < 1:

@@ -7,6 +7,9 @@ store/
   manifest.json                       encoder, d, dtype, count, shards, skipped, consumed
 ```
 
+Stores written before the `label` column existed still open: their shards read as having no
+labels, and a later `embed` run that gives labels writes them into those shards.
+
 A shard's files are written first, then the manifest that lists them, each atomically: the
 manifest is the commit point, so a killed run leaves only whole shards behind, and
 `StoreWriter.consumed` tells the producer how many inputs those shards account for.
@@ -36,8 +39,10 @@ METADATA_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("sha256", pa.string()),
+        ("label", pa.string()),  # the image's class, where its source gives one (evaluation probes it)
     ]
 )
+LABEL_COLUMN = "label"
 SUPPORTED_DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
 
@@ -182,6 +187,32 @@ class StoreWriter:
 
     def has(self, image_id: str) -> bool:
         return image_id in self._known_ids
+
+    def set_labels(self, labels: dict[str, str]) -> int:
+        """Write `labels` ({image_id: label}) into the committed shards' metadata; returns how many
+        stored rows changed. Rows not named keep their label, so a run without labels erases none.
+        Each rewritten shard is committed (file, then manifest) before the next is read."""
+        changed = 0
+        for shard in self._manifest["shards"]:
+            path = self.dir / _meta_name(shard["index"])
+            table = pq.read_table(path)
+            has_column = LABEL_COLUMN in table.column_names
+            old = table.column(LABEL_COLUMN).to_pylist() if has_column else [None] * len(table)
+            new = [labels.get(image_id, label) for image_id, label in zip(table.column("image_id").to_pylist(), old)]
+            moved = sum(a != b for a, b in zip(old, new))
+            if not moved:
+                continue
+            column = pa.array(new, pa.string())
+            if has_column:
+                table = table.set_column(table.column_names.index(LABEL_COLUMN), LABEL_COLUMN, column)
+            else:
+                table = table.append_column(LABEL_COLUMN, column)
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+            shard["meta_sha256"] = sha256_file(path)
+            self._write_manifest()
+            changed += moved
+        return changed
 
     # -- appending ----------------------------------------------------------------------
     def add(self, embeddings: np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
@@ -358,7 +389,11 @@ class Store:
     def metadata(self) -> pa.Table:
         if self._metadata is None:
             tables = [pq.read_table(self.dir / _meta_name(s["index"])) for s in self.manifest["shards"]]
-            self._metadata = pa.concat_tables(tables) if tables else METADATA_SCHEMA.empty_table()
+            # Shards from before a column existed (the label) or with extra columns (LAION-style
+            # metadata) line up by name; missing values read as null.
+            self._metadata = (
+                pa.concat_tables(tables, promote_options="permissive") if tables else METADATA_SCHEMA.empty_table()
+            )
         return self._metadata
 
     def meta(self, row: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clipatlas.encoders import Encoder, load_encoder
 from clipatlas.errors import UserError
-from clipatlas.sources import ImageDecodeError, SourceItem, iter_items, read_image
+from clipatlas.sources import ImageDecodeError, SourceItem, iter_items, read_image, with_labels
 from clipatlas.store.config import EmbedConfig
 from clipatlas.store.core import MANIFEST, Store, StoreWriter, store_dir_of
 
@@ -39,6 +39,7 @@ class EmbedSummary:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)  # over the whole store
     seconds: float = 0.0
     added_to_changed_sources: bool = False  # the sources changed since the store was written
+    relabelled: int = 0  # stored rows whose label this run wrote or changed
 
     def format(self) -> str:
         reasons = ", ".join(
@@ -51,6 +52,8 @@ class EmbedSummary:
             lines.append("the sources changed since the store was written: only images not yet in it were added")
         elif self.resumed_from:
             lines.append(f"resumed after {self.resumed_from} inputs already in the store")
+        if self.relabelled:
+            lines.append(f"labelled {self.relabelled} images already in the store")
         lines.append(
             f"store {self.store_dir}: {self.total_rows} embeddings, skipped {skipped_total}"
             + (f" ({reasons})" if reasons else "")
@@ -84,6 +87,7 @@ class _DecodeDataset(Dataset):
             "width": decoded.image.width,
             "height": decoded.image.height,
             "sha256": decoded.sha256,
+            "label": item.label,
         }
         return pixels, row, None
 
@@ -111,7 +115,7 @@ def embed(
     if not sources:
         raise UserError("give at least one SOURCE: a folder, a .tar shard, a .txt/.parquet list, or demo:samples")
     started = time.perf_counter()
-    items = list(iter_items(list(sources), config.limit))
+    items = with_labels(list(iter_items(list(sources), config.limit)), config.labels_from)
     if not items:
         raise UserError(
             f"no files in {', '.join(map(str, sources))}; give a folder of images, a .tar shard, a list file"
@@ -127,6 +131,7 @@ def embed(
         encoder_info=encoder.info(),
     )
     resumed_from = writer.consumed
+    relabelled = writer.set_labels({i.image_id: i.label for i in items if i.label and writer.has(i.image_id)})
     todo, changed = _remaining(items, writer)
     embedded, skipped = _run(todo, encoder, writer, config, progress)
     writer.close()
@@ -147,6 +152,7 @@ def embed(
         dict(reasons),
         time.perf_counter() - started,
         changed,
+        relabelled,
     )
 
 
