@@ -4,7 +4,8 @@
 W/
   store/                         the embedding store (its inner layout: clipatlas.store.core)
   saes/<name>/                   one SAE (`SAEFiles`): cfg.json, sae.safetensors, metrics.json,
-                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/
+                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/,
+                                 interp/ (VLM answer cache, label report and plot)
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
 ```
@@ -34,6 +35,10 @@ ATLAS_DIR = "atlas"
 ATLAS_DB = "atlas.sqlite"
 ICONS_DIR = "icons"
 EVAL_DIR = "eval"
+INTERP_DIR = "interp"
+VLM_CACHE = "vlm_cache.sqlite"
+INTERP_REPORT = "report.md"
+INTERP_PLOT = "auroc.png"
 
 
 class WorkspaceError(UserError):
@@ -85,6 +90,23 @@ class SAEFiles:
     @property
     def eval_dir(self) -> Path:
         return self.dir / EVAL_DIR
+
+    @property
+    def interp_dir(self) -> Path:
+        return self.dir / INTERP_DIR
+
+    @property
+    def vlm_cache(self) -> Path:
+        """Every VLM answer, keyed by model, prompt version, feature and images: re-runs cost nothing twice."""
+        return self.interp_dir / VLM_CACHE
+
+    @property
+    def interp_report(self) -> Path:
+        return self.interp_dir / INTERP_REPORT
+
+    @property
+    def interp_plot(self) -> Path:
+        return self.interp_dir / INTERP_PLOT
 
     def icon(self, feature: int) -> Path:
         return self.icons_dir / f"{int(feature)}.png"

@@ -13,7 +13,20 @@ import logging
 import sys
 
 # Order is the order shown in --help: the data flow.
-SUBCOMMAND_MODULES = ["embed", "info", "train", "eval", "atlas", "steer", "icons", "generate", "serve", "demo"]
+SUBCOMMAND_MODULES = [
+    "embed",
+    "info",
+    "train",
+    "eval",
+    "atlas",
+    "steer",
+    "icons",
+    "generate",
+    "label",
+    "score",
+    "serve",
+    "demo",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
