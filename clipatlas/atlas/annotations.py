@@ -44,9 +44,9 @@ def set_icon(atlas: Atlas, feature: int, path: str | Path) -> None:
         conn.execute("INSERT OR REPLACE INTO icons VALUES (?, ?)", (feature, str(stored)))
 
 
-def add_labels(atlas: Atlas, labels: Iterable[Label]) -> int:
+def add_labels(atlas: Atlas, labels: Iterable[Label]) -> list[int]:
     """Store labels; one from the same labeller, model and prompt version replaces the feature's
-    previous one, and the old label's scores go with it (they judged another text). Returns how many."""
+    previous one, and the old label's scores go with it (they judged another text). Returns their ids."""
     rows = []
     for label in labels:
         if not label.source or not label.text:
@@ -63,12 +63,15 @@ def add_labels(atlas: Atlas, labels: Iterable[Label]) -> int:
             conn.execute(
                 "DELETE FROM labels WHERE feature = ? AND source = ? AND model = ? AND prompt_version = ?", row[:4]
             )
-        conn.executemany(
-            "INSERT INTO labels (feature, source, model, prompt_version, text, description, evidence) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-    return len(rows)
+        ids = [
+            conn.execute(
+                "INSERT INTO labels (feature, source, model, prompt_version, text, description, evidence) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                row,
+            ).lastrowid
+            for row in rows
+        ]
+    return ids
 
 
 def add_scores(atlas: Atlas, scores: Iterable[Score]) -> int:

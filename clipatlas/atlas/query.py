@@ -26,6 +26,8 @@ from clipatlas.atlas.types import (
     headline,
     ranking_score,
 )
+
+UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
 from clipatlas.workspace import SAEFiles, Workspace
 
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
@@ -93,7 +95,7 @@ class Atlas:
         self._hist: np.ndarray | None = None
         self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._map: MapPoints | None = None
-        self._headlines: dict[int, Label] | None = None
+        self._headlines: tuple[dict[int, Label], dict[int, str]] | None = None
         self._store = None
         self._sae = None
 
@@ -186,13 +188,38 @@ class Atlas:
 
     def headlines(self) -> dict[int, Label]:
         """{feature: its headline label} for every feature that has one (cached; see types.headline)."""
+        return self._naming()[0]
+
+    def unnamed_reasons(self) -> dict[int, str]:
+        """{feature: why it has no name} for features that have labels but no headline: NOT_SCORED or
+        NO_LABEL_BEATS_BASELINE. Features missing from both maps have no label at all (UNLABELLED)."""
+        return self._naming()[1]
+
+    def naming_note(self, i: int) -> str:
+        """'' for a named feature, else why it has no name."""
+        if i in self.headlines():
+            return ""
+        return self.unnamed_reasons().get(i, UNLABELLED)
+
+    def _naming(self) -> tuple[dict[int, Label], dict[int, str]]:
         if self._headlines is None:
-            by_feature: dict[int, list[Label]] = {}
-            for label in self._labels_where("1", ()):
-                by_feature.setdefault(label.feature, []).append(label)
-            found = {f: headline(labels) for f, labels in by_feature.items()}
-            self._headlines = {f: label for f, label in found.items() if label is not None}
+            named, reasons = {}, {}
+            for feature, labels in self.labels_by_feature().items():
+                best = headline(labels)
+                if best is not None:
+                    named[feature] = best
+                else:
+                    scored = any(label.score() is not None for label in labels)
+                    reasons[feature] = NO_LABEL_BEATS_BASELINE if scored else NOT_SCORED
+            self._headlines = (named, reasons)
         return self._headlines
+
+    def labels_by_feature(self) -> dict[int, list[Label]]:
+        """Every labelled feature's labels (best-ranked first), by feature."""
+        found: dict[int, list[Label]] = {}
+        for label in self._labels_where("1", ()):
+            found.setdefault(label.feature, []).append(label)
+        return {f: sorted(labels, key=label_order) for f, labels in sorted(found.items())}
 
     def coherence_scores(self) -> list[Score]:
         """Scores of the features themselves (intruder), all features."""
@@ -282,7 +309,7 @@ class Atlas:
         return labels[:limit]
 
     def map_points(self) -> MapPoints:
-        """x, y, cluster, feature id and best label of every alive feature (cached)."""
+        """x, y, cluster, feature id, headline label and top image of every alive feature (cached)."""
         if self._map is None:
             conn = self._conn()
             rows = conn.execute(
@@ -290,6 +317,7 @@ class Atlas:
             ).fetchall()
             table = np.array(rows, dtype=np.float64).reshape(-1, 4)
             best = {f: label.text for f, label in self.headlines().items()}
+            top = dict(conn.execute("SELECT feature, image_id FROM examples WHERE kind = 'top' AND rank = 0"))
             ids = table[:, 0].astype(np.int32)
             self._map = MapPoints(
                 feature=ids,
@@ -297,6 +325,7 @@ class Atlas:
                 y=table[:, 2].astype(np.float32),
                 cluster=table[:, 3].astype(np.int32),
                 label=[best.get(f, "") for f in ids.tolist()],
+                top_image=[top.get(f, "") for f in ids.tolist()],
             )
         return self._map
 

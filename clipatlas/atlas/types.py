@@ -171,6 +171,7 @@ class MapPoints:
     y: np.ndarray  # float32
     cluster: np.ndarray  # int32
     label: list[str]  # the headline label, "" where no scored label beat its baseline
+    top_image: list[str]  # the image id of the strongest example, "" where none
 
     def __len__(self) -> int:
         return len(self.feature)

@@ -103,7 +103,7 @@ def label(
                 evidence=evidence,
             )
         )
-    run.labelled = add_labels(atlas, labels)
+    run.labelled = len(add_labels(atlas, labels))
     return run
 
 
