@@ -13,8 +13,8 @@ from PIL import Image
 
 from clipatlas.atlas import Atlas, Label
 from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
-from clipatlas.atlas.types import Score
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+from clipatlas.atlas.types import Score
 from clipatlas.errors import UserError
 from clipatlas.web.app import create_app
 from clipatlas.web.config import UploadLimits, WebConfig

@@ -26,10 +26,10 @@ from clipatlas.atlas.types import (
     headline,
     ranking_score,
 )
-
-UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
 from clipatlas.workspace import SAEFiles, Workspace
 
+# Why a feature has no name (shown in its place).
+UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
 
 
