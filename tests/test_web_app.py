@@ -12,9 +12,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from clipatlas.atlas import Atlas, Label
-from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
+from clipatlas.atlas.annotations import add_labels, set_icon
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
-from clipatlas.atlas.types import Score
 from clipatlas.errors import UserError
 from clipatlas.web.app import create_app
 from clipatlas.web.config import UploadLimits, WebConfig
@@ -25,20 +24,12 @@ EVIL_LABEL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, scored_label):
     ws = write_synthetic_atlas(tmp_path_factory.mktemp("web-atlas"), SyntheticAtlasConfig(n_features=300, n_images=120))
     atlas = Atlas.open(ws)
     evil_feature = int(atlas.map_points().feature[0])
-    name_with_scored_label(atlas, evil_feature, EVIL_LABEL)  # labels may come from an LLM
+    scored_label(atlas, evil_feature, EVIL_LABEL)  # labels may come from an LLM
     return ws
-
-
-def name_with_scored_label(atlas, feature: int, text: str, value: float = 0.99) -> int:
-    """Add a label from a 'vlm' labeller scored by the captions judge, beating its baseline: the feature's name."""
-    (label_id,) = add_labels(atlas, [Label(feature, "vlm", text, model="test-vlm", prompt_version="label-v1")])
-    score = Score(feature, label_id, "detection", "captions", "auroc", value, 0.5, 20, True, validation=0.99)
-    add_scores(atlas, [score])
-    return label_id
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@
     }
     draw();
     const ms = Math.round(performance.now() - started);
-    window.clipatlasMap = { loadedMs: ms, count: points.n, drawMs: () => lastDrawMs,
+    window.clipatlasMap = { loadedMs: ms, count: points.n, drawMs: () => lastDrawMs, clusterNames: points.names.map(c => c.name),
                             screenOf: i => [toScreenX(points.xs[i]), toScreenY(points.ys[i])] };
     status.textContent = points.n.toLocaleString() + " features · loaded and drawn in " + ms + " ms";
     document.body.dataset.mapReady = "1";
