@@ -24,8 +24,8 @@ TOPIC_FEATURES = range(len(TOPICS))
 
 # ---- arithmetic -------------------------------------------------------------------------------
 def test_fightin_words_matches_a_hand_computed_case():
-    # y_i = (2, 0, 1), y_j = (1, 3, 2), prior strength 6: pooled shares 1/3 each, so alpha = (2, 2, 2),
-    # n_i = 3, n_j = 6. Term 0: delta = log(4 / 5) - log(3 / 9) = 0.875469, var = 1/4 + 1/3, z = 0.875469 / 0.763763 = 1.146258.
+    # y_i = (2, 0, 1), y_j = (1, 3, 2), prior strength 6: pooled shares 1/3 each, so alpha = (2, 2, 2), n_i = 3, n_j = 6.
+    # Term 0: delta = log(4 / 5) - log(3 / 9) = 0.875469, var = 1/4 + 1/3, z = 0.875469 / 0.763763 = 1.146258.
     # Term 1: delta = log(2 / 7) - log(5 / 7) = -0.916291, var = 1/2 + 1/5, z = -0.916291 / 0.836660 = -1.095177.
     # Term 2: delta = log(3 / 6) - log(4 / 8) = 0, z = 0.
     z = fightin_words(np.array([2.0, 0, 1]), np.array([1.0, 3, 2]), prior_strength=6)
@@ -51,7 +51,7 @@ def test_terms_and_their_choice():
 
 def test_auroc_and_balanced_accuracy_equal_scikit_learn():
     rng = np.random.default_rng(0)
-    for trial in range(20):
+    for _ in range(20):
         pos = np.round(rng.normal(0.3, 1, rng.integers(2, 40)), 1)  # rounded: ties happen
         neg = np.round(rng.normal(0.0, 1, len(pos)), 1)
         truth = np.r_[np.ones(len(pos)), np.zeros(len(neg))].astype(bool)
