@@ -24,7 +24,7 @@ TOPIC_FEATURES = range(len(TOPICS))
 
 # ---- arithmetic -------------------------------------------------------------------------------
 def test_fightin_words_matches_a_hand_computed_case():
-    # y_i = (2, 0, 1), y_j = (1, 3, 2), prior strength 6: pooled shares 1/3 each, so alpha = (2, 2, 2), n_i = 3, n_j = 6.
+    # y_i = (2, 0, 1), y_j = (1, 3, 2), prior strength 6: pooled 1/3 each, so alpha = (2, 2, 2), n_i = 3, n_j = 6.
     # Term 0: delta = log(4 / 5) - log(3 / 9) = 0.875469, var = 1/4 + 1/3, z = 0.875469 / 0.763763 = 1.146258.
     # Term 1: delta = log(2 / 7) - log(5 / 7) = -0.916291, var = 1/2 + 1/5, z = -0.916291 / 0.836660 = -1.095177.
     # Term 2: delta = log(3 / 6) - log(4 / 8) = 0, z = 0.
