@@ -19,6 +19,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
 from clipatlas.interp.text import STOPWORDS
 from clipatlas.interp.vlm import INTRUDER_PROMPT, JUDGE_PROMPT, LABEL_PROMPT, image_data_url, load_prompt
 
@@ -64,10 +67,7 @@ class CaptionServer:
         self.release = threading.Event()
         self.prompts = {version: load_prompt(version) for version in (LABEL_PROMPT, JUDGE_PROMPT, INTRUDER_PROMPT)}
 
-    def make_app(self):
-        from fastapi import FastAPI, Request
-        from fastapi.responses import JSONResponse, Response
-
+    def make_app(self) -> FastAPI:
         app = FastAPI()
 
         @app.post("/v1/chat/completions")

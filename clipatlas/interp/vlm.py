@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 LABEL_PROMPT, JUDGE_PROMPT, INTRUDER_PROMPT = "label-v1", "judge-v1", "intruder-v1"
 MAX_TOKENS = 300
 MALFORMED_RETRIES = 2  # a reply that is not the JSON asked for is asked again this many times
+RETRIED_STATUSES = (408, 409, 429)  # the 4xx the client retries; any other 4xx is the request's fault
 NO_KEY = "EMPTY"  # what local servers (vLLM, Ollama) accept when no key is set
 
 
@@ -224,8 +225,6 @@ class VLMClient:
                     f"{self.config.base_url} answered 404 for model {self.config.model!r}: the model name is unknown "
                     f"there, or --base-url lacks its API path (e.g. /v1); the server said: {_server_says(exc)}"
                 ) from None
-            except openai.BadRequestError as exc:
-                raise UserError(f"{self.config.base_url} refused the request (400): {_server_says(exc)}") from None
             except openai.APITimeoutError:
                 log.warning("a call timed out after %d retries", self.config.max_retries)
                 self.usage.failed += 1
@@ -234,13 +233,17 @@ class VLMClient:
                 raise UserError(
                     f"cannot reach {self.config.base_url}; check --base-url and that the server is running"
                 ) from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APIStatusError) as exc:
+            except openai.APIStatusError as exc:
+                if 400 <= exc.status_code < 500 and exc.status_code not in RETRIED_STATUSES:
+                    raise UserError(
+                        f"{self.config.base_url} refused the request ({exc.status_code}): {_server_says(exc)}"
+                    ) from None
                 log.warning(
                     "a call failed after %d retries: %s %s", self.config.max_retries, exc.status_code, _server_says(exc)
                 )
                 self.usage.failed += 1
                 return None
-            except openai.APIResponseValidationError as exc:
+            except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:  # a reply that is not the protocol
                 log.warning("unreadable response: %s", exc)
                 continue
             self.usage.answered += 1
