@@ -42,7 +42,10 @@ def test_demo_runs_every_stage_then_serves(demo_run):
     atlas = Atlas.open(workspace, "demo")
     assert atlas.summary()["n_alive"] > 0
     alive = [int(f) for f in atlas.map_points().feature]
-    assert any(atlas.labels(f) for f in alive)  # lens labels from the ImageNet head
+    sources = {lab.source for labels in atlas.labels_by_feature().values() for lab in labels}
+    assert sources == {"captions", "classifier"}  # the offline labellers, each label scored
+    assert all(lab.score(judge="captions") for labels in atlas.labels_by_feature().values() for lab in labels)
+    assert (workspace / "saes" / "demo" / "interp" / "report.md").is_file()
     icons = list((workspace / "saes" / "demo" / "icons").glob("*.png"))
     assert len(icons) == len(alive)
     recipe = json.loads((workspace / "recipes" / "example.json").read_text())
@@ -56,6 +59,8 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
+    assert "already labelled by captions" in out and "labels already scored" in out
+    assert "headline labels of the" in out and "median detection AUROC" in out
     assert "clipatlas serve -w" in out
     assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before
     assert main(["info", "-w", str(workspace), "--verify"]) == 0

@@ -37,5 +37,9 @@ def run(args: argparse.Namespace) -> int:
     for line in result.summary_lines():
         print(line)
     if result.report:
+        from clipatlas.interp.report import headline_line
+
+        config = ScoreConfig(**given(args, ScoreConfig))
+        print(headline_line(result.found, config.judge, config.report_min_activating))
         print(f"report: {result.report}")
     return 0

@@ -154,3 +154,26 @@ def _index_after(parts: list[dict], section: str) -> int:
 
 def _digest(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m clipatlas.interp.caption_server -w W`: serve the store's captions as a VLM."""
+    import argparse
+
+    import uvicorn
+
+    from clipatlas.store import Store
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-w", "--workspace", required=True, help="workspace whose store images it will recognise")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds each answer takes (a model's latency)")
+    parser.add_argument("--image-size", type=int, default=256, help="the --image-size the client sends")
+    args = parser.parse_args(argv)
+    server = CaptionServer(Store.open(args.workspace), args.image_size, Behaviour(delay=args.delay))
+    print(f"caption VLM at http://127.0.0.1:{args.port}/v1, model caption-vlm, key test-key", flush=True)
+    uvicorn.run(server.make_app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

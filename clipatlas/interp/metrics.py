@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import rankdata
 
 
 def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """Area under the ROC curve of scores for activating vs silent images: the Mann-Whitney U
-    statistic over n_pos * n_neg (ties count half). 0.5 when either side is empty."""
-    if len(positives) == 0 or len(negatives) == 0:
+    statistic from mid-ranks (ties count half) over n_pos * n_neg. 0.5 when either side is empty.
+    (scipy's mannwhitneyu gives the same U but computes an exact p-value too: 2.7 ms a call.)"""
+    n_pos, n_neg = len(positives), len(negatives)
+    if n_pos == 0 or n_neg == 0:
         return 0.5
-    return float(mannwhitneyu(positives, negatives).statistic / (len(positives) * len(negatives)))
+    ranks = rankdata(np.concatenate([positives, negatives]))
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def top_half_predictions(scores: np.ndarray, n_predicted: int) -> np.ndarray:

@@ -15,6 +15,8 @@ from clipatlas.atlas.types import Label, Score, headline, preferred
 from clipatlas.interp.data import StoreData
 from clipatlas.interp.judges import SHARED_SOURCE
 
+HEADLINE_ROW = "headline (preferred on the labelling half)"
+
 
 def collect(atlas: Atlas, data: StoreData, min_activating: int) -> dict:
     """Per judge: each labeller's detection scores, the preferred label's, and the intruder scores,
@@ -22,8 +24,9 @@ def collect(atlas: Atlas, data: StoreData, min_activating: int) -> dict:
     features = np.flatnonzero(data.counts >= min_activating).tolist()
     by_judge: dict[str, dict[str, list[Score]]] = defaultdict(lambda: defaultdict(list))
     named = 0
+    labelled = atlas.labels_by_feature()
     for feature in features:
-        labels = atlas.labels(feature)
+        labels = labelled.get(feature, [])
         named += headline(labels) is not None
         judges = {s.judge for label in labels for s in label.scores if s.scorer == "detection"}
         for judge in judges:
@@ -33,7 +36,7 @@ def collect(atlas: Atlas, data: StoreData, min_activating: int) -> dict:
                     by_judge[judge][labeller_key(label)].append(found)
             best = preferred(labels, judge)
             if best is not None:
-                by_judge[judge]["headline (preferred on the labelling half)"].append(best[1])
+                by_judge[judge][HEADLINE_ROW].append(best[1])
     intruder: dict[str, list[Score]] = defaultdict(list)
     wanted = set(features)
     for s in atlas.coherence_scores():
@@ -59,7 +62,21 @@ def stats(scores: list[Score], key: str = "value") -> dict[str, float]:
     }
 
 
-def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> Path:
+def headline_line(found: dict, judge: str, min_activating: int) -> str:
+    """One sentence: the headline labels' median detection AUROC against their shuffled baseline."""
+    scores = found["detection"].get(judge, {}).get(HEADLINE_ROW)
+    if not scores:
+        return f"no label of a feature active on at least {min_activating} images was scored by the {judge} judge"
+    st = stats(scores)
+    return (
+        f"headline labels of the {st['n']} features active on at least {min_activating} images, {judge} judge: "
+        f"median detection AUROC {st['median']:.3f} against {st['median_baseline']:.3f} for shuffled labels, "
+        f"{st['share_beating']:.0%} beat their own baseline; {found['named']} features named"
+    )
+
+
+def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Path, dict]:
+    """The report and the plot; returns the report's path and what it summarised (`collect`)."""
     found = collect(atlas, data, min_activating)
     files = atlas.files
     plot = write_plot(found["detection"], files.interp_plot)
@@ -82,7 +99,7 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> Path:
             "| labels | features | median AUROC | median baseline | beat their baseline | median balanced accuracy |",
             "|---|---|---|---|---|---|",
         ]
-        for key, scores in sorted(rows.items(), key=lambda item: item[0].startswith("headline")):
+        for key, scores in sorted(rows.items(), key=lambda item: item[0] == HEADLINE_ROW):
             st = stats(scores)
             shared = (
                 " (shares its source with this judge)" if key.split(" / ")[0] in SHARED_SOURCE.get(judge, ()) else ""
@@ -114,7 +131,7 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> Path:
         lines += [f"![detection AUROC against the shuffled baseline]({plot.name})", ""]
     with atomic_path(files.interp_report) as tmp:
         tmp.write_text("\n".join(lines))
-    return files.interp_report
+    return files.interp_report, found
 
 
 def write_plot(detection: dict[str, dict[str, list[Score]]], path: Path) -> Path | None:

@@ -115,6 +115,7 @@ class ScoreRun:
     stale: int = 0
     report: Path | None = None
     label_sources: dict[int, str] = field(default_factory=dict)
+    found: dict = field(default_factory=dict)  # what the report summarised (with --report)
 
     def summary_lines(self) -> list[str]:
         """Per labeller: median score against the median baseline and the share beating it."""
@@ -179,7 +180,7 @@ def score(
     if config.report:
         from clipatlas.interp.report import write_report
 
-        run.report = write_report(atlas, data, config.report_min_activating)
+        run.report, run.found = write_report(atlas, data, config.report_min_activating)
     return run
 
 
@@ -190,8 +191,9 @@ def labels_to_score(
     and how many were made on another split (skipped: their held-out rows may have been seen)."""
     groups: dict[tuple[str, str, str], list[Label]] = defaultdict(list)
     stale = 0
+    labelled = atlas.labels_by_feature()
     for feature, split in splits.items():
-        for label in atlas.labels(feature):
+        for label in labelled.get(feature, []):
             if sources is not None and label.source not in sources:
                 continue
             if label.evidence.get(SPLIT_KEY) != split_digest(split) or label.evidence.get(SEED_KEY) != seed:
