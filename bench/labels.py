@@ -13,8 +13,9 @@ recipe changed by these settings, and measures that one.
 
 For each judge it prints, per labeller and for the headline chosen three ways, the three numbers
 (median AUROC, median shuffled-baseline AUROC, share beating its own baseline):
-  * headline (product rule): per feature, the label first by its labelling-half (validation) score;
-  * global: per judge, the one labeller with the best median validation score, for every feature;
+  * headline (the product's rule, `atlas.types.preferred`): the labeller with the best median
+    labelling-half (validation) score under that judge, a feature's own validation score breaking ties;
+  * per-feature validation: per feature, the label with the best own validation score;
   * best held-out (NOT honest, for scale only): per feature, the label with the best scoring-half AUROC.
 """
 
@@ -114,8 +115,11 @@ def measure(root: Path, name: str, sources: list[str]) -> dict:
             chosen = [preferred([lab for lab in labs if lab.source in pool], judge) for labs in per_feature.values()]
             chosen = [s for _, s in filter(None, chosen)]
             rows[policy] = three([s.value for s in chosen], [s.baseline for s in chosen])
-        best_source = max(product, key=lambda s: rows[s]["median_validation"])
-        rows[f"global (product labellers: {best_source})"] = rows[best_source]
+        own = [
+            max((lab.score(judge=judge) for lab in labs if lab.source in product), key=lambda s: s.validation or 0.0)
+            for labs in per_feature.values()
+        ]
+        rows["per-feature validation (product labellers)"] = three([s.value for s in own], [s.baseline for s in own])
         oracle = [
             max((lab.score(judge=judge) for lab in labs if lab.source in product), key=lambda s: s.value)
             for labs in per_feature.values()

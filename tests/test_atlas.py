@@ -182,14 +182,20 @@ def test_labels_scores_headline_and_search(tmp_path):
     assert atlas.feature(f).label == f"widget kind {f % 7}"  # an unscored label never names a feature
     add_scores(atlas, [scored(f, vlm_id, 0.7, validation=0.95)])
     assert atlas.feature(f).label == "a gadget"  # ranked by the labelling-half score, not the held-out one
+    # the labeller that names features best over all features wins over one feature's lucky validation
+    (other_id,) = add_labels(atlas, [Label(f, "other", "a widget", model="m")])
+    add_scores(atlas, [scored(f, other_id, 0.9, validation=0.99)])
+    overall = Score(f, vlm_id, "detection", "captions", "auroc", 0.7, 0.5, 20, True, validation=0.6)
+    add_scores(atlas, [dataclasses.replace(overall, details={"labeller_validation": 0.995})])
+    assert atlas.feature(f).label == "a gadget"
     add_scores(atlas, [scored(f, vlm_id, 0.4, judge="vlm")])
-    # the most trusted judge failed the vlm label: the name falls back to a label that beat its baseline
-    assert atlas.feature(f).label == f"widget kind {f % 7}"
+    # the most trusted judge failed the vlm label: the name falls back to the best label that beat its baseline
+    assert atlas.feature(f).label == "a widget"
     tied = next(g for g in alive if g % 5 == 0)
     assert atlas.naming_note(tied) == "no label beats its baseline" and atlas.naming_note(DEAD[0]) == "unlabelled"
     add_labels(atlas, [Label(f, "vlm", "a better gadget", model="m", prompt_version="label-v1")])  # replaces it
     assert [label.text for label in atlas.labels(f) if label.source == "vlm"] == ["a better gadget"]
-    assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == f"widget kind {f % 7}"
+    assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == "a widget"
     assert atlas.summary()["n_named"] == len(atlas.headlines()) == sum(1 for g in alive if g % 5)
 
 

@@ -67,7 +67,8 @@ def _score(row) -> Score:
 def label_order(label: Label) -> tuple:
     """A feature's labels as listed: the headline's judge first, then the best-ranked, unscored last."""
     score = label.score()
-    return (score is None, -(ranking_score(score) if score else 0.0), label.id or 0)
+    rank = ranking_score(score) if score else (0.0, 0.0)
+    return (score is None, -rank[0], -rank[1], label.id or 0)
 
 
 class Atlas:

@@ -104,10 +104,9 @@ def judge_rank(judge: str) -> int:
 
 
 def preferred(labels: list[Label], judge: str) -> tuple[Label, Score] | None:
-    """The label ranked first among those `judge` scored by detection, with its score. The rank is
-    the score on the labelling half (`validation`; the held-out score where a labeller made none):
-    ranking by the held-out score itself would pick the luckiest of noisy estimates and then
-    report that same estimate."""
+    """The label ranked first among those `judge` scored by detection, with its score (see
+    `ranking_score`). Only scores from the labelling half rank labels: ranking by the held-out
+    score itself would pick the luckiest of noisy estimates and then report that same estimate."""
     scored = [(label, label.score(judge=judge)) for label in labels]
     scored = [(label, s) for label, s in scored if s is not None]
     return max(scored, key=lambda item: ranking_score(item[1]), default=None)
@@ -116,7 +115,7 @@ def preferred(labels: list[Label], judge: str) -> tuple[Label, Score] | None:
 def headline(labels: list[Label]) -> Label | None:
     """The label a feature is named by: among its labels whose detection score beats the shuffled
     baseline, under the most trusted judge that scored any of them, the one ranked first (see
-    `preferred`). None when no label has beaten its baseline, or none was scored."""
+    `preferred` and `ranking_score`). None when no label has beaten its baseline, or none was scored."""
     passing = [label for label in labels if (s := label.score()) is not None and s.beats_baseline]
     if not passing:
         return None
@@ -125,8 +124,16 @@ def headline(labels: list[Label]) -> Label | None:
     return found[0] if found else None
 
 
-def ranking_score(score: Score) -> float:
-    return score.validation if score.validation is not None else score.value
+LABELLER_VALIDATION = "labeller_validation"  # Score.details key: the labeller's median validation score
+
+
+def ranking_score(score: Score) -> tuple[float, float]:
+    """(the labeller's median labelling-half score over all features, this label's own): the
+    labeller that names features best overall comes first, a feature's own score breaks ties.
+    Measured on the demo atlas, choosing per feature by its own few validation images alone did
+    worse (bench/RESULTS.md). The held-out score stands in where a labeller made no validation label."""
+    own = score.validation if score.validation is not None else score.value
+    return (score.details.get(LABELLER_VALIDATION, own), own)
 
 
 @dataclass(frozen=True)

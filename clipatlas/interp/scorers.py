@@ -4,7 +4,8 @@
   images spread over the activation range, as many silent ones) and rates each image; AUROC and
   balanced accuracy of those ratings. The baseline is the same feature scored with the label
   another feature got from the same labeller (a fixed derangement): what a label that says
-  nothing about this feature scores. The labelling-half (validation) score rides along.
+  nothing about this feature scores. The labelling-half (validation) score rides along, with the
+  labeller's median of it over the features scored together (what ranks labellers for the name).
 * `intruder`: k activating images and one silent one, no label; the judge picks the odd one.
   Accuracy over a few trials against chance, 1/(k+1). It scores the feature, not a label.
 """
@@ -17,7 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from clipatlas.atlas.types import Label, Score
+from clipatlas.atlas.types import LABELLER_VALIDATION, Label, Score
 from clipatlas.interp.judges import Judge
 from clipatlas.interp.metrics import auroc, balanced_accuracy, derangement, top_half_predictions
 from clipatlas.interp.types import FeatureSplit
@@ -79,6 +80,9 @@ class DetectionScorer(Scorer):
         validation_of = {
             i: auroc(*_sides(fit, len(s.validation_positives))) for (i, _, s), fit in zip(validation_items, validation)
         }
+        labeller_validation = (
+            {LABELLER_VALIDATION: float(np.median(list(validation_of.values())))} if validation_of else {}
+        )
         scores = []
         for i, label in enumerate(labels):
             split = task.splits[label.feature]
@@ -105,6 +109,7 @@ class DetectionScorer(Scorer):
                         "positives": n_pos,
                         "negatives": len(split.negatives),
                         "baseline_label_of": labels[other[i]].feature,
+                        **labeller_validation,
                     },
                 )
             )
