@@ -1,6 +1,6 @@
 """VLM labelling throughput: labels per second against a local chat-completions server.
 
-    .venv/bin/python bench/interp.py -w demo-atlas [--features 192] [--delay 0.1]
+    .venv/bin/python bench/interp.py -w demo-atlas [--features 192] [--delay 1.0]
 
 The server (`python -m clipatlas.interp.caption_server`, its own process) answers each call after
 `--delay` seconds, standing in for a model's latency, so the ideal rate at concurrency c is
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("-w", "--workspace", required=True, help="a workspace with an atlas and a captioned store")
     parser.add_argument("--name", default=None)
     parser.add_argument("--features", type=int, default=192, help="features labelled per measurement")
-    parser.add_argument("--delay", type=float, default=0.1, help="the server's seconds per answer")
+    parser.add_argument("--delay", type=float, default=1.0, help="the server's seconds per answer (a model's latency)")
     args = parser.parse_args()
     os.environ[KEY_ENV] = "test-key"
 
@@ -159,7 +159,7 @@ def main() -> None:
             else:
                 for concurrency in (1, 8, 32):
                     ideal = round(concurrency / delay, 1)
-                    row = client_rate(requests if concurrency > 1 else requests[:32], url, concurrency)
+                    row = client_rate(requests[: 16 * concurrency], url, concurrency)
                     print(
                         json.dumps(
                             {"measure": "labels/s", "delay": delay, "concurrency": concurrency, "ideal": ideal, **row}

@@ -60,7 +60,8 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     out = capsys.readouterr().out
     assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
     assert "already labelled by captions" in out and "labels already scored" in out
-    assert "headline labels of the" in out and "median detection AUROC" in out
+    # 80 images are too few for a feature active on 10: the line says so instead of a median
+    assert "captions judge" in out and "interp/report.md" in out
     assert "clipatlas serve -w" in out
     assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before
     assert main(["info", "-w", str(workspace), "--verify"]) == 0
