@@ -31,6 +31,7 @@ from clipatlas.workspace import SAEFiles, Workspace
 # Why a feature has no name (shown in its place).
 UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
+ALL = "1"  # the WHERE clause of every row
 
 
 def _label(row, scores: list[Score]) -> Label:
@@ -97,6 +98,7 @@ class Atlas:
         self._codes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._map: MapPoints | None = None
         self._headlines: tuple[dict[int, Label], dict[int, str]] | None = None
+        self._labelled: dict[int, list[Label]] | None = None
         self._store = None
         self._sae = None
 
@@ -181,10 +183,15 @@ class Atlas:
         rows = self._conn().execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE {where} ORDER BY id", params).fetchall()
         scores: dict[int, list[Score]] = {}
         ids = [r["id"] for r in rows]
-        for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
-            chunk = ids[start : start + 500]
-            for score in self._scores(f"label_id IN ({','.join('?' * len(chunk))})", tuple(chunk)):
-                scores.setdefault(score.label_id, []).append(score)
+        if where == ALL:  # one query for every score instead of one per 500 labels
+            found = self._scores("label_id IS NOT NULL", ())
+        else:
+            found = []
+            for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
+                chunk = ids[start : start + 500]
+                found += self._scores(f"label_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        for score in found:
+            scores.setdefault(score.label_id, []).append(score)
         return sorted((_label(r, scores.get(r["id"], [])) for r in rows), key=label_order)
 
     def headlines(self) -> dict[int, Label]:
@@ -216,11 +223,13 @@ class Atlas:
         return self._headlines
 
     def labels_by_feature(self) -> dict[int, list[Label]]:
-        """Every labelled feature's labels (best-ranked first), by feature."""
-        found: dict[int, list[Label]] = {}
-        for label in self._labels_where("1", ()):
-            found.setdefault(label.feature, []).append(label)
-        return {f: sorted(labels, key=label_order) for f, labels in sorted(found.items())}
+        """Every labelled feature's labels (best-ranked first), by feature (cached until `refresh`)."""
+        if self._labelled is None:
+            found: dict[int, list[Label]] = {}
+            for label in self._labels_where(ALL, ()):
+                found.setdefault(label.feature, []).append(label)
+            self._labelled = dict(sorted(found.items()))  # each feature's labels keep _labels_where's order
+        return self._labelled
 
     def coherence_scores(self) -> list[Score]:
         """Scores of the features themselves (intruder), all features."""
@@ -369,6 +378,7 @@ class Atlas:
         """Forget what was read, after icons, labels or scores were added (`clipatlas.atlas.annotations`)."""
         self._map = None
         self._headlines = None
+        self._labelled = None
 
     # -- lazily loaded ---------------------------------------------------------------------
     def _histograms(self) -> np.ndarray:
