@@ -207,7 +207,7 @@ def test_report_has_every_labeller_and_the_plot(labelled):
     _, scored, atlas = labelled
     text = scored.report.read_text()
     assert "## Detection, captions judge" in text and "captions (shares its source with this judge)" in text
-    assert "headline (preferred on the labelling half)" in text
+    assert "headline (chosen on the labelling half)" in text
     assert atlas.files.interp_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

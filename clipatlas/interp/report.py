@@ -15,7 +15,7 @@ from clipatlas.atlas.types import Label, Score, headline, preferred
 from clipatlas.interp.data import StoreData
 from clipatlas.interp.judges import SHARED_SOURCE
 
-HEADLINE_ROW = "headline (preferred on the labelling half)"
+HEADLINE_ROW = "headline (chosen on the labelling half)"
 
 
 def collect(atlas: Atlas, data: StoreData, min_activating: int) -> dict:
@@ -89,7 +89,8 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Pa
         "Detection: a judge rates the feature's held-out images (activating ones spread over the activation range, "
         "as many silent ones) against the label; AUROC 0.5 is chance. The baseline scores the same images with "
         "another feature's label from the same labeller. No image that scores a label was shown to its labeller.",
-        "The headline row takes, per feature, the label ranked first by its score on the labelling half only.",
+        "The headline row takes, per feature, the label of the labeller with the best median score on the "
+        "labelling half (its own labelling-half score breaking ties): no scoring image picks it.",
         "",
     ]
     for judge, rows in sorted(found["detection"].items()):
