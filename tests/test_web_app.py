@@ -142,6 +142,26 @@ def test_features_sorted_and_filtered_by_score(client, atlas):
     assert second.count('class="hit"') == len(atlas.headlines()) - 100
 
 
+def test_feature_page_shows_the_icon_causal_check(workspace):
+    from clipatlas._io import atomic_write_json
+    from clipatlas.steer.icons import VERIFY_REPORT
+
+    atlas = Atlas.open(workspace)
+    fid = alive_feature(atlas, 2)
+    check = {"feature": fid, "before_activation": 0.0, "after_activation": 4.5, "before_rank": 300, "after_rank": 0}
+    report = {"decoder": "retrieval", "strength": 7.5, "checks": [check]}
+    atomic_write_json(atlas.files.icons_dir / VERIFY_REPORT, report)
+    with TestClient(create_app(workspace.root), client=LOOPBACK) as fresh:  # read once per app
+        assert fresh.get(f"/api/features/{fid}").json()["icon_check"] == {
+            **check,
+            "decoder": "retrieval",
+            "strength": 7.5,
+        }
+        page = fresh.get(f"/features/{fid}", headers=HTML).text
+        assert "ranks <strong>#1</strong> among all features (before the edit: #301)" in page
+        assert fresh.get(f"/api/features/{alive_feature(atlas, 3)}").json()["icon_check"] is None
+
+
 def test_unscored_labels_never_name_a_feature(client, workspace):
     atlas = Atlas.open(workspace)
     unnamed = next(int(f) for f in atlas.map_points().feature if int(f) not in atlas.headlines())

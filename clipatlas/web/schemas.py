@@ -71,6 +71,19 @@ class HistogramBar(BaseModel):
     high: float
 
 
+class IconCheck(BaseModel):
+    """The icon's causal check (`clipatlas icons --verify`): the feature's rank among all features
+    (0 = strongest) and activation in the template before the edit and in the re-embedded icon."""
+
+    feature: int
+    before_activation: float
+    after_activation: float
+    before_rank: int
+    after_rank: int
+    decoder: str | None
+    strength: float | None
+
+
 class FeaturePage(BaseModel):
     feature: int
     alive: bool
@@ -89,6 +102,7 @@ class FeaturePage(BaseModel):
     label_note: str
     headline_id: int | None
     has_icon: bool
+    icon_check: IconCheck | None
     top_images: list[ExampleOut]
     quantile_samples: list[ExampleOut]
     coactivating: list[FeatureLink]

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException
 
+from clipatlas._io import read_json
 from clipatlas.atlas import AtlasError
 from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
+from clipatlas.steer.icons import VERIFY_REPORT
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
@@ -69,6 +71,7 @@ class AtlasViews:
         self._map_lock = threading.Lock()
         self._map_json: tuple[bytes, bytes] | None = None
         self._briefs: dict[int, FeatureBrief] = {}
+        self._icon_checks: dict[int, dict[str, Any]] | None = None
         # Every page shows these; the full summary counts rows, too slow to repeat per page.
         self._summary_brief = {"encoder": atlas.summary()["encoder"], "n_features": atlas.n_features}
         # Per instance, so the cache goes away with the app that made it.
@@ -144,6 +147,7 @@ class AtlasViews:
         best = info.headline
         feature["headline_id"] = best.id if best else None
         feature["has_icon"] = info.icon is not None
+        feature["icon_check"] = self.icon_check(feature_id)
         feature["top_images"] = plain(self.atlas.top_images(feature_id))
         feature["quantile_samples"] = plain(self.atlas.quantile_samples(feature_id))
         feature["coactivating"] = self.feature_links(self.atlas.coactivating(feature_id))
@@ -151,6 +155,15 @@ class AtlasViews:
         feature["similar_encoder"] = self.feature_links(self.atlas.similar(feature_id, by="encoder"))
         feature["histogram_bars"] = histogram_bars(info.hist_counts, info.hist_edges)
         return feature
+
+    def icon_check(self, feature_id: int) -> dict[str, Any] | None:
+        """Steering evidence: the causal check of the feature's icon (`clipatlas icons --verify`), if run."""
+        if self._icon_checks is None:
+            path = self.atlas.files.icons_dir / VERIFY_REPORT
+            report = read_json(path) if path.is_file() else {}
+            shared = {"decoder": report.get("decoder"), "strength": report.get("strength")}
+            self._icon_checks = {int(c["feature"]): {**c, **shared} for c in report.get("checks", [])}
+        return self._icon_checks.get(feature_id)
 
     # -- images ---------------------------------------------------------------------------------
     def image_page(self, image_id: str) -> dict[str, Any]:
