@@ -70,3 +70,4 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert "sae demo: explained variance 0." in info and "silent on all 8 held-out rows" in info
     assert "too few rows to tell" in info  # 8 rows x L0 16 cannot reach 2,560 latents
     assert "atlas built" in info and "dead over the store (80 images)" in info
+    assert "features labelled" in info and "scored" in info
