@@ -49,7 +49,8 @@ def labeller_key(label: Label) -> str:
     return " / ".join(part for part in (label.source, label.model, label.prompt_version) if part)
 
 
-def stats(scores: list[Score], key: str = "value") -> dict[str, float]:
+def stats(scores: list[Score]) -> dict[str, float]:
+    """Median value, median baseline, share beating the baseline, median balanced accuracy."""
     values = np.array([s.value for s in scores])
     baselines = np.array([s.baseline for s in scores])
     bacc = [s.details["balanced_accuracy"] for s in scores if "balanced_accuracy" in s.details]

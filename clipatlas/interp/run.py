@@ -13,8 +13,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from clipatlas.atlas.annotations import add_labels, add_scores
 from clipatlas.atlas.query import Atlas
 from clipatlas.atlas.types import Label, Score
@@ -37,7 +35,6 @@ class LabelRun:
     labelled: int = 0
     failed: int = 0
     too_few_images: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def format(self) -> str:
         parts = [f"{self.labelled} features labelled by {self.labeller}"]
@@ -45,7 +42,7 @@ class LabelRun:
             parts.append(f"{self.failed} without a label (re-run to retry)")
         if self.too_few_images:
             parts.append(f"{self.too_few_images} skipped: too few activating images to label and score")
-        return "; ".join(parts + self.notes)
+        return "; ".join(parts)
 
 
 def open_data(workspace, name: str | None, split: SplitConfig) -> tuple[Atlas, StoreData]:
@@ -122,9 +119,11 @@ class ScoreRun:
         groups: dict[str, list[Score]] = defaultdict(list)
         for s in self.scores:
             groups[self.label_sources.get(s.label_id, "features")].append(s)
+        from clipatlas.interp.report import stats
+
         lines = []
         for source, scores in sorted(groups.items()):
-            st = summarise(scores)
+            st = stats(scores)
             lines.append(
                 f"  {source}: median {scores[0].metric} {st['median']:.3f} against {st['median_baseline']:.3f} "
                 f"(baseline), {st['share_beating']:.0%} of {st['n']} beat it"
@@ -201,15 +200,3 @@ def labels_to_score(
                 continue
             groups[(label.source, label.model, label.prompt_version)].append(label)
     return [sorted(g, key=lambda label: label.feature) for g in groups.values()], stale
-
-
-def summarise(scores: list[Score]) -> dict[str, float]:
-    """Median value, median baseline and share beating the baseline of a set of scores."""
-    values = np.array([s.value for s in scores])
-    baselines = np.array([s.baseline for s in scores])
-    return {
-        "n": len(scores),
-        "median": float(np.median(values)) if len(values) else float("nan"),
-        "median_baseline": float(np.median(baselines)) if len(values) else float("nan"),
-        "share_beating": float(np.mean(values > baselines)) if len(values) else float("nan"),
-    }

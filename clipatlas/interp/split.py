@@ -92,7 +92,10 @@ class Splitter:
         labelling_units, scoring_units = interleave(units, strength, rng)
         rank = {u: s for u, s in zip(units.tolist(), strength.tolist())}
         part_1, part_2 = interleave(labelling_units, np.array([rank[u] for u in labelling_units]), rng)
-        member = lambda chosen: on[np.isin(self.groups[on], chosen)]  # noqa: E731
+
+        def member(chosen: np.ndarray) -> np.ndarray:
+            return on[np.isin(self.groups[on], chosen)]
+
         labelling, scoring = member(labelling_units), member(scoring_units)
         off = np.flatnonzero((act == 0) & self.judgeable)
         # balanced: as many silent images as activating ones (fewer activating ones for very dense features)

@@ -441,7 +441,7 @@ class VLMJudge(Judge):
         if answers is None:
             raise DryRun
         fits = [np.full(len(rows), np.nan) for _, rows in items]
-        for (item, chunk), answer in zip(where, answers):
+        for (item, chunk), answer in zip(where, answers):  # a call that failed leaves its images undecided (0.5)
             fits[item][chunk] = 0.5 if answer is None else np.isin(np.arange(1, len(chunk) + 1), answer)
         print(self.client.usage.format())
         return fits
