@@ -72,7 +72,8 @@ def label(
     splits, too_few = feature_splits(data, split)
     run = LabelRun(config.labeller, too_few_images=too_few)
     phases = [LABELLING, VALIDATION] if config.validation else [LABELLING]
-    views = [data.view(s, phase) for s in splits.values() for phase in phases]
+    # a labelling half of a single image group leaves nothing to make a validation label from
+    views = [data.view(s, phase) for s in splits.values() for phase in phases if len(s.shown(phase))]
     drafts = labeller.label_all(views)
     if drafts is None:  # a dry run
         return run
