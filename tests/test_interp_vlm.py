@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -134,12 +135,20 @@ def test_killed_run_resumes_without_labelling_a_feature_twice(workspace, server,
     caption_server.behaviour.hang_after = None
     caption_server.release.set()  # the abandoned call ends without an answer
     assert caption_server.counters.answers == 5 and vlm_labels(workspace) == {}  # nothing stored yet
+    with sqlite3.connect(Atlas.open(workspace, "t").files.vlm_cache) as conn:
+        kept = conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    # Every answer the client received was kept. (Rarely, under load, a keep-alive connection drops
+    # after the server answered and the client's transport retries that call: it is then the one in
+    # flight at the kill, and the server counts its answer though the client never got it.)
+    assert kept in (4, 5)
+    before = caption_server.counters.requests
 
     finished = subprocess.run([*command, "--concurrency", "4"], env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    assert "5 from the cache" in finished.stdout
+    assert f"{kept} from the cache" in finished.stdout
+    assert caption_server.counters.requests - before == 12 - kept  # the resumed run asked only the rest
     counts = caption_server.counters.by_images
-    assert len(counts) == 12 and set(counts.values()) == {1}  # every call answered once over both runs
+    assert len(counts) == 12 and sum(counts.values()) == 12 + (5 - kept)  # nothing received was asked twice
     assert vlm_labels(workspace) == expected
 
 
