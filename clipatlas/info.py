@@ -55,7 +55,8 @@ def _sae_line(files: SAEFiles, ws: Workspace) -> str:
 
         summary = Atlas.open(ws, files.name).summary()
         parts.append(
-            f"atlas built, {summary['dead_over_store']:.1%} dead over the store ({summary['n_images']:,} images)"
+            f"atlas built, {summary['dead_over_store']:.1%} dead over the store ({summary['n_images']:,} images); "
+            f"{summary['n_labelled']:,} features labelled, {summary['n_scored']:,} scored, {summary['n_named']:,} named"
         )
     else:
         parts.append("no atlas yet (clipatlas atlas)")

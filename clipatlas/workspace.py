@@ -4,7 +4,8 @@
 W/
   store/                         the embedding store (its inner layout: clipatlas.store.core)
   saes/<name>/                   one SAE (`SAEFiles`): cfg.json, sae.safetensors, metrics.json,
-                                 train_log.jsonl, checkpoints/, atlas/, icons/, steer/, eval/
+                                 train_log.jsonl, checkpoints/, atlas/, icons/, eval/,
+                                 interp/ (VLM answer cache, label report and plot)
   eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
@@ -43,6 +44,10 @@ EVAL_MARKDOWN = "report.md"
 EVAL_SECTIONS_DIR = "sections"  # finished sections, reused when an interrupted evaluation is re-run
 COMPARE_REPORT = "compare.json"
 COMPARE_MARKDOWN = "compare.md"
+INTERP_DIR = "interp"
+VLM_CACHE = "vlm_cache.sqlite"
+INTERP_REPORT = "report.md"
+INTERP_PLOT = "auroc.png"
 
 
 class WorkspaceError(UserError):
@@ -108,6 +113,23 @@ class SAEFiles:
 
     def eval_section(self, section: str) -> Path:
         return self.eval_dir / EVAL_SECTIONS_DIR / f"{section}.json"
+
+    @property
+    def interp_dir(self) -> Path:
+        return self.dir / INTERP_DIR
+
+    @property
+    def vlm_cache(self) -> Path:
+        """Every VLM answer, keyed by model, prompt version, feature and images: re-runs cost nothing twice."""
+        return self.interp_dir / VLM_CACHE
+
+    @property
+    def interp_report(self) -> Path:
+        return self.interp_dir / INTERP_REPORT
+
+    @property
+    def interp_plot(self) -> Path:
+        return self.interp_dir / INTERP_PLOT
 
     def icon(self, feature: int) -> Path:
         return self.icons_dir / f"{int(feature)}.png"

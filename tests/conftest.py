@@ -57,6 +57,8 @@ def demo_workspace(tmp_path_factory):
     """Real demo images (tuxpaint stamps, then emoji) embedded with efficientnet-lite0, a small
     TopK SAE named "demo" and its atlas; built once per session. Treat it as read-only."""
     from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.interp.config import LabelConfig, ScoreConfig
+    from clipatlas.interp.run import label, score
     from clipatlas.sae import TopKConfig, TrainConfig, train
     from clipatlas.sources import available_demo_sets
     from clipatlas.store import embed
@@ -68,4 +70,67 @@ def demo_workspace(tmp_path_factory):
     embed([f"demo:{name}" for name in sets], root, encoder="efficientnet-lite0", limit=DEMO_IMAGES, progress=False)
     train(root, TrainConfig(name="demo", sae=TopKConfig(k=8), expansion=2, steps=300, batch_size=128))
     build_atlas(root, "demo", config=AtlasConfig(top_k=16, map_method="pca"))
+    # Named as `clipatlas demo` names it: captions labels scored by the captions judge.
+    label(root, "demo", LabelConfig(labeller="captions"))
+    score(root, "demo", ScoreConfig(judge="captions"))
+    return root
+
+
+def name_with_scored_label(atlas, feature: int, text: str, value: float = 0.99, source: str = "vlm") -> int:
+    """Add a label that was scored and beat its baseline (so it names the feature); returns its id."""
+    from clipatlas.atlas import Label, Score
+    from clipatlas.atlas.annotations import add_labels, add_scores
+
+    (label_id,) = add_labels(atlas, [Label(feature, source, text, model="test-vlm", prompt_version="label-v1")])
+    add_scores(
+        atlas, [Score(feature, label_id, "detection", "captions", "auroc", value, 0.5, 20, True, validation=0.99)]
+    )
+    return label_id
+
+
+@pytest.fixture(scope="session")
+def scored_label():
+    """`name_with_scored_label`, for tests that need a feature named by a label of their choice."""
+    return name_with_scored_label
+
+
+TOPICS = ("cat", "dog", "car", "boat", "tree", "lamp", "fish", "bird")
+COLOURS = ("red", "green", "blue", "yellow", "white", "black")
+
+
+@pytest.fixture(scope="session")
+def captioned_workspace(tmp_path_factory):
+    """240 captioned images ("a red cat ..."), each a real PNG, embedded as topic + colour one-hots, and
+    a TopK SAE (k=2) whose feature t fires on topic t (t < 8) and feature 8 + c on colour c; its atlas.
+    Every caption is distinct (a serial number), so every image is its own caption group."""
+    import numpy as np
+    from PIL import Image
+
+    from clipatlas.atlas import AtlasConfig, build_atlas
+    from clipatlas.sae import ARCHITECTURES, make_config
+    from clipatlas.store import write_store
+
+    root = tmp_path_factory.mktemp("captioned")
+    rng = np.random.default_rng(0)
+    n, d = 240, 16
+    x = rng.normal(0, 0.05, (n, d)).astype(np.float32)
+    rows = []
+    for i in range(n):
+        topic, colour = i % len(TOPICS), (i // len(TOPICS)) % len(COLOURS)
+        x[i, topic] += 3.0 * (1 + rng.random())  # varied strengths: the split interleaves by activation
+        x[i, len(TOPICS) + colour] += 1.0 + rng.random()
+        path = root / "images" / f"{i:03d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (24, 24), tuple(int(v) for v in rng.integers(0, 255, 3))).save(path)
+        caption = f"a {COLOURS[colour]} {TOPICS[topic]}, photo {i:03d}"
+        rows.append({"image_id": f"img{i:03d}", "uri": str(path), "source": "test", "caption": caption})
+    write_store(root, x, rows)
+    sae = ARCHITECTURES["topk"](make_config("topk", d_in=d, d_sae=d, k=2))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.W_dec.copy_(torch.eye(d))
+        sae.b_dec.zero_()
+    sae.save_pretrained(root / "saes" / "t")
+    build_atlas(root, "t", config=AtlasConfig(top_k=8, map_method="pca", thumbnails=False))
     return root

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, build_atlas
-from clipatlas.atlas.annotations import add_labels, set_icon
+from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, Score, build_atlas
+from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
 from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
 from clipatlas.errors import UserError
 from clipatlas.sae import SAE, make_config
@@ -154,15 +154,49 @@ def test_map_points_cover_alive_features(built):
     assert atlas.feature(DEAD[0]).x is None
 
 
-def test_caption_labels_and_search(built):
-    _, _, _, _, atlas = built
-    info = atlas.feature(20)
-    assert info.labels and info.labels[0].source == "captions" and "widget" in info.labels[0].text
+def scored(feature: int, label_id: int, value: float, baseline: float = 0.5, judge: str = "captions", validation=None):
+    return Score(
+        feature, label_id, "detection", judge, "auroc", value, baseline, 20, value > baseline, validation=validation
+    )
+
+
+def test_labels_scores_headline_and_search(tmp_path):
+    make_workspace(tmp_path, n=120, images=False)
+    atlas = build_atlas(tmp_path, "t", config=FAST)
+    alive = [f for f in range(F) if atlas.feature(f).alive]
+    assert atlas.labels(alive[0]) == [] and atlas.feature(alive[0]).label is None  # the build makes no labels
+    ids = add_labels(atlas, [Label(f, "captions", f"widget kind {f % 7}") for f in alive])
+    add_scores(atlas, [scored(f, i, 0.5 + (f % 5) / 10) for f, i in zip(alive, ids)])  # f % 5 == 0: ties its baseline
+    for f in alive[:10]:
+        assert atlas.feature(f).label == (f"widget kind {f % 7}" if f % 5 else None)
     hits = atlas.search_labels("WIDG", limit=1000)
-    assert {h.feature for h in hits} == {f for f in range(F) if atlas.feature(f).alive}
+    assert {h.feature for h in hits} == set(alive)
+    keys = [(not h.score().beats_baseline, -h.score().value) for h in hits]
+    assert keys == sorted(keys)  # best score first, labels that do not beat their baseline last
     assert atlas.search_labels("zebra") == [] and atlas.search_labels("  ") == []
     assert atlas.search_labels("%") == []  # LIKE wildcards are matched literally
     assert len(atlas.search_labels("widget")) == 50  # the default limit
+
+    f = next(f for f in alive if f % 5 == 4)
+    (vlm_id,) = add_labels(atlas, [Label(f, "vlm", "a gadget", model="m", prompt_version="label-v1")])
+    assert atlas.feature(f).label == f"widget kind {f % 7}"  # an unscored label never names a feature
+    add_scores(atlas, [scored(f, vlm_id, 0.7, validation=0.95)])
+    assert atlas.feature(f).label == "a gadget"  # ranked by the labelling-half score, not the held-out one
+    # the labeller that names features best over all features wins over one feature's lucky validation
+    (other_id,) = add_labels(atlas, [Label(f, "other", "a widget", model="m")])
+    add_scores(atlas, [scored(f, other_id, 0.9, validation=0.99)])
+    overall = Score(f, vlm_id, "detection", "captions", "auroc", 0.7, 0.5, 20, True, validation=0.6)
+    add_scores(atlas, [dataclasses.replace(overall, details={"labeller_validation": 0.995})])
+    assert atlas.feature(f).label == "a gadget"
+    add_scores(atlas, [scored(f, vlm_id, 0.4, judge="vlm")])
+    # the most trusted judge failed the vlm label: the name falls back to the best label that beat its baseline
+    assert atlas.feature(f).label == "a widget"
+    tied = next(g for g in alive if g % 5 == 0)
+    assert atlas.naming_note(tied) == "no label beats its baseline" and atlas.naming_note(DEAD[0]) == "unlabelled"
+    add_labels(atlas, [Label(f, "vlm", "a better gadget", model="m", prompt_version="label-v1")])  # replaces it
+    assert [label.text for label in atlas.labels(f) if label.source == "vlm"] == ["a better gadget"]
+    assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == "a widget"
+    assert atlas.summary()["n_named"] == len(atlas.headlines()) == sum(1 for g in alive if g % 5)
 
 
 def test_summary(built):
@@ -202,28 +236,64 @@ def test_bad_queries_raise_user_errors(built):
         atlas.similar(0, by="nonsense")
 
 
-def test_icons_and_labeller_labels_survive_a_rebuild(tmp_path):
+def test_icons_labels_and_scores_survive_a_rebuild(tmp_path):
     make_workspace(tmp_path, n=200, images=False)
     atlas = build_atlas(tmp_path, "t", config=FAST)
     icon = tmp_path / "saes" / "t" / "icons" / "12.png"
     icon.parent.mkdir()
     icon.write_bytes(b"png")
     set_icon(atlas, 12, icon)
-    add_labels(atlas, [Label(12, "vlm", "traffic lights at night", {"detection": 0.9})])
+    (label_id,) = add_labels(atlas, [Label(12, "vlm", "traffic lights at night", model="m", prompt_version="v1")])
+    add_scores(atlas, [scored(12, label_id, 0.9)])
     assert atlas.icon_path(12) == icon and atlas.icon_path(13) is None
-    assert atlas.search_labels("traffic")[0].score == {"detection": 0.9}
-    assert atlas.feature(12).labels[0].source == "vlm"  # labeller labels rank first
+    assert atlas.feature(12).label == "traffic lights at night"
     rebuilt = build_atlas(tmp_path, "t", config=dataclasses.replace(FAST, top_k=3))
     assert len(rebuilt.top_images(12)) <= 3
     assert rebuilt.icon_path(12) == icon
-    assert [label.text for label in rebuilt.labels(12) if label.source == "vlm"] == ["traffic lights at night"]
+    assert rebuilt.labels(12) == atlas.labels(12) and rebuilt.feature(12).label == "traffic lights at night"
     assert len(list((tmp_path / "saes" / "t" / "atlas").glob("arrays-*"))) == 1  # the old arrays were removed
     with pytest.raises(AtlasError):
-        add_labels(rebuilt, [Label(12, "", "x", {})])
+        add_labels(rebuilt, [Label(12, "", "x")])
     topk_sae(d_in=D).save_pretrained(tmp_path / "saes" / "t")  # retrained: new weights, new features
     retrained = build_atlas(tmp_path, "t", config=FAST)
-    assert retrained.icon_path(12) is None
-    assert all(label.source == "captions" for label in retrained.labels(12))
+    assert retrained.icon_path(12) is None and retrained.labels(12) == []
+
+
+V1_LABELS = """CREATE TABLE labels (id INTEGER PRIMARY KEY, feature INTEGER NOT NULL, source TEXT NOT NULL,
+    text TEXT NOT NULL, score TEXT NOT NULL);
+DROP TABLE scores;
+INSERT INTO labels VALUES (1, 12, 'imagenet', 'binder', '{}'), (2, 12, 'vlm', 'traffic light', '{"by": "hand"}');
+UPDATE meta SET value = '1' WHERE key = 'schema_version';"""
+
+
+def write_v1_atlas(root: Path) -> Path:
+    """An atlas as clipatlas wrote it at schema 1: a lens label and a labeller's label."""
+    make_workspace(root, n=60, images=False)
+    path = build_atlas(root, "t", config=FAST).db_path
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript("DROP TABLE labels;" + V1_LABELS)
+    conn.close()
+    return path
+
+
+def test_schema_1_atlas_migrates_when_opened(tmp_path):
+    write_v1_atlas(tmp_path)
+    atlas = Atlas.open(tmp_path, "t")
+    assert atlas.meta["schema_version"] == "2"
+    (kept,) = atlas.labels(12)  # the unscored lens label is gone, the labeller's label kept
+    assert (kept.source, kept.text, kept.evidence, kept.scores) == ("vlm", "traffic light", {"by": "hand"}, ())
+    assert atlas.feature(12).label is None  # never scored: not a name
+
+
+def test_schema_1_atlas_read_only_says_how_to_rebuild(tmp_path, monkeypatch):
+    write_v1_atlas(tmp_path)
+    with monkeypatch.context() as patch:  # a read-only mount (chmod does not stop root, who runs CI)
+        patch.setattr("clipatlas.atlas.db.os.access", lambda path, mode: False)
+        with pytest.raises(AtlasError, match="rebuild it with: clipatlas atlas"):
+            Atlas.open(tmp_path, "t")
+    rebuilt = build_atlas(tmp_path, "t", config=FAST)  # a rebuild migrates and keeps the label too
+    assert [label.text for label in rebuilt.labels(12)] == ["traffic light"]
 
 
 def test_missing_prerequisites_are_user_errors(tmp_path):

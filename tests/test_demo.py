@@ -42,7 +42,10 @@ def test_demo_runs_every_stage_then_serves(demo_run):
     atlas = Atlas.open(workspace, "demo")
     assert atlas.summary()["n_alive"] > 0
     alive = [int(f) for f in atlas.map_points().feature]
-    assert any(atlas.labels(f) for f in alive)  # lens labels from the ImageNet head
+    sources = {lab.source for labels in atlas.labels_by_feature().values() for lab in labels}
+    assert sources == {"captions", "classifier"}  # the offline labellers, each label scored
+    assert all(lab.score(judge="captions") for labels in atlas.labels_by_feature().values() for lab in labels)
+    assert (workspace / "saes" / "demo" / "interp" / "report.md").is_file()
     icons = list((workspace / "saes" / "demo" / "icons").glob("*.png"))
     assert len(icons) == len(alive)
     report = json.loads((workspace / "saes" / "demo" / "eval" / "report.json").read_text())
@@ -61,6 +64,9 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert main(["demo", "-w", str(workspace), "--limit", str(LIMIT), "--no-serve"]) == 0
     out = capsys.readouterr().out
     assert "embedded 0 images this run" in out and f"resumed after {LIMIT} inputs" in out
+    assert "already labelled by captions" in out and "labels already scored" in out
+    # 80 images are too few for a feature active on 10: the line says so instead of a median
+    assert "captions judge" in out and "interp/report.md" in out
     assert "clipatlas serve -w" in out and "| FVU (held-out) |" in out  # the evaluation table, again
     assert (workspace / "saes" / "demo" / "sae.safetensors").read_bytes() == before
     assert main(["info", "-w", str(workspace), "--verify"]) == 0
@@ -69,3 +75,4 @@ def test_demo_again_reuses_finished_work(demo_run, capsys):
     assert "sae demo: explained variance 0." in info and "silent on all 8 held-out rows" in info
     assert "too few rows to tell" in info  # 8 rows x L0 16 cannot reach 2,560 latents
     assert "atlas built" in info and "dead over the store (80 images)" in info
+    assert "features labelled" in info and "scored" in info

@@ -176,14 +176,18 @@ def test_label_column_errors_and_non_string_columns(tmp_path):
 
 def test_interpretability_reads_label_scores_and_steering_reads_the_hook(workspace):
     from clipatlas.atlas import AtlasConfig, build_atlas
-    from clipatlas.atlas.annotations import add_labels
-    from clipatlas.atlas.types import Label
+    from clipatlas.atlas.annotations import add_labels, add_scores
+    from clipatlas.atlas.types import Label, Score
 
     atlas = build_atlas(workspace, "a", config=AtlasConfig(top_k=4, map_method="pca", device="cpu"))
-    scores = [0.9, 0.7, 0.8]
-    add_labels(
+    values = [0.9, 0.7, 0.45]  # the third does not beat its baseline: no name
+    ids = add_labels(atlas, [Label(f, "vlm", f"thing {f}", model="m") for f in range(3)])
+    add_scores(
         atlas,
-        [Label(f, "vlm", f"thing {f}", {"detection_auroc": s, "model": "m", "n": 3}) for f, s in enumerate(scores)],
+        [
+            Score(f, i, "detection", "vlm", "auroc", v, baseline=0.5, n=20, beats_baseline=v > 0.55, validation=v)
+            for f, (i, v) in enumerate(zip(ids, values))
+        ],
     )
     files = Workspace(workspace).sae("a")
     points = [
@@ -208,9 +212,10 @@ def test_interpretability_reads_label_scores_and_steering_reads_the_hook(workspa
     try:
         report = evaluate_suite(workspace, ["a"], EvaluateConfig(suite=("interpretability", "steering"), **FAST))["a"]
         interp = report["sections"]["interpretability"]
-        assert interp["by_source"]["vlm"]["detection_auroc"] == {"labels": 3, "median": 0.8, "mean": pytest.approx(0.8)}
-        assert interp["headline"]["detection_auroc"]["median"] == 0.8  # labeller labels head their features
-        assert "n" not in interp["by_source"]["vlm"]  # counts are not scores
+        expected = {"labels": 3, "median": 0.7, "median_baseline": 0.5, "beats_baseline": pytest.approx(2 / 3)}
+        assert interp["by_source"]["vlm"]["detection/vlm"] == expected
+        # only labels that beat their baseline name a feature: the headline summary covers those two
+        assert interp["features_named"] == 2 and interp["headline"]["detection/vlm"]["median"] == pytest.approx(0.8)
         success = report["sections"]["steering"]["success"]
         # the rate at the default strength: the smallest strength that reached the target
         assert (success["success_rate"], success["strength"], success["default_strength"]) == (0.85, 4.0, 4.0)

@@ -178,21 +178,42 @@ def clip_workspace(tmp_path_factory, clip_encoder):
     return root
 
 
-def test_atlas_names_features_with_the_prior_text_tower(clip_workspace, clip_encoder):
-    """The prior repo ships text_encoder/ + tokenizer/: the atlas labels features by the caption word
-    whose CLIP text embedding is nearest their decoder direction."""
-    from clipatlas.atlas import Atlas
-    from clipatlas.atlas.lens import text_labels
+def test_clip_text_labeller_and_judge_use_the_prior_text_tower(clip_workspace, clip_encoder, tmp_path):
+    """The prior repo ships text_encoder/ + tokenizer/: the clip-text labeller names each feature by the
+    vocabulary entries whose text embedding best separates its labelling images from silent ones
+    (AUROC, checked with scikit-learn), and the clip-text judge scores those labels."""
+    from sklearn.metrics import roc_auc_score
 
-    atlas = Atlas.open(clip_workspace, "k")
-    features = atlas.map_points().feature
-    stored = [label for f in features for label in atlas.labels(int(f)) if label.source == "clip-text"]
-    assert len(stored) == len(features)
-    vocab = ["cat", "dog", "red"]  # the captions' words less stopwords ("a", "of", "photo")
-    expected = text_labels(
-        clip_encoder.text_embeddings(vocab), vocab, atlas.sae.W_dec.detach().numpy()[features], features
-    )
-    assert {(label.feature, label.text) for label in stored} == {(label.feature, label.text) for label in expected}
+    from clipatlas.atlas import Atlas
+    from clipatlas.interp.config import LabelConfig, ScoreConfig, SplitConfig
+    from clipatlas.interp.run import label, open_data, score
+
+    vocab = ["cat", "dog", "red"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    config = LabelConfig(labeller="clip-text", vocab_file=str(tmp_path / "vocab.txt"), classes=2, validation=False)
+    assert label(clip_workspace, "k", config).labelled > 0
+    atlas, data = open_data(clip_workspace, "k", SplitConfig())
+    text = clip_encoder.text_embeddings(vocab)
+    checked = 0
+    for feature in data.eligible_features(4, None):
+        split = data.splitter(feature)
+        stored = [lab for lab in atlas.labels(feature) if lab.source == "clip-text"]
+        if split is None or not stored:
+            continue
+        view = data.view(split)
+        rows, silent = view.rows, view.background(300)
+        x = data.store.rows(np.concatenate([rows, silent]))
+        truth = np.arange(len(x)) < len(rows)
+        auroc = [roc_auc_score(truth, x @ t / np.linalg.norm(x, axis=1)) for t in text]
+        order = sorted(range(len(vocab)), key=lambda j: -auroc[j])[:2]
+        assert stored[0].text == ", ".join(vocab[j] for j in order)
+        assert stored[0].evidence["auroc"] == pytest.approx([auroc[j] for j in order], abs=1e-3)
+        checked += 1
+    assert checked > 0
+    result = score(clip_workspace, "k", ScoreConfig(judge="clip-text"))
+    assert result.scores and {s.judge for s in result.scores} == {"clip-text"}
+    assert all(0 <= s.value <= 1 and s.judge_model == clip_encoder.id for s in result.scores)
+    assert Atlas.open(clip_workspace, "k").labels(result.scores[0].feature)[0].scores
 
 
 def test_kandinsky_recipe_replays_to_identical_png(clip_workspace, decoder_path, clip_encoder, tmp_path):

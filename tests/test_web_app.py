@@ -24,11 +24,11 @@ EVIL_LABEL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, scored_label):
     ws = write_synthetic_atlas(tmp_path_factory.mktemp("web-atlas"), SyntheticAtlasConfig(n_features=300, n_images=120))
     atlas = Atlas.open(ws)
     evil_feature = int(atlas.map_points().feature[0])
-    add_labels(atlas, [Label(evil_feature, "llm", EVIL_LABEL, {"detection": 0.5})])
+    scored_label(atlas, evil_feature, EVIL_LABEL)  # labels may come from an LLM
     return ws
 
 
@@ -76,7 +76,7 @@ def test_feature_json_equals_atlas(client, atlas):
     assert [n["feature"] for n in body["coactivating"]] == [n.feature for n in atlas.coactivating(fid)]
     assert [n["feature"] for n in body["similar_decoder"]] == [n.feature for n in atlas.similar(fid, by="decoder")]
     assert [n["feature"] for n in body["similar_encoder"]] == [n.feature for n in atlas.similar(fid, by="encoder")]
-    assert all(n["label"] == atlas.feature(n["feature"]).label for n in body["coactivating"])
+    assert all(n["label"] == (atlas.feature(n["feature"]).label or "") for n in body["coactivating"])
     assert sum(bar["count"] for bar in body["histogram_bars"]) == sum(info.hist_counts)
     assert "icon" not in body  # server paths never leave the server
 
@@ -109,7 +109,69 @@ def test_map_has_every_alive_feature(client, atlas):
     assert body["feature"] == points.feature.tolist()
     np.testing.assert_allclose(body["x"], points.x, atol=1e-4)
     assert body["label"] == points.label
+    names = atlas.headlines()
+    assert body["label"] == [names[f].text if f in names else "" for f in points.feature.tolist()]
+    assert body["top_image"] == [atlas.top_images(f)[0].image_id for f in points.feature.tolist()]
     assert client.get("/map", headers=HTML).status_code == 200
+
+
+def test_map_clusters_are_named_from_their_members_headline_labels(client, atlas):
+    body = client.get("/api/map").json()
+    names = atlas.headlines()
+    assert body["clusters"]
+    for cluster in body["clusters"]:
+        members = [f for f, c in zip(body["feature"], body["cluster"]) if c == cluster["cluster"]]
+        words = [w for f in members if f in names for w in dict.fromkeys(names[f].text.split(", "))]
+        top = max(words.count(w) for w in words)
+        first = cluster["name"].split(", ")[0]
+        assert words.count(first) == top and cluster["size"] == len(members)
+
+
+def test_features_sorted_and_filtered_by_score(client, atlas):
+    body = client.get("/api/features", params={"sort": "score", "limit": 1000}).json()
+    scores = [f["score"] for f in body["features"]]
+    assert body["total"] == len(atlas.labels_by_feature()) == len(scores)
+    assert scores == sorted(scores, reverse=True)
+    strong = client.get("/api/features", params={"min_score": 0.8, "named": True, "limit": 1000}).json()["features"]
+    assert strong and all(f["score"] >= 0.8 and f["label"] for f in strong)
+    assert {f["feature"] for f in strong} == {f for f, label in atlas.headlines().items() if label.score().value >= 0.8}
+    by_id = client.get("/api/features", params={"sort": "feature", "limit": 5, "offset": 5}).json()["features"]
+    assert [f["feature"] for f in by_id] == sorted(atlas.labels_by_feature())[5:10]
+    assert client.get("/api/features", params={"sort": "nonsense"}).status_code == 400
+    page = client.get("/features", params={"min_score": "", "named": "true"}, headers=HTML).text
+    assert page.count('class="hit"') == min(100, len(atlas.headlines())) and "page=2" in page
+    second = client.get("/features", params={"named": "true", "page": 2}, headers=HTML).text
+    assert second.count('class="hit"') == len(atlas.headlines()) - 100
+
+
+def test_feature_page_shows_the_icon_causal_check(workspace):
+    from clipatlas._io import atomic_write_json
+    from clipatlas.steer.icons import VERIFY_REPORT
+
+    atlas = Atlas.open(workspace)
+    fid = alive_feature(atlas, 2)
+    check = {"feature": fid, "before_activation": 0.0, "after_activation": 4.5, "before_rank": 300, "after_rank": 0}
+    report = {"decoder": "retrieval", "strength": 7.5, "checks": [check]}
+    atomic_write_json(atlas.files.icons_dir / VERIFY_REPORT, report)
+    with TestClient(create_app(workspace.root), client=LOOPBACK) as fresh:  # read once per app
+        assert fresh.get(f"/api/features/{fid}").json()["icon_check"] == {
+            **check,
+            "decoder": "retrieval",
+            "strength": 7.5,
+        }
+        page = fresh.get(f"/features/{fid}", headers=HTML).text
+        assert "ranks <strong>#1</strong> among all features (before the edit: #301)" in page
+        assert fresh.get(f"/api/features/{alive_feature(atlas, 3)}").json()["icon_check"] is None
+
+
+def test_unscored_labels_never_name_a_feature(client, workspace):
+    atlas = Atlas.open(workspace)
+    unnamed = next(int(f) for f in atlas.map_points().feature if int(f) not in atlas.headlines())
+    add_labels(atlas, [Label(unnamed, "captions", "unscored words", model="other")])
+    page = client.get(f"/features/{unnamed}", headers=HTML).text
+    assert "unscored words" in page  # in the labels table...
+    assert f'<span class="label unnamed">feature #{unnamed},' in page  # ...but not the name
+    assert client.get(f"/api/features/{unnamed}/brief").json()["label"] == ""
 
 
 def test_map_served_gzipped_or_plain(client):
@@ -145,8 +207,15 @@ def test_unknown_image_is_404(client):
 
 def test_search_by_label_and_by_id(client, atlas):
     body = client.get("/api/search", params={"q": "cat"}).json()
-    assert body["results"] and all("cat" in r["label"].lower() for r in body["results"])
+    assert body["results"] and all("cat" in r["matched"].lower() for r in body["results"])
     assert {r["feature"] for r in body["results"]} == {label.feature for label in atlas.search_labels("cat")}
+    # best first: labels that beat their baseline, by score, then the rest
+    ranks = [(not r["beats_baseline"], -r["score"]) for r in body["results"]]
+    assert ranks == sorted(ranks) and not ranks[0][0] and ranks[-1][0]
+    names = atlas.headlines()
+    for r in body["results"]:
+        assert r["label"] == (names[r["feature"]].text if r["feature"] in names else "")
+        assert r["label"] or r["label_note"] == "no label beats its baseline"
     assert client.get("/api/search", params={"q": "#12"}).json()["exact_feature"] == 12
     redirect = client.get("/search", params={"q": "12"}, follow_redirects=False)
     assert redirect.status_code == 303 and redirect.headers["location"] == "/features/12"
@@ -170,6 +239,7 @@ def test_labels_are_escaped(client, atlas):
     for page in pages:
         assert "<script>alert" not in page and "<img src=x" not in page
         assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert atlas.feature(evil).label == EVIL_LABEL  # it is the feature's name (scored, beat its baseline)
     assert client.get("/api/map").json()["label"][0] == EVIL_LABEL  # JSON carries it as data
 
 

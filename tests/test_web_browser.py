@@ -74,12 +74,15 @@ def shot(page, name: str) -> None:
 
 # ---- the synthetic atlas: browsing -------------------------------------------------------------
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(tmp_path_factory, scored_label):
     ws = write_synthetic_atlas(
         tmp_path_factory.mktemp("browser-atlas"), SyntheticAtlasConfig(n_features=400, n_images=150)
     )
     atlas = Atlas.open(ws)
-    add_labels(atlas, [Label(int(atlas.map_points().feature[0]), "llm", EVIL_LABEL, {})])  # labels may come from an LLM
+    scored_label(atlas, int(atlas.map_points().feature[0]), EVIL_LABEL)  # labels may come from an LLM
+    # feature [1]: a scored label that names it, and a later one nobody scored yet
+    scored_label(atlas, int(atlas.map_points().feature[1]), "red striped lamp", value=0.83)
+    add_labels(atlas, [Label(int(atlas.map_points().feature[1]), "captions", "unscored words", model="other")])
     with serving(create_app(ws.root)) as url:
         yield url, Atlas.open(ws)
 
@@ -90,7 +93,7 @@ def test_llm_label_is_shown_as_text_never_run(page, synthetic):
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     evil = int(atlas.map_points().feature[0])
     page.goto(f"{url}/features/{evil}")
-    assert page.locator("h1 .label").inner_text() == EVIL_LABEL
+    assert page.locator("h1 .label").inner_text() == EVIL_LABEL  # scored, it names the feature: still only text
     assert page.locator("img[src=x]").count() == 0
     page.goto(f"{url}/map")
     page.wait_for_selector("body[data-map-ready]")
@@ -99,7 +102,8 @@ def test_llm_label_is_shown_as_text_never_run(page, synthetic):
     page.mouse.move(box["x"] + x, box["y"] + y)
     page.locator("#map-tip").wait_for(state="visible")
     assert EVIL_LABEL in page.locator("#map-tip").inner_text()
-    assert page.locator("#map-tip *").count() == 0 and not dialogs
+    assert page.locator("#map-tip script").count() == 0 and page.locator("#map-tip img[src=x]").count() == 0
+    assert not dialogs
 
 
 def test_feature_page_shows_top_images(page, synthetic):
@@ -128,7 +132,22 @@ def test_map_draws_every_point_hover_and_click(page, synthetic):
     tip = page.locator("#map-tip")
     tip.wait_for(state="visible")
     hovered = int(tip.inner_text().split()[0].lstrip("#"))
-    assert tip.inner_text() == f"#{hovered} {points.label[list(points.feature).index(hovered)] or '(unlabelled)'}"
+    index = list(points.feature).index(hovered)
+    assert (
+        page.locator("#map-tip .tip-label").inner_text() == f"#{hovered} {points.label[index] or '(no scored label)'}"
+    )
+    image = page.locator("#map-tip img")
+    assert (
+        image.get_attribute("src")
+        == f"/thumbs/{points.top_image[index]}"
+        == f"/thumbs/{atlas.top_images(hovered)[0].image_id}"
+    )
+    assert loaded_widths(image) == [48]  # the top image's thumbnail, loaded
+    names = page.request.get(f"{url}/api/map").json()["clusters"]
+    assert (
+        page.evaluate("window.clipatlasMap.clusterNames")
+        == [c["name"] for c in sorted(names, key=lambda c: -c["size"])][:40]
+    )
     shot(page, "map")
     page.mouse.down()
     page.mouse.up()
@@ -156,18 +175,40 @@ def test_map_pans_and_zooms(page, synthetic):
     )
 
 
-def test_search_by_label_from_the_header(page, synthetic):
+def test_search_by_label_from_the_header_best_score_first(page, synthetic):
     url, atlas = synthetic
     page.goto(url)
     page.fill("header input[name=q]", "mushroom")
     page.press("header input[name=q]", "Enter")
     page.wait_for_url("**/search?q=mushroom")
-    links = page.locator("ol.results a.feature-link")
-    expected = {label.feature for label in atlas.search_labels("mushroom")}
-    assert links.count() == len(expected) > 0
+    hits = page.locator("ol.results li.hit")
+    expected = list(dict.fromkeys(label.feature for label in atlas.search_labels("mushroom")))
+    assert [int(f) for f in hits.evaluate_all("items => items.map(i => i.dataset.feature)")] == expected
+    shown = [float(t) for t in page.locator("ol.results li.hit .score").all_inner_texts()]
+    beats = [atlas.labels(f)[0].score().beats_baseline for f in expected]
+    assert shown == [round(atlas.labels(f)[0].score().value, 2) for f in expected]
+    assert beats == sorted(beats, reverse=True)  # labels that beat their baseline first...
+    assert shown[: sum(beats)] == sorted(shown[: sum(beats)], reverse=True)  # ...best score first
+    assert page.locator("ol.results li.hit .score.below").count() == len(beats) - sum(beats)
     shot(page, "search")
-    links.first.click()
+    hits.first.locator("a.feature-link").click()
     assert "mushroom" in page.locator("h1 .label").inner_text()
+
+
+def test_feature_page_lists_every_label_with_its_provenance_and_score(page, synthetic):
+    url, atlas = synthetic
+    fid = int(atlas.map_points().feature[1])
+    page.goto(f"{url}/features/{fid}")
+    assert page.locator("h1 .label").inner_text() == "red striped lamp" == atlas.feature(fid).label
+    rows = page.locator("table.labels tbody tr")
+    assert rows.count() == len(atlas.labels(fid)) == 3
+    named = page.locator("table.labels tr.headline")
+    assert named.locator(".label-text").inner_text() == "red striped lamp" and "name" in named.inner_text()
+    cells = [named.locator(f"td.{c}").inner_text() for c in ("source", "model", "prompt", "judge", "auroc", "baseline")]
+    assert cells == ["vlm", "test-vlm", "label-v1", "captions", "0.830", "0.500"]
+    unscored = rows.filter(has_text="unscored words")
+    assert "not yet scored" in unscored.inner_text() and unscored.locator("td.model").inner_text() == "other"
+    shot(page, "feature-labels")
 
 
 def set_slider(page, feature: int, value: float) -> None:
@@ -300,7 +341,7 @@ def cat_png(tmp_path_factory):
 def test_demo_atlas_feature_and_search(page, demo_site):
     url, atlas = demo_site
     page.goto(url)
-    label = atlas.feature(int(atlas.map_points().feature[0])).label
+    label = next(iter(atlas.headlines().values())).text  # named by `clipatlas label` + `score`, as in the demo
     page.fill("header input[name=q]", label)
     page.press("header input[name=q]", "Enter")
     page.locator("ol.results a.feature-link").first.click()

@@ -4,7 +4,8 @@
 Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.types`):
 `feature(i) -> FeatureInfo`, `top_images(i)` / `quantile_samples(i) -> list[Example]`,
 `coactivating(i)` / `similar(i, by) -> list[Neighbour]`, `features_of_image(image_id)` /
-`features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`,
+`features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`
+(each with its `Score`s), `headlines() -> {feature: Label}`,
 `map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`,
 `image_codes() -> ImageCodes` (every image's sparse code), `feature_table() -> FeatureTable` (per-feature arrays).
 """
@@ -20,6 +21,7 @@ from clipatlas.atlas.types import (
     Label,
     MapPoints,
     Neighbour,
+    Score,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "Label",
     "MapPoints",
     "Neighbour",
+    "Score",
     "build_atlas",
 ]
 

@@ -1,9 +1,11 @@
 """`build_atlas`: the store and a trained SAE in, `saes/<name>/atlas/` out.
 
-Order of work: the streaming pass (checkpointed, resumable), then relations, map, labels and
+Order of work: the streaming pass (checkpointed, resumable), then relations, map and
 thumbnails from its results, then the database, written to a temporary file and renamed
 over `atlas.sqlite` in one step. Everything is deterministic, so a killed build re-run
-produces the same database as one that was never interrupted.
+produces the same database as one that was never interrupted. Labels are not made here: the
+interp stage (`clipatlas label`, `clipatlas score`) writes them with their scores, and a rebuild
+for the same SAE weights keeps them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import shutil
 import sqlite3
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,16 @@ import numpy as np
 import torch
 
 from clipatlas._io import sha256_file
-from clipatlas.atlas import db, lens, relations, stream
+from clipatlas.atlas import db, relations, stream
 from clipatlas.atlas.config import AtlasConfig
 from clipatlas.atlas.layout import feature_map
 from clipatlas.atlas.query import Atlas
 from clipatlas.atlas.thumbs import make_thumbnails
-from clipatlas.atlas.types import LENS_SOURCES, Label
 from clipatlas.devices import resolve_device
 from clipatlas.errors import UserError
 from clipatlas.workspace import SAEFiles, Workspace
 
 log = logging.getLogger(__name__)
-
-VOCAB_FROM_CAPTIONS = 5000
 
 
 def build_atlas(workspace: str | Path | Workspace, name: str | None = None, config: AtlasConfig | None = None) -> Atlas:
@@ -73,7 +71,7 @@ def build_atlas(workspace: str | Path | Workspace, name: str | None = None, conf
     thumbs = (
         make_thumbnails(store, [(row, image_ids[row]) for row in example_rows], atlas_dir) if config.thumbnails else {}
     )
-    kept_icons, kept_labels = _kept_rows(files.atlas_db, sae_sha256)
+    kept = _kept_rows(files.atlas_db, sae_sha256)
     meta = {
         "encoder": store.encoder,
         "sae": files.name,
@@ -87,12 +85,7 @@ def build_atlas(workspace: str | Path | Workspace, name: str | None = None, conf
         "sae_sha256": sae_sha256,
         "config": json.dumps(config.build_params(), sort_keys=True),
     }
-    tables = {
-        **tables,
-        "labels": tables["labels"] + kept_labels,
-        "icons": kept_icons,
-        "thumbnails": sorted(thumbs.items()),
-    }
+    tables = {**tables, **kept, "thumbnails": sorted(thumbs.items())}
     db.write_database(files.atlas_db, meta, tables)
     _remove_stale(atlas_dir, db.ARRAYS_PREFIX, keep=arrays_dir.name)
     shutil.rmtree(work_dir)
@@ -144,7 +137,7 @@ def _remove_stale(atlas_dir: Path, prefix: str, keep: str) -> None:
 
 
 def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch.device) -> dict[str, Any]:
-    """Rows for every database table except thumbnails, from the pass and the SAE weights."""
+    """Rows of the tables the build makes (features, examples, relations), from the pass and the SAE."""
     indptr, code_features, code_values = codes
     count = state.count.cpu().numpy()
     total = state.total.cpu().numpy()
@@ -195,58 +188,36 @@ def _feature_tables(store, sae, state, codes, config: AtlasConfig, device: torch
         for f, rank in np.ndindex(*others.shape):
             similar.append((f, kind, rank, int(others[f, rank]), float(cosines[f, rank])))
 
-    labels = _lens_labels(store, decoder_np[alive], alive, top_rows, config)
-    return {
-        "features": features,
-        "examples": examples,
-        "coactivating": coactivating,
-        "similar": similar,
-        "labels": [
-            (label.feature, label.source, label.text, json.dumps(label.score, sort_keys=True)) for label in labels
-        ],
-    }
+    return {"features": features, "examples": examples, "coactivating": coactivating, "similar": similar}
 
 
-def _lens_labels(
-    store, directions: np.ndarray, alive: np.ndarray, top_rows: np.ndarray, config: AtlasConfig
-) -> list[Label]:
-    captions = store.metadata.column("caption").to_pylist()
-    captions_of_feature = {int(f): [captions[r] for r in top_rows[f] if r >= 0] for f in alive}
-    labels = lens.caption_labels(captions_of_feature)
-    if len(alive):
-        labels = lens.encoder_lens_labels(store.encoder, directions, alive, _vocabulary(captions, config)) + labels
-    return labels
+# What later stages added, kept across rebuilds for the same SAE weights (label ids included,
+# so the scores still point at their labels).
+KEPT_TABLES = {
+    "icons": "SELECT feature, path FROM icons ORDER BY feature",
+    "labels": "SELECT id, feature, source, text, model, prompt_version, description, evidence FROM labels ORDER BY id",
+    "scores": "SELECT * FROM scores ORDER BY rowid",
+}
 
 
-def _vocabulary(captions: list[str | None], config: AtlasConfig) -> list[str]:
-    if config.vocab_file:
-        return [line.strip() for line in Path(config.vocab_file).read_text().splitlines() if line.strip()]
-    counts = Counter(w for caption in captions for w in lens.caption_words(caption))
-    return [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:VOCAB_FROM_CAPTIONS]]
-
-
-def _kept_rows(previous: Path, sae_sha256: str) -> tuple[list[tuple], list[tuple]]:
-    """Icons and labeller labels of the previous atlas, if it described the same SAE weights."""
+def _kept_rows(previous: Path, sae_sha256: str) -> dict[str, list[tuple]]:
+    """Icons, labels and scores of the previous atlas, if it described the same SAE weights."""
     if not previous.is_file():
-        return [], []
-    conn = db.connect(previous, readonly=True)
+        return {}
+    try:
+        db.migrate(previous)  # an atlas of an older schema: its labels in today's columns
+        conn = db.connect(previous, readonly=True)
+    except sqlite3.DatabaseError as exc:
+        log.warning("previous atlas database unreadable (%s); its icons and labels are not carried over", exc)
+        return {}
     try:
         same_sae = conn.execute("SELECT value FROM meta WHERE key = 'sae_sha256'").fetchone()
         if same_sae is None or same_sae[0] != sae_sha256:
             log.info("the SAE was retrained since the last atlas: its icons and labels are not carried over")
-            return [], []
-        icons = [tuple(r) for r in conn.execute("SELECT feature, path FROM icons ORDER BY feature")]
-        placeholders = ",".join("?" * len(LENS_SOURCES))
-        labels = [
-            tuple(r)
-            for r in conn.execute(
-                f"SELECT feature, source, text, score FROM labels WHERE source NOT IN ({placeholders}) ORDER BY id",
-                LENS_SOURCES,
-            )
-        ]
+            return {}
+        return {table: [tuple(r) for r in conn.execute(sql)] for table, sql in KEPT_TABLES.items()}
     except sqlite3.DatabaseError as exc:
         log.warning("previous atlas database unreadable (%s); its icons and labels are not carried over", exc)
-        return [], []
+        return {}
     finally:
         conn.close()
-    return icons, labels

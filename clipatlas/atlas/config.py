@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from clipatlas.errors import UserError
@@ -32,8 +31,6 @@ class AtlasConfig:
     """Make webp thumbnails of the example images."""
     checkpoint_seconds: float = 30.0
     """Save the pass's progress at most this often."""
-    vocab_file: str | None = None
-    """Text file of words for CLIP text-tower labels (default: the store's caption words)."""
 
     def __post_init__(self):
         for name in ("top_k", "per_decile", "n_coactivating", "n_similar", "codes_per_image", "chunk_size"):
@@ -41,10 +38,6 @@ class AtlasConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.map_method not in ("umap", "pca"):
             raise UserError(f"map method must be 'umap' or 'pca', not {self.map_method!r}")
-        if self.vocab_file is not None and not Path(self.vocab_file).is_file():
-            raise UserError(
-                f"vocabulary file {self.vocab_file} does not exist; give a text file with one entry per line"
-            )
 
     def build_params(self) -> dict[str, Any]:
         """The options that change the result (not how often it checkpoints, nor thumbnails)."""

@@ -9,6 +9,7 @@ atlas of the benchmarks both call it).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,13 +19,44 @@ import numpy as np
 
 from clipatlas._io import atomic_path
 
-ATLAS_SCHEMA_VERSION = 1
+ATLAS_SCHEMA_VERSION = 2
 ARRAYS_PREFIX = "arrays-"
 HIST_ARRAY = "hist"  # (features, bins) activation histograms
 CODE_ARRAYS = ("codes_indptr", "codes_features", "codes_values")  # every image's sparse code, CSR
 THUMBS_DIR = "thumbs"
 
-SCHEMA = """
+LABEL_TABLES = """
+CREATE TABLE labels (
+    id INTEGER PRIMARY KEY,
+    feature INTEGER NOT NULL,
+    source TEXT NOT NULL,        -- the labeller: 'captions', 'classifier', 'clip-text', 'vlm', ...
+    text TEXT NOT NULL,
+    model TEXT NOT NULL DEFAULT '',           -- the model that wrote it ('' for offline labellers)
+    prompt_version TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    evidence TEXT NOT NULL DEFAULT '{}'       -- JSON object: what the labeller based it on
+);
+CREATE INDEX labels_by_feature ON labels (feature);
+CREATE UNIQUE INDEX labels_by_maker ON labels (feature, source, model, prompt_version);
+CREATE TABLE scores (
+    feature INTEGER NOT NULL,
+    label_id INTEGER,            -- NULL: a score of the feature itself (intruder)
+    scorer TEXT NOT NULL,        -- 'detection', 'intruder'
+    judge TEXT NOT NULL,         -- 'vlm', 'clip-text', 'captions', ...
+    judge_model TEXT NOT NULL,
+    metric TEXT NOT NULL,        -- 'auroc' (detection), 'accuracy' (intruder)
+    value REAL NOT NULL,
+    baseline REAL NOT NULL,      -- shuffled labels (detection) or chance (intruder)
+    n INTEGER NOT NULL,          -- images judged
+    beats_baseline INTEGER NOT NULL,
+    validation REAL,             -- the labeller's score on the labelling half only
+    details TEXT NOT NULL        -- JSON object
+);
+CREATE UNIQUE INDEX scores_by_label ON scores (feature, IFNULL(label_id, -1), scorer, judge);
+"""
+
+SCHEMA = (
+    """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE features (
     feature INTEGER PRIMARY KEY,
@@ -63,17 +95,40 @@ CREATE TABLE similar (
     cosine REAL NOT NULL
 );
 CREATE INDEX similar_by_feature ON similar (feature, kind, rank);
-CREATE TABLE labels (
-    id INTEGER PRIMARY KEY,
-    feature INTEGER NOT NULL,
-    source TEXT NOT NULL,        -- 'imagenet', 'clip-text', 'captions', or a labeller's name
-    text TEXT NOT NULL,
-    score TEXT NOT NULL          -- JSON object: the evidence and any verification scores
-);
-CREATE INDEX labels_by_feature ON labels (feature);
-CREATE TABLE icons (feature INTEGER PRIMARY KEY, path TEXT NOT NULL);
+"""
+    + LABEL_TABLES
+    + """CREATE TABLE icons (feature INTEGER PRIMARY KEY, path TEXT NOT NULL);
 CREATE TABLE thumbnails (image_id TEXT PRIMARY KEY, path TEXT NOT NULL);
 """
+)
+
+
+# Schema 1 had unscored "lens" labels written by the build and one JSON column for everything else.
+_MIGRATE_1_TO_2 = f"""
+DELETE FROM labels WHERE source IN ('imagenet', 'clip-text', 'captions');
+ALTER TABLE labels RENAME TO labels_v1;
+DROP INDEX IF EXISTS labels_by_feature;
+{LABEL_TABLES}
+INSERT OR IGNORE INTO labels (id, feature, source, text, evidence)
+    SELECT id, feature, source, text, score FROM labels_v1;
+DROP TABLE labels_v1;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
+
+
+def migrate(path: Path) -> bool:
+    """Bring an older atlas database up to this schema in place; False if it cannot be written."""
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return False
+    conn = connect(path, readonly=False)
+    try:
+        version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        if version == 1:
+            with conn:
+                conn.executescript("BEGIN;" + _MIGRATE_1_TO_2 + "COMMIT;")
+        return True
+    finally:
+        conn.close()
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -91,13 +146,14 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
-# The columns each table is filled with, in order (labels.id is assigned by SQLite).
+# The columns each table is filled with, in order.
 _INSERTS = {
     "features": "INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "examples": "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)",
     "coactivating": "INSERT INTO coactivating VALUES (?, ?, ?, ?, ?)",
     "similar": "INSERT INTO similar VALUES (?, ?, ?, ?, ?)",
-    "labels": "INSERT INTO labels (feature, source, text, score) VALUES (?, ?, ?, ?)",
+    "labels": "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "scores": "INSERT INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "icons": "INSERT INTO icons VALUES (?, ?)",
     "thumbnails": "INSERT INTO thumbnails VALUES (?, ?)",
 }

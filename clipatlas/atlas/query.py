@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 
 from clipatlas._io import read_json
-from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect
+from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect, migrate
 from clipatlas.atlas.types import (
-    LENS_SOURCES,
     Activation,
     AtlasError,
     Example,
@@ -25,16 +24,54 @@ from clipatlas.atlas.types import (
     Label,
     MapPoints,
     Neighbour,
+    Score,
+    headline,
+    ranking_score,
 )
 from clipatlas.workspace import SAEFiles, Workspace
 
-_LABEL_ORDER_SQL = (
-    "CASE source " + " ".join(f"WHEN '{s}' THEN {i + 1}" for i, s in enumerate(LENS_SOURCES)) + " ELSE 0 END"
-)
+# Why a feature has no name (shown in its place).
+UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
+_LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
+ALL = "1"  # the WHERE clause of every row
 
 
-def _label_order(source: str) -> int:
-    return LENS_SOURCES.index(source) + 1 if source in LENS_SOURCES else 0
+def _label(row, scores: list[Score]) -> Label:
+    return Label(
+        feature=row["feature"],
+        source=row["source"],
+        text=row["text"],
+        model=row["model"],
+        prompt_version=row["prompt_version"],
+        description=row["description"],
+        evidence=json.loads(row["evidence"]),
+        scores=tuple(scores),
+        id=row["id"],
+    )
+
+
+def _score(row) -> Score:
+    return Score(
+        feature=row["feature"],
+        label_id=row["label_id"],
+        scorer=row["scorer"],
+        judge=row["judge"],
+        metric=row["metric"],
+        value=row["value"],
+        baseline=row["baseline"],
+        n=row["n"],
+        beats_baseline=bool(row["beats_baseline"]),
+        judge_model=row["judge_model"],
+        validation=row["validation"],
+        details=json.loads(row["details"]),
+    )
+
+
+def label_order(label: Label) -> tuple:
+    """A feature's labels as listed: the headline's judge first, then the best-ranked, unscored last."""
+    score = label.score()
+    rank = ranking_score(score) if score else (0.0, 0.0)
+    return (score is None, -rank[0], -rank[1], label.id or 0)
 
 
 class Atlas:
@@ -45,8 +82,11 @@ class Atlas:
         self.dir = files.atlas_dir
         self.workspace = workspace
         self._local = threading.local()
-        self.meta = {r["key"]: r["value"] for r in self._conn().execute("SELECT key, value FROM meta")}
+        self.meta = self._read_meta()
         version = int(self.meta.get("schema_version", -1))
+        if version == 1 and migrate(self.db_path):
+            self.meta = self._read_meta()
+            version = int(self.meta["schema_version"])
         if version != ATLAS_SCHEMA_VERSION:
             raise AtlasError(
                 f"{self.db_path} has atlas schema {version}, this clipatlas reads {ATLAS_SCHEMA_VERSION}; "
@@ -60,8 +100,17 @@ class Atlas:
         self._codes: ImageCodes | None = None
         self._table: FeatureTable | None = None
         self._map: MapPoints | None = None
+        self._headlines: tuple[dict[int, Label], dict[int, str]] | None = None
+        self._labelled: dict[int, list[Label]] | None = None
         self._store = None
         self._sae = None
+
+    def _read_meta(self) -> dict[str, str]:
+        conn = connect(self.db_path, readonly=True)  # not the cached one: a migration changes the schema
+        try:
+            return {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
+        finally:
+            conn.close()
 
     @classmethod
     def open(cls, workspace: str | Path | Workspace, name: str | None = None) -> Atlas:
@@ -121,18 +170,73 @@ class Atlas:
             cluster=row["cluster"],
             labels=self.labels(i),
             icon=str(icon) if icon else None,
+            coherence=self._scores("feature = ? AND label_id IS NULL", (i,)),
         )
 
     def labels(self, i: int) -> list[Label]:
-        """Labels of feature i, best first (labeller labels, then imagenet, clip-text, captions)."""
+        """Labels of feature i with their scores: best-ranked first, never-scored ones last."""
         i = self.check_feature(i)
-        rows = (
-            self._conn()
-            .execute("SELECT feature, source, text, score FROM labels WHERE feature = ? ORDER BY id", (i,))
-            .fetchall()
-        )
-        labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
-        return sorted(labels, key=lambda label: _label_order(label.source))
+        return self._labels_where("feature = ?", (i,))
+
+    def _scores(self, where: str, params: tuple) -> list[Score]:
+        rows = self._conn().execute(f"SELECT * FROM scores WHERE {where} ORDER BY rowid", params).fetchall()
+        return [_score(r) for r in rows]
+
+    def _labels_where(self, where: str, params: tuple) -> list[Label]:
+        rows = self._conn().execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE {where} ORDER BY id", params).fetchall()
+        scores: dict[int, list[Score]] = {}
+        ids = [r["id"] for r in rows]
+        if where == ALL:  # one query for every score instead of one per 500 labels
+            found = self._scores("label_id IS NOT NULL", ())
+        else:
+            found = []
+            for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
+                chunk = ids[start : start + 500]
+                found += self._scores(f"label_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        for score in found:
+            scores.setdefault(score.label_id, []).append(score)
+        return sorted((_label(r, scores.get(r["id"], [])) for r in rows), key=label_order)
+
+    def headlines(self) -> dict[int, Label]:
+        """{feature: its headline label} for every feature that has one (cached; see types.headline)."""
+        return self._naming()[0]
+
+    def unnamed_reasons(self) -> dict[int, str]:
+        """{feature: why it has no name} for features that have labels but no headline: NOT_SCORED or
+        NO_LABEL_BEATS_BASELINE. Features missing from both maps have no label at all (UNLABELLED)."""
+        return self._naming()[1]
+
+    def naming_note(self, i: int) -> str:
+        """'' for a named feature, else why it has no name."""
+        if i in self.headlines():
+            return ""
+        return self.unnamed_reasons().get(i, UNLABELLED)
+
+    def _naming(self) -> tuple[dict[int, Label], dict[int, str]]:
+        if self._headlines is None:
+            named, reasons = {}, {}
+            for feature, labels in self.labels_by_feature().items():
+                best = headline(labels)
+                if best is not None:
+                    named[feature] = best
+                else:
+                    scored = any(label.score() is not None for label in labels)
+                    reasons[feature] = NO_LABEL_BEATS_BASELINE if scored else NOT_SCORED
+            self._headlines = (named, reasons)
+        return self._headlines
+
+    def labels_by_feature(self) -> dict[int, list[Label]]:
+        """Every labelled feature's labels (best-ranked first), by feature (cached until `refresh`)."""
+        if self._labelled is None:
+            found: dict[int, list[Label]] = {}
+            for label in self._labels_where(ALL, ()):
+                found.setdefault(label.feature, []).append(label)
+            self._labelled = dict(sorted(found.items()))  # each feature's labels keep _labels_where's order
+        return self._labelled
+
+    def coherence_scores(self) -> list[Score]:
+        """Scores of the features themselves (intruder), all features."""
+        return self._scores("label_id IS NULL", ())
 
     def _examples(self, i: int, kind: str) -> list[Example]:
         i = self.check_feature(i)
@@ -207,33 +311,26 @@ class Atlas:
 
     # -- search, map, summary ------------------------------------------------------------
     def search_labels(self, text: str, limit: int = 50) -> list[Label]:
-        """Labels containing `text` (case-insensitive), labeller labels first, then by feature."""
+        """Labels containing `text` (case-insensitive), best first: labels that beat their baseline
+        (highest score first), then scored labels that did not, then labels never scored."""
         needle = text.strip()
         if not needle:
             return []
         escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT feature, source, text, score FROM labels WHERE text LIKE ? ESCAPE '\\' ORDER BY feature, id",
-                (f"%{escaped}%",),
-            )
-            .fetchall()
-        )
-        labels = [Label(r["feature"], r["source"], r["text"], json.loads(r["score"])) for r in rows]
-        labels.sort(key=lambda label: (_label_order(label.source), label.feature))
+        labels = self._labels_where("text LIKE ? ESCAPE '\\'", (f"%{escaped}%",))
+        labels.sort(key=lambda label: (_search_rank(label), label.feature))
         return labels[:limit]
 
     def map_points(self) -> MapPoints:
-        """x, y, cluster, feature id and best label of every alive feature (cached)."""
+        """x, y, cluster, feature id, headline label and top image of every alive feature (cached)."""
         if self._map is None:
             conn = self._conn()
             rows = conn.execute(
                 "SELECT feature, x, y, cluster FROM features WHERE alive = 1 ORDER BY feature"
             ).fetchall()
             table = np.array(rows, dtype=np.float64).reshape(-1, 4)
-            # Worst label first, so that dict() keeps each feature's best one.
-            best = dict(conn.execute(f"SELECT feature, text FROM labels ORDER BY {_LABEL_ORDER_SQL} DESC, id DESC"))
+            best = {f: label.text for f, label in self.headlines().items()}
+            top = dict(conn.execute("SELECT feature, image_id FROM examples WHERE kind = 'top' AND rank = 0"))
             ids = table[:, 0].astype(np.int32)
             self._map = MapPoints(
                 feature=ids,
@@ -241,6 +338,7 @@ class Atlas:
                 y=table[:, 2].astype(np.float32),
                 cluster=table[:, 3].astype(np.int32),
                 label=[best.get(f, "") for f in ids.tolist()],
+                top_image=[top.get(f, "") for f in ids.tolist()],
             )
         return self._map
 
@@ -248,6 +346,7 @@ class Atlas:
         """Encoder id, SAE name, counts, build parameters, and the SAE's metrics.json if any."""
         n_alive = self._conn().execute("SELECT COUNT(*) FROM features WHERE alive = 1").fetchone()[0]
         n_labelled = self._conn().execute("SELECT COUNT(DISTINCT feature) FROM labels").fetchone()[0]
+        n_scored = self._conn().execute("SELECT COUNT(DISTINCT feature) FROM scores").fetchone()[0]
         metrics_path = self.files.metrics
         return {
             "sae": self.name,
@@ -257,6 +356,8 @@ class Atlas:
             "n_alive": int(n_alive),
             "dead_over_store": 1.0 - int(n_alive) / self.n_features,
             "n_labelled": int(n_labelled),
+            "n_scored": int(n_scored),
+            "n_named": len(self.headlines()),
             "top_k": int(self.meta["top_k"]),
             "codes_per_image": int(self.meta["codes_per_image"]),
             "metrics": read_json(metrics_path) if metrics_path.is_file() else None,
@@ -277,8 +378,10 @@ class Atlas:
         return path if path.is_absolute() else self.files.dir / path
 
     def refresh(self) -> None:
-        """Forget what was read, after icons or labels were added (`clipatlas.atlas.annotations`)."""
+        """Forget what was read, after icons, labels or scores were added (`clipatlas.atlas.annotations`)."""
         self._map = None
+        self._headlines = None
+        self._labelled = None
 
     # -- lazily loaded ---------------------------------------------------------------------
     def _histograms(self) -> np.ndarray:
@@ -321,3 +424,10 @@ class Atlas:
 
             self._sae = SAE.from_pretrained(self.files.dir).eval()
         return self._sae
+
+
+def _search_rank(label: Label) -> tuple:
+    score = label.score()
+    if score is None:
+        return (2, 0.0)
+    return (0 if score.beats_baseline else 1, -score.value)

@@ -152,21 +152,24 @@ def _tables(cfg: SyntheticAtlasConfig, image_ids: list[str], alive: np.ndarray, 
     examples = list(_examples(live, max_act, cfg, image_ids, rng))
     coactivating = list(_neighbours(live, cfg.neighbours, None, rng))
     similar = [row for kind in ("decoder", "encoder") for row in _neighbours(live, cfg.neighbours, kind, rng)]
-    labels = [
-        (
-            int(i),
-            "imagenet",
-            f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}",
-            json.dumps({"logit": round(float(max_act[i]), 3)}),
+    # Scored labels, as `clipatlas label` and `clipatlas score` write them: a random third of
+    # them do not beat their baseline (those features stay unnamed).
+    labels, scores = [], []
+    for label_id, i in enumerate(live.tolist(), start=1):
+        text = f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}"
+        labels.append((label_id, i, "captions", text, "", "", "", "{}"))
+        value, baseline = float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.4, 0.6))
+        beats = int(value > baseline and rng.random() > 0.33)
+        scores.append(
+            (i, label_id, "detection", "captions", "synthetic", "auroc", value, baseline, 20, beats, None, "{}")
         )
-        for i in live
-    ]
     return {
         "features": features,
         "examples": examples,
         "coactivating": coactivating,
         "similar": similar,
         "labels": labels,
+        "scores": scores,
     }
 
 

@@ -6,15 +6,17 @@ module that handles atlas records imports them from here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from clipatlas.errors import UserError
 
-# Which label a feature shows first: any labeller's own label beats the lens labels.
-LENS_SOURCES = ("imagenet", "clip-text", "captions")
+# The scorer whose score names a feature, and the judges it trusts, most trusted first: a judge
+# that looks at the pixels before one that reads captions. A judge not listed ranks after these.
+HEADLINE_SCORER = "detection"
+JUDGE_PRIORITY = ("vlm", "clip-text", "classes", "captions")
 
 
 class AtlasError(UserError):
@@ -48,11 +50,90 @@ class Activation:
 
 
 @dataclass(frozen=True)
+class Score:
+    """One verification of a label (or, with `label_id` None, of the feature itself: intruder).
+
+    `value` is the scorer's metric (`metric`: detection AUROC, intruder accuracy) on images the
+    labeller never saw; `baseline` the same metric for the shuffled baseline (detection: the
+    feature scored with another feature's label from the same labeller) or chance (intruder).
+    `validation` is the label's score on the labelling half only (labels made from one part of
+    it, judged on the other): what ranks a feature's labels without looking at the scoring images.
+    """
+
+    feature: int
+    label_id: int | None
+    scorer: str
+    judge: str
+    metric: str
+    value: float
+    baseline: float
+    n: int
+    beats_baseline: bool
+    judge_model: str = ""
+    validation: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Label:
+    """A feature's name from one labeller (`source`), with what made it and how it scored.
+
+    `model` and `prompt_version` say which model and prompt wrote it (empty for offline
+    labellers that use none); `evidence` holds what the labeller based it on (terms and their
+    statistics, the image ids it saw). `id` is assigned when the atlas stores it.
+    """
+
     feature: int
     source: str
     text: str
-    score: dict[str, Any]
+    model: str = ""
+    prompt_version: str = ""
+    description: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    scores: tuple[Score, ...] = ()
+    id: int | None = None
+
+    def score(self, scorer: str = HEADLINE_SCORER, judge: str | None = None) -> Score | None:
+        """This label's score by `scorer`, from `judge` or else from the most trusted judge that scored it."""
+        found = [s for s in self.scores if s.scorer == scorer and (judge is None or s.judge == judge)]
+        return min(found, key=lambda s: judge_rank(s.judge), default=None)
+
+
+def judge_rank(judge: str) -> int:
+    return JUDGE_PRIORITY.index(judge) if judge in JUDGE_PRIORITY else len(JUDGE_PRIORITY)
+
+
+def preferred(labels: list[Label], judge: str) -> tuple[Label, Score] | None:
+    """The label ranked first among those `judge` scored by detection, with its score (see
+    `ranking_score`). Only scores from the labelling half rank labels: ranking by the held-out
+    score itself would pick the luckiest of noisy estimates and then report that same estimate."""
+    scored = [(label, label.score(judge=judge)) for label in labels]
+    scored = [(label, s) for label, s in scored if s is not None]
+    return max(scored, key=lambda item: ranking_score(item[1]), default=None)
+
+
+def headline(labels: list[Label]) -> Label | None:
+    """The label a feature is named by: among its labels whose detection score beats the shuffled
+    baseline, under the most trusted judge that scored any of them, the one ranked first (see
+    `preferred` and `ranking_score`). None when no label has beaten its baseline, or none was scored."""
+    passing = [label for label in labels if (s := label.score()) is not None and s.beats_baseline]
+    if not passing:
+        return None
+    judge = min((label.score().judge for label in passing), key=judge_rank)
+    found = preferred([label for label in passing if label.score(judge=judge).beats_baseline], judge)
+    return found[0] if found else None
+
+
+LABELLER_VALIDATION = "labeller_validation"  # Score.details key: the labeller's median validation score
+
+
+def ranking_score(score: Score) -> tuple[float, float]:
+    """(the labeller's median labelling-half score over all features, this label's own): the
+    labeller that names features best overall comes first, a feature's own score breaks ties.
+    Measured on the demo atlas, choosing per feature by its own few validation images alone did
+    worse (bench/RESULTS.md). The held-out score stands in where a labeller made no validation label."""
+    own = score.validation if score.validation is not None else score.value
+    return (score.details.get(LABELLER_VALIDATION, own), own)
 
 
 @dataclass(frozen=True)
@@ -72,10 +153,17 @@ class FeatureInfo:
     cluster: int | None
     labels: list[Label]
     icon: str | None
+    coherence: list[Score] = field(default_factory=list)  # intruder scores of the feature itself
+
+    @property
+    def headline(self) -> Label | None:
+        return headline(self.labels)
 
     @property
     def label(self) -> str | None:
-        return self.labels[0].text if self.labels else None
+        """The headline label's text: None until a label has been scored and beat its baseline."""
+        best = self.headline
+        return best.text if best else None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.label}
@@ -89,7 +177,8 @@ class MapPoints:
     x: np.ndarray  # float32
     y: np.ndarray  # float32
     cluster: np.ndarray  # int32
-    label: list[str]  # "" where a feature has no label
+    label: list[str]  # the headline label, "" where no scored label beat its baseline
+    top_image: list[str]  # the image id of the strongest example, "" where none
 
     def __len__(self) -> int:
         return len(self.feature)

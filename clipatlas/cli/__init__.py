@@ -23,6 +23,8 @@ SUBCOMMAND_MODULES = [
     "icons",
     "generate",
     "evaluate",
+    "label",
+    "score",
     "serve",
     "demo",
 ]

@@ -1,17 +1,14 @@
 """The sections that read what other stages measured, where they have run (the SAE only: baselines
 have no atlas, labels or icons).
 
-- interpretability: the scores stored with the atlas's labels (`Atlas.labels(i)[*].score`). Every
-  numeric score whose key names a scorer's measure (`auroc`, `accuracy`, `baseline`, e.g. the
-  interp stage's `detection_auroc`) is summarised per label source: how many labels carry it, its
-  median and mean, and the same over each feature's headline (first) label.
+- interpretability: the interp stage's scores stored with the atlas's labels (`Label.scores`),
+  summarised per labeller and per scorer/judge, and over each feature's headline label.
 - steering: the icon causal check (`SAEFiles.icon_verify_report`, written by `clipatlas icons --verify`)
   and the steering success curve of `clipatlas.steer.success` (read, or measured when missing).
 """
 
 from __future__ import annotations
 
-import numbers
 from collections import defaultdict
 from typing import Any
 
@@ -20,7 +17,6 @@ import numpy as np
 from clipatlas._io import read_json
 from clipatlas.workspace import SAEFiles, Workspace
 
-SCORE_MARKERS = ("auroc", "accuracy", "baseline")
 VERIFY_KEYS = (
     "decoder",
     "strength",
@@ -33,47 +29,46 @@ VERIFY_KEYS = (
 )
 
 
-def _scores(score: dict[str, Any]) -> dict[str, float]:
+def _summary(scores: list) -> dict[str, Any]:
+    values = [s.value for s in scores]
     return {
-        key: float(value)
-        for key, value in score.items()
-        if isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and any(marker in key.lower() for marker in SCORE_MARKERS)
+        "labels": len(scores),
+        "median": float(np.median(values)),
+        "median_baseline": float(np.median([s.baseline for s in scores])),
+        "beats_baseline": float(np.mean([s.beats_baseline for s in scores])),
     }
 
 
-def _summary(values: list[float]) -> dict[str, Any]:
-    return {"labels": len(values), "median": float(np.median(values)), "mean": float(np.mean(values))}
-
-
 def interpretability(ws: Workspace, files: SAEFiles) -> dict[str, Any]:
-    """Label scores by source, from the atlas."""
+    """The interp stage's scores, from the atlas: per labeller and per judge, every scorer's median
+    (detection AUROC, intruder accuracy), its shuffled baseline's median and the share of labels that
+    beat their own baseline; the same for each feature's headline label (its name)."""
     from clipatlas.atlas import Atlas
 
     if not files.atlas_db.is_file():
         return {"skipped": f"no atlas; build it with: clipatlas atlas -w {ws.root} --name {files.name}"}
     atlas = Atlas.open(ws, files.name)
-    by_source: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    headline: dict[str, list[float]] = defaultdict(list)
-    labelled = 0
-    for feature in range(atlas.n_features):
-        labels = atlas.labels(feature)
-        labelled += bool(labels)
-        for position, label in enumerate(labels):
-            for key, value in _scores(label.score).items():
-                by_source[label.source][key].append(value)
-                if position == 0:
-                    headline[key].append(value)
+    by_source: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for labels in atlas.labels_by_feature().values():
+        for label in labels:
+            for score in label.scores:
+                by_source[label.source][f"{score.scorer}/{score.judge}"].append(score)
     if not by_source:
         return {
-            "features_labelled": labelled,
-            "skipped": "no label carries a score yet; score labels with the interp stage (clipatlas score)",
+            "features_labelled": len(atlas.labels_by_feature()),
+            "skipped": f"no label is scored yet; label and score them: clipatlas label -w {ws.root}, clipatlas score",
         }
+    headline: dict[str, list] = defaultdict(list)
+    for label in atlas.headlines().values():
+        for score in label.scores:
+            headline[f"{score.scorer}/{score.judge}"].append(score)
     return {
-        "features_labelled": labelled,
-        "by_source": {src: {key: _summary(v) for key, v in keys.items()} for src, keys in sorted(by_source.items())},
-        "headline": {key: _summary(values) for key, values in headline.items()},
+        "features_labelled": len(atlas.labels_by_feature()),
+        "features_named": len(atlas.headlines()),
+        "by_source": {
+            src: {key: _summary(v) for key, v in sorted(keys.items())} for src, keys in sorted(by_source.items())
+        },
+        "headline": {key: _summary(scores) for key, scores in sorted(headline.items())},
     }
 
 

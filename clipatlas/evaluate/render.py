@@ -88,7 +88,9 @@ def sae_lines(report: dict[str, Any]) -> list[str]:
     interp = sections.get("interpretability", {})
     for key, summary in interp.get("headline", {}).items():
         lines.append(
-            f"interpretability: headline labels' {key}: median {summary['median']:.3f} over {summary['labels']}"
+            f"interpretability: headline labels' {key}: median {summary['median']:.3f} (shuffled baseline "
+            f"{summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own), "
+            f"{summary['labels']} labels"
         )
     steer = sections.get("steering", {})
     if "icons" in steer:
@@ -229,13 +231,14 @@ def _stability_markdown(report) -> list[str]:
 def _interpretability_markdown(report) -> list[str]:
     by_source = report["sections"].get("interpretability", {}).get("by_source", {})
     rows = [
-        [source, key, s["labels"], fmt(s["median"]), fmt(s["mean"])]
+        [source, key, s["labels"], fmt(s["median"]), fmt(s["median_baseline"]), f"{s['beats_baseline']:.0%}"]
         for source, keys in by_source.items()
         for key, s in keys.items()
     ]
     if not rows:
         return []
-    return ["## Label scores", markdown_table(["source", "score", "labels", "median", "mean"], rows)]
+    headers = ["labeller", "scorer/judge", "labels", "median", "shuffled baseline", "beat their own"]
+    return ["## Label scores", markdown_table(headers, rows)]
 
 
 # -- plots -------------------------------------------------------------------------------------------

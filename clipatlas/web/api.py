@@ -30,7 +30,25 @@ def api_feature(feature_id: int, ctx: Context):
 @router.get("/features/{feature_id}/brief", response_model=schemas.FeatureBriefOut)
 def api_feature_brief(feature_id: int, ctx: Context):
     brief = ctx.views.brief(ctx.views.check_feature(feature_id))
-    return {"feature": feature_id, "label": brief.label, "max_activation": brief.max_activation}
+    return {
+        "feature": feature_id,
+        "label": brief.label,
+        "label_note": brief.label_note,
+        "max_activation": brief.max_activation,
+    }
+
+
+@router.get("/features", response_model=schemas.FeatureList)
+def api_features(
+    ctx: Context,
+    sort: str = "score",
+    min_score: float | None = None,
+    named: bool = False,
+    limit: int = 100,
+    offset: int = 0,
+):
+    """Labelled features sorted by score (or id), optionally only those scoring at least min_score or named."""
+    return ctx.views.feature_list(sort, min_score, named, min(max(limit, 1), 1000), max(offset, 0))
 
 
 @router.get("/map", responses={200: {"model": schemas.MapPoints}})

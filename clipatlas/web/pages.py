@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from clipatlas.web.context import Context, may_compute
@@ -20,6 +20,22 @@ def index(request: Request, ctx: Context):
 @router.get("/features/{feature_id}")
 def feature_page(request: Request, feature_id: int, ctx: Context):
     return ctx.page(request, "feature.html", title=f"feature {feature_id}", f=ctx.views.feature_page(feature_id))
+
+
+@router.get("/features")
+def feature_list_page(
+    request: Request, ctx: Context, sort: str = "score", min_score: str = "", named: bool = False, page: int = 1
+):
+    per_page = 100
+    page = max(page, 1)
+    try:
+        threshold = float(min_score) if min_score.strip() else None  # the form sends "" for no minimum
+    except ValueError:
+        raise HTTPException(400, f"minimum score must be a number, not {min_score!r}") from None
+    found = ctx.views.feature_list(sort, threshold, named, per_page, (page - 1) * per_page)
+    return ctx.page(
+        request, "features.html", title="features by score", found=found, named=named, page=page, per_page=per_page
+    )
 
 
 @router.get("/map")

@@ -7,11 +7,43 @@ from typing import Any
 from pydantic import BaseModel
 
 
+class ScoreOut(BaseModel):
+    """A verification of a label (`label_id`) or of the feature itself (intruder, `label_id` null)."""
+
+    feature: int
+    label_id: int | None
+    scorer: str
+    judge: str
+    judge_model: str
+    metric: str
+    value: float
+    baseline: float
+    n: int
+    beats_baseline: bool
+    validation: float | None
+    details: dict[str, Any]
+
+
 class LabelOut(BaseModel):
+    """A label with what made it (`source` labeller, `model`, `prompt_version`) and its scores."""
+
+    id: int | None
     feature: int
     source: str
     text: str
-    score: dict[str, Any]
+    model: str
+    prompt_version: str
+    description: str
+    evidence: dict[str, Any]
+    scores: list[ScoreOut]
+
+
+class Named(BaseModel):
+    """A feature's name: its headline label, or "" and the reason in `label_note`."""
+
+    feature: int
+    label: str
+    label_note: str
 
 
 class ExampleOut(BaseModel):
@@ -22,13 +54,11 @@ class ExampleOut(BaseModel):
     decile: int | None = None
 
 
-class FeatureLink(BaseModel):
-    """A related feature with its best label: `score` is Jaccard (coactivating) or cosine (similar)."""
+class FeatureLink(Named):
+    """A related feature with its name: `score` is Jaccard (coactivating) or cosine (similar)."""
 
-    feature: int
     score: float
     count: int | None = None
-    label: str
 
 
 class HistogramBar(BaseModel):
@@ -39,6 +69,19 @@ class HistogramBar(BaseModel):
     count: int
     low: float
     high: float
+
+
+class IconCheck(BaseModel):
+    """The icon's causal check (`clipatlas icons --verify`): the feature's rank among all features
+    (0 = strongest) and activation in the template before the edit and in the re-embedded icon."""
+
+    feature: int
+    before_activation: float
+    after_activation: float
+    before_rank: int
+    after_rank: int
+    decoder: str | None
+    strength: float | None
 
 
 class FeaturePage(BaseModel):
@@ -54,8 +97,12 @@ class FeaturePage(BaseModel):
     y: float | None
     cluster: int | None
     labels: list[LabelOut]
+    coherence: list[ScoreOut]
     label: str
+    label_note: str
+    headline_id: int | None
     has_icon: bool
+    icon_check: IconCheck | None
     top_images: list[ExampleOut]
     quantile_samples: list[ExampleOut]
     coactivating: list[FeatureLink]
@@ -64,18 +111,14 @@ class FeaturePage(BaseModel):
     histogram_bars: list[HistogramBar]
 
 
-class FeatureBriefOut(BaseModel):
-    feature: int
-    label: str
+class FeatureBriefOut(Named):
     max_activation: float
 
 
-class ActiveFeature(BaseModel):
+class ActiveFeature(Named):
     """A feature active in an image; `width` is its bar's length in percent of the strongest."""
 
-    feature: int
     activation: float
-    label: str
     max_activation: float
     width: float
 
@@ -93,21 +136,36 @@ class Summary(BaseModel):
     n_alive: int
     dead_over_store: float
     n_labelled: int
+    n_scored: int
+    n_named: int
     top_k: int
     codes_per_image: int
     metrics: dict[str, Any] | None
 
 
-class SearchHit(BaseModel):
-    feature: int
-    label: str
+class ScoredHit(Named):
+    """A feature found by one of its labels (`matched`, from labeller `source`) with that label's
+    detection score from the most trusted judge that scored it (null: never scored)."""
+
+    matched: str
     source: str
+    score: float | None
+    baseline: float | None
+    beats_baseline: bool | None
+    judge: str | None
+
+
+class FeatureList(BaseModel):
+    total: int
+    sort: str
+    min_score: float | None
+    features: list[ScoredHit]
 
 
 class SearchResult(BaseModel):
     query: str
     exact_feature: int | None
-    results: list[SearchHit]
+    results: list[ScoredHit]
 
 
 class Samples(BaseModel):
@@ -168,11 +226,23 @@ class SubmittedJob(Job):
     """True when the same recipe had already finished: the result is served from the cache."""
 
 
+class ClusterName(BaseModel):
+    """A map cluster named by the words most frequent in its members' headline labels."""
+
+    cluster: int
+    name: str
+    x: float
+    y: float
+    size: int
+
+
 class MapPoints(BaseModel):
-    """The alive features' map as parallel arrays."""
+    """The alive features' map as parallel arrays (`label`: headline label or ""; `top_image`: an image id)."""
 
     feature: list[int]
     x: list[float]
     y: list[float]
     cluster: list[int]
     label: list[str]
+    top_image: list[str]
+    clusters: list[ClusterName]

@@ -14,6 +14,7 @@ import json
 import math
 import re
 import threading
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException
 
+from clipatlas._io import read_json
 from clipatlas.atlas import AtlasError
 from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
+from clipatlas.steer.icons import VERIFY_REPORT
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
@@ -51,8 +54,13 @@ def plain(obj: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureBrief:
-    label: str
+    label: str  # the headline label: "" until a scored label beat its baseline
+    label_note: str  # why there is no label ("not yet scored", ...), "" when there is one
     max_activation: float
+
+
+CLUSTER_NAME_TERMS = 2  # words naming a map cluster
+FEATURE_LIST_SORTS = ("score", "feature")
 
 
 class AtlasViews:
@@ -62,8 +70,8 @@ class AtlasViews:
         self.atlas = atlas
         self._map_lock = threading.Lock()
         self._map_json: tuple[bytes, bytes] | None = None
-        self._map_labels: dict[int, str] | None = None
         self._briefs: dict[int, FeatureBrief] = {}
+        self._icon_checks: dict[int, dict[str, Any]] | None = None
         # Every page shows these; the full summary counts rows, too slow to repeat per page.
         self._summary_brief = {"encoder": atlas.summary()["encoder"], "n_features": atlas.n_features}
         # Per instance, so the cache goes away with the app that made it.
@@ -86,7 +94,9 @@ class AtlasViews:
             ("features", f"{summary['n_features']:,}", ""),
             ("alive over the store", f"{summary['n_alive']:,}", "active on at least one stored image"),
             ("dead over the store", f"{summary['dead_over_store']:.1%}", "active on no stored image"),
-            ("labelled features", f"{summary['n_labelled']:,}", ""),
+            ("labelled features", f"{summary['n_labelled']:,}", "with a label from clipatlas label"),
+            ("scored features", f"{summary['n_scored']:,}", "with a label scored by clipatlas score"),
+            ("named features", f"{summary['n_named']:,}", "a scored label beat its shuffled baseline"),
         ]
         metrics = summary["metrics"]
         if metrics and "silent_fraction" in metrics:
@@ -108,34 +118,36 @@ class AtlasViews:
         return feature_id
 
     def brief(self, feature_id: int) -> FeatureBrief:
-        """Label and max activation of a feature, cached: neighbour lists and sliders need many."""
+        """Headline label and max activation of a feature, cached: neighbour lists and sliders need many."""
         if feature_id not in self._briefs:
             info = self.atlas.feature(feature_id)
-            label = info.labels[0].text if info.labels else ""
-            self._briefs[feature_id] = FeatureBrief(label, float(info.max_activation))
+            label, note = self.name(feature_id)
+            self._briefs[feature_id] = FeatureBrief(label, note, float(info.max_activation))
         return self._briefs[feature_id]
 
-    def label(self, feature_id: int) -> str:
-        """A feature's best label; alive features' labels come from the map, read once."""
-        if self._map_labels is None:
-            points = self.atlas.map_points()
-            self._map_labels = dict(zip(points.feature.tolist(), points.label))
-        found = self._map_labels.get(feature_id)
-        return found if found is not None else self.brief(feature_id).label
+    def name(self, feature_id: int) -> tuple[str, str]:
+        """(headline label, "") of a named feature, ("", why not) of any other: a label that was never
+        scored, or did not beat its baseline, is never shown as a feature's name."""
+        found = self.atlas.headlines().get(feature_id)
+        return (found.text, "") if found else ("", self.atlas.naming_note(feature_id))
+
+    def named(self, feature_id: int, **fields: Any) -> dict[str, Any]:
+        label, note = self.name(feature_id)
+        return {"feature": feature_id, **fields, "label": label, "label_note": note}
 
     def feature_links(self, neighbours) -> list[dict[str, Any]]:
-        return [
-            {"feature": int(n.feature), "score": float(n.score), "count": n.count, "label": self.label(int(n.feature))}
-            for n in neighbours
-        ]
+        return [self.named(int(n.feature), score=float(n.score), count=n.count) for n in neighbours]
 
     def feature_page(self, feature_id: int) -> dict[str, Any]:
         self.check_feature(feature_id)
         info = self.atlas.feature(feature_id)
         feature = plain(info)
         del feature["icon"]  # a server path: the page links /icons/{id} instead
-        feature["label"] = info.labels[0].text if info.labels else ""
+        feature["label"], feature["label_note"] = self.name(feature_id)
+        best = info.headline
+        feature["headline_id"] = best.id if best else None
         feature["has_icon"] = info.icon is not None
+        feature["icon_check"] = self.icon_check(feature_id)
         feature["top_images"] = plain(self.atlas.top_images(feature_id))
         feature["quantile_samples"] = plain(self.atlas.quantile_samples(feature_id))
         feature["coactivating"] = self.feature_links(self.atlas.coactivating(feature_id))
@@ -143,6 +155,15 @@ class AtlasViews:
         feature["similar_encoder"] = self.feature_links(self.atlas.similar(feature_id, by="encoder"))
         feature["histogram_bars"] = histogram_bars(info.hist_counts, info.hist_edges)
         return feature
+
+    def icon_check(self, feature_id: int) -> dict[str, Any] | None:
+        """Steering evidence: the causal check of the feature's icon (`clipatlas icons --verify`), if run."""
+        if self._icon_checks is None:
+            path = self.atlas.files.icons_dir / VERIFY_REPORT
+            report = read_json(path) if path.is_file() else {}
+            shared = {"decoder": report.get("decoder"), "strength": report.get("strength")}
+            self._icon_checks = {int(c["feature"]): {**c, **shared} for c in report.get("checks", [])}
+        return self._icon_checks.get(feature_id)
 
     # -- images ---------------------------------------------------------------------------------
     def image_page(self, image_id: str) -> dict[str, Any]:
@@ -163,13 +184,12 @@ class AtlasViews:
         for a in items:
             brief = self.brief(int(a.feature))
             listed.append(
-                {
-                    "feature": int(a.feature),
-                    "activation": float(a.activation),
-                    "label": self.label(int(a.feature)),
-                    "max_activation": brief.max_activation,
-                    "width": round(100.0 * a.activation / top, 1),
-                }
+                self.named(
+                    int(a.feature),
+                    activation=float(a.activation),
+                    max_activation=brief.max_activation,
+                    width=round(100.0 * a.activation / top, 1),
+                )
             )
         return listed
 
@@ -186,7 +206,9 @@ class AtlasViews:
 
     # -- search ---------------------------------------------------------------------------------
     def search(self, query: str) -> dict[str, Any]:
-        """Features whose labels contain `query`; a number (or #number) names a feature directly."""
+        """Features with a label containing `query`, best-scoring label first (see
+        Atlas.search_labels); a number (or #number) names a feature directly. Each hit shows the
+        feature's name (its headline label) and the label that matched, with its score."""
         query = query.strip()
         number = query.removeprefix("#")
         exact = int(number) if number.isdigit() and int(number) < self.atlas.n_features else None
@@ -195,8 +217,38 @@ class AtlasViews:
             if label.feature in seen:
                 continue
             seen.add(label.feature)
-            results.append({"feature": int(label.feature), "label": label.text, "source": label.source})
+            results.append(
+                self.named(int(label.feature), matched=label.text, source=label.source, **score_fields(label))
+            )
         return {"query": query, "exact_feature": exact, "results": results}
+
+    def feature_list(
+        self,
+        sort: str = "score",
+        min_score: float | None = None,
+        named_only: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Labelled features, sorted by their headline (else best-ranked) label's score or by id;
+        filtered by a minimum score and to named features."""
+        if sort not in FEATURE_LIST_SORTS:
+            raise HTTPException(400, f"sort by one of {', '.join(FEATURE_LIST_SORTS)}, not {sort!r}")
+        rows = []
+        for feature, labels in self.atlas.labels_by_feature().items():
+            best = self.atlas.headlines().get(feature) or labels[0]
+            fields = score_fields(best)
+            if named_only and feature not in self.atlas.headlines():
+                continue
+            if min_score is not None and (fields["score"] is None or fields["score"] < min_score):
+                continue
+            rows.append(self.named(feature, matched=best.text, source=best.source, **fields))
+        key = {
+            "score": lambda r: (r["score"] is None, -(r["score"] or 0.0), r["feature"]),
+            "feature": lambda r: r["feature"],
+        }[sort]
+        rows.sort(key=key)
+        return {"total": len(rows), "sort": sort, "min_score": min_score, "features": rows[offset : offset + limit]}
 
     # -- map ------------------------------------------------------------------------------------
     def map_json(self) -> tuple[bytes, bytes]:
@@ -210,6 +262,8 @@ class AtlasViews:
                     "y": np.round(points.y.astype(np.float64), 4).tolist(),
                     "cluster": points.cluster.tolist(),
                     "label": list(points.label),
+                    "top_image": list(points.top_image),
+                    "clusters": cluster_names(points),
                 }
                 raw = json.dumps(body, separators=(",", ":")).encode()
                 self._map_json = (raw, gzip.compress(raw, compresslevel=5))
@@ -233,6 +287,41 @@ class AtlasViews:
     def icon_file(self, feature_id: int) -> Path | None:
         self.check_feature(feature_id)
         return existing_file(self.atlas.icon_path(feature_id))
+
+
+def score_fields(label) -> dict[str, Any]:
+    """A label's detection score (most trusted judge) as flat fields; None where it was never scored."""
+    score = label.score()
+    return {
+        "score": None if score is None else float(score.value),
+        "baseline": None if score is None else float(score.baseline),
+        "beats_baseline": None if score is None else bool(score.beats_baseline),
+        "judge": None if score is None else score.judge,
+    }
+
+
+def cluster_names(points) -> list[dict[str, Any]]:
+    """Each map cluster's name (the words most frequent among its members' headline labels, each
+    word counted once per feature), centre and size; clusters with no named member are left out."""
+    members: dict[int, list[int]] = {}
+    for i, cluster in enumerate(points.cluster.tolist()):
+        members.setdefault(cluster, []).append(i)
+    named = []
+    for cluster, rows in sorted(members.items()):
+        words = Counter(w for i in rows for w in dict.fromkeys(t.strip() for t in points.label[i].split(",")) if w)
+        if not words:
+            continue
+        top = [w for w, _ in sorted(words.items(), key=lambda item: (-item[1], item[0]))[:CLUSTER_NAME_TERMS]]
+        named.append(
+            {
+                "cluster": cluster,
+                "name": ", ".join(top),
+                "x": round(float(np.mean(points.x[rows])), 4),
+                "y": round(float(np.mean(points.y[rows])), 4),
+                "size": len(rows),
+            }
+        )
+    return named
 
 
 def existing_file(path: Path | None) -> Path | None:

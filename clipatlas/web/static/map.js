@@ -1,6 +1,7 @@
 // The feature map: every alive feature as a dot, drawn straight into an ImageData buffer so
-// 163,840 points redraw within a frame. Pan by dragging, zoom with the wheel, hover for the
-// label, click to open the feature. Labels are shown with textContent, never as HTML.
+// 163,840 points redraw within a frame; clusters named from their members' headline labels.
+// Pan by dragging, zoom with the wheel, hover for the label and top image, click to open the
+// feature. Labels are shown with textContent, never as HTML.
 "use strict";
 (function () {
   const canvas = document.getElementById("map");
@@ -10,6 +11,7 @@
   const PALETTE = [0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22, 0x17becf,
                    0x393b79, 0x637939, 0x8c6d31, 0x843c39, 0x7b4173, 0x3182bd, 0xe6550d, 0x31a354, 0x756bb1, 0x636363];
   const GRID = 256;  // hover lookup: data space cut into GRID x GRID buckets
+  const MAX_CLUSTER_NAMES = 40;  // the largest named clusters get their name drawn
   let points = null, view = { scale: 1, dx: 0, dy: 0 }, grid = null, hovered = -1, highlight = -1;
   let width = 0, height = 0, ratio = window.devicePixelRatio || 1, pending = false, frame = null, lastDrawMs = 0;
 
@@ -34,7 +36,9 @@
     const span = Math.max(maxX - minX, maxY - minY) || 1;
     for (let i = 0; i < n; i++) { xs[i] = (data.x[i] - minX) / span; ys[i] = 1 - (data.y[i] - minY) / span; }
     const cluster = data.cluster ? Int32Array.from(data.cluster, c => (c == null ? 0 : c)) : new Int32Array(n);
-    return { n, xs, ys, cluster, feature: data.feature, label: data.label || [] };
+    const names = (data.clusters || []).slice().sort((a, b) => b.size - a.size).slice(0, MAX_CLUSTER_NAMES)
+      .map(c => ({ name: c.name, x: (c.x - minX) / span, y: 1 - (c.y - minY) / span }));
+    return { n, xs, ys, cluster, feature: data.feature, label: data.label || [], topImage: data.top_image || [], names };
   }
 
   function buildGrid(p) {
@@ -69,6 +73,12 @@
       for (let a = 0; a < dot; a++) { const row = (py + a) * w + px; for (let b = 0; b < dot; b++) pixels[row + b] = color; }
     }
     ctx.putImageData(image, 0, 0);
+    ctx.font = (12 * ratio) + "px sans-serif"; ctx.textAlign = "center"; ctx.lineWidth = 3 * ratio;
+    ctx.strokeStyle = "rgba(255,255,255,0.85)"; ctx.fillStyle = "#222";
+    for (const c of points.names) {  // fillText draws text, never markup
+      const cx = toScreenX(c.x) * ratio, cy = toScreenY(c.y) * ratio;
+      ctx.strokeText(c.name, cx, cy); ctx.fillText(c.name, cx, cy);
+    }
     for (const [i, colour] of [[highlight, "#000"], [hovered, "#d00"]]) {
       if (i < 0) continue;
       ctx.beginPath(); ctx.strokeStyle = colour; ctx.lineWidth = 2 * ratio;
@@ -107,11 +117,24 @@
     if (i !== hovered) { hovered = i; schedule(); }
     if (i >= 0) {
       tip.hidden = false; tip.style.left = (sx + 14) + "px"; tip.style.top = (sy + 14) + "px";
-      tip.textContent = "#" + points.feature[i] + " " + (points.label[i] || "(unlabelled)");
+      if (tip.dataset.index !== String(i)) showTip(i);
       canvas.style.cursor = "pointer";
     } else { tip.hidden = true; canvas.style.cursor = "grab"; }
   });
   canvas.addEventListener("mouseleave", () => { tip.hidden = true; hovered = -1; schedule(); });
+
+  function showTip(i) {  // the label as text, the top image as an <img> made here: nothing from the data is parsed as HTML
+    tip.dataset.index = String(i);
+    const text = document.createElement("div");
+    text.className = "tip-label";
+    text.textContent = "#" + points.feature[i] + " " + (points.label[i] || "(no scored label)");
+    tip.replaceChildren(text);
+    if (points.topImage[i]) {
+      const img = document.createElement("img");
+      img.src = "/thumbs/" + encodeURIComponent(points.topImage[i]); img.alt = "top image of feature " + points.feature[i];
+      tip.append(img);
+    }
+  }
   canvas.addEventListener("wheel", e => {
     e.preventDefault();
     const rect = canvas.getBoundingClientRect(), sx = e.clientX - rect.left, sy = e.clientY - rect.top;
@@ -130,7 +153,7 @@
     }
     draw();
     const ms = Math.round(performance.now() - started);
-    window.clipatlasMap = { loadedMs: ms, count: points.n, drawMs: () => lastDrawMs,
+    window.clipatlasMap = { loadedMs: ms, count: points.n, drawMs: () => lastDrawMs, clusterNames: points.names.map(c => c.name),
                             screenOf: i => [toScreenX(points.xs[i]), toScreenY(points.ys[i])] };
     status.textContent = points.n.toLocaleString() + " features · loaded and drawn in " + ms + " ms";
     document.body.dataset.mapReady = "1";
