@@ -112,7 +112,7 @@ def build_index(store, config: IndexConfig = DEFAULT_INDEX, progress: bool = Tru
     """Train and fill a FAISS IVF index with 8-bit scalar quantisation over the store's unit rows."""
     faiss = _faiss()
     n = len(store)
-    nlist = config.nlist or max(16, int(2 * math.sqrt(n)))
+    nlist = config.nlist or max(16, round(math.sqrt(n)))
     nlist = min(nlist, n)
     sample = np.sort(np.random.default_rng(0).choice(n, min(n, max(config.train_rows, 39 * nlist)), replace=False))
     index = faiss.IndexIVFScalarQuantizer(

@@ -23,7 +23,7 @@ class IndexConfig:
     min_rows: int = 200_000
     """With kind auto: stores with fewer rows use the exact search."""
     nlist: int | None = None
-    """Cells of the inverted file (default: 2 x sqrt(rows), at least 16)."""
+    """Cells of the inverted file (default: sqrt(rows), at least 16)."""
     nprobe: int = 24
     """Cells scanned per query: more is slower and finds more of the exact neighbours."""
     shortlist: int = 256
