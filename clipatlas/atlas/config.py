@@ -36,9 +36,10 @@ class AtlasConfig:
     are merged (pip install 'clipatlas[ray]'; every node must read the workspace); the atlas is the same."""
     address: str | None = None
     """With --engine ray: the cluster to join (auto, or ray://HOST:PORT); default: start a local Ray."""
-    chunks_per_task: int = 16
-    """With --engine ray: chunks (of chunk_size rows) each Ray task folds; a killed build redoes only
-    the unfinished tasks."""
+    chunks_per_task: int | None = None
+    """With --engine ray: chunks (of chunk_size rows) each Ray task folds (default: 4 tasks per GPU of the
+    cluster, per CPU without GPUs; each task's partial result is merged by this process); a killed build
+    redoes only the unfinished tasks."""
 
     def __post_init__(self):
         for name in (
@@ -50,7 +51,7 @@ class AtlasConfig:
             "chunk_size",
             "chunks_per_task",
         ):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.map_method not in ("umap", "pca"):
             raise UserError(f"map method must be 'umap' or 'pca', not {self.map_method!r}")
