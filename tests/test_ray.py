@@ -115,3 +115,19 @@ def test_ray_atlas_pass_equals_the_local_build_and_resumes(tmp_path, ray_cluster
         for name in ("count", "hist", "top_rows", "top_values", "max"):
             assert torch.equal(getattr(first, name), getattr(state, name)), name
         torch.testing.assert_close(state.total, first.total, rtol=1e-12, atol=0)
+
+
+def test_preprocessor_ships_without_the_weights(tiny_clip):  # noqa: F811
+    """What Ray sends to decode tasks: the encoder's preprocessing, small and equal to `preprocess`."""
+    import pickle
+
+    from PIL import Image
+
+    from clipatlas.encoders import load_encoder
+
+    encoder = load_encoder(f"hf:{tiny_clip}", device="cpu")
+    image = Image.new("RGB", (50, 40), (10, 200, 30))
+    shipped = pickle.loads(pickle.dumps(encoder.preprocessor()))
+    assert torch.equal(shipped(image), encoder.preprocess(image))
+    weights = sum(p.numel() * p.element_size() for p in encoder.model.parameters())
+    assert len(pickle.dumps(encoder.preprocessor())) < weights / 4 < len(pickle.dumps(encoder))
