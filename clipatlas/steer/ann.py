@@ -34,6 +34,7 @@ from clipatlas.workspace import Workspace
 log = logging.getLogger(__name__)
 _ADD_BATCH_ROWS = 65_536
 DEFAULT_INDEX = IndexConfig()
+GATHER_SHORTLISTS = 16  # ~4,000 store rows: a few ms to gather from the page cache
 
 
 def _faiss():
@@ -59,6 +60,7 @@ class ApproximateIndex:
         self.store, self.faiss_index = store, faiss_index
         self.d = store.d
         self.shortlist = config.shortlist
+        self.gather_limit = GATHER_SHORTLISTS * config.shortlist  # posted rows an edit-aware query scores exactly
         self.faiss_index.nprobe = config.nprobe
 
     def __len__(self) -> int:
@@ -147,6 +149,11 @@ def ensure_index(workspace, store, config: IndexConfig = DEFAULT_INDEX, *, progr
             return IndexBuild(
                 ws.retrieval_index, len(store), meta["nlist"], ws.retrieval_index.stat().st_size, 0, False
             )
+    log.warning(
+        "building the retrieval index over %d store rows (once per store; `clipatlas index -w %s` builds it ahead)",
+        len(store),
+        ws.root,
+    )
     started = time.perf_counter()
     index = build_index(store, config, progress)
     ws.retrieval_index.parent.mkdir(parents=True, exist_ok=True)

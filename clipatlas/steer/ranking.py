@@ -232,7 +232,9 @@ class EditRanker:
     def _rank_posted(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
         """The exact top k from the posted rows alone, or None when rows outside them could still win."""
         postings = self.postings(cfg.top_latents)
-        if sum(postings.size(f) for f in guide.raised) > len(self.index) * GATHER_FRACTION:
+        # The approximate index reads gathered rows from the store: past its gather_limit, its shortlist is faster.
+        limit = len(self.index) * GATHER_FRACTION if self.index.exact else self.index.gather_limit
+        if sum(postings.size(f) for f in guide.raised) > limit:
             return None
         rows, scores, cosines, _ = self._score_posted(units, guide, cfg)
         # An unposted row has no raised feature among its top latents: it scores at most 1 + activation_weight.
@@ -258,14 +260,14 @@ class EditRanker:
 
     def _rank_shortlist(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
         """With an approximate index: the mix, computed exactly, over the index's candidates nearest y and
-        the `shortlist` strongest posted rows of each raised feature (recall measured in bench/scale.py)."""
+        the rows where each target fires, strongest first, `gather_limit` rows in all (recall: bench/scale.py)."""
         near = self.index.candidates(units[:1])[0]
-        postings = self.postings(cfg.top_latents)
-        posted = []
-        for f in guide.raised:
-            rows, values, _ = postings.of(f)
-            posted.append(rows[np.argsort(-values, kind="stable")[: self.index.shortlist]])
-        rows = np.unique(np.concatenate([near[near >= 0], *posted]))
+        per_target = self.index.gather_limit // max(len(guide.targets), 1)
+        firing = []
+        for f in guide.targets:
+            rows, acts, _ = self.codes.rows_of(f)
+            firing.append(rows[np.argsort(-acts, kind="stable")[:per_target]])
+        rows = np.unique(np.concatenate([near[near >= 0], *firing]))
         rows, scores, cosines, _ = self._score_rows(units, rows, guide, cfg)
         return _best(rows, scores, cosines, k)
 
