@@ -60,7 +60,7 @@ $(PEERS_VENV)/bin/python:
 	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
 
 bench: install bench-data $(PEERS_VENV)/bin/python
-	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py
+	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py && $(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) test-artifacts .pytest_cache

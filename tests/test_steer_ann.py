@@ -73,6 +73,9 @@ def test_the_index_is_saved_once_and_rebuilt_when_the_store_changes(tmp_path, ca
     out = capsys.readouterr().out
     assert "800 rows, 8 cells" in out and "up to date" in out and "recall@16 against exact search on 50" in out
     assert ensure_index(tmp_path, store, IndexConfig(kind="ivf", nlist=16, train_rows=400), progress=False).built
+    default_cells = IndexConfig(kind="ivf", train_rows=400)  # sqrt(800) cells, worked out at build time
+    assert ensure_index(tmp_path, store, default_cells, progress=False).nlist == 28
+    assert not ensure_index(tmp_path, store, default_cells, progress=False).built
 
     changed = tmp_path / "changed"
     write_store(changed, clustered(800, 3))

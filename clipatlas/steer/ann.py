@@ -147,7 +147,7 @@ def ensure_index(workspace, store, config: IndexConfig = DEFAULT_INDEX, *, progr
         meta = read_json(ws.retrieval_index_meta)
         if {key: meta.get(key) for key in wanted} == wanted:
             return IndexBuild(
-                ws.retrieval_index, len(store), meta["nlist"], ws.retrieval_index.stat().st_size, 0, False
+                ws.retrieval_index, len(store), meta["cells"], ws.retrieval_index.stat().st_size, 0, False
             )
     log.warning(
         "building the retrieval index over %d store rows (once per store; `clipatlas index -w %s` builds it ahead)",
@@ -159,7 +159,7 @@ def ensure_index(workspace, store, config: IndexConfig = DEFAULT_INDEX, *, progr
     ws.retrieval_index.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(ws.retrieval_index) as tmp:
         faiss.write_index(index, str(tmp))
-    atomic_write_json(ws.retrieval_index_meta, {**wanted, "nlist": int(index.nlist), "d": store.d})
+    atomic_write_json(ws.retrieval_index_meta, {**wanted, "cells": int(index.nlist), "d": store.d})
     seconds = time.perf_counter() - started
     return IndexBuild(
         ws.retrieval_index, len(store), int(index.nlist), ws.retrieval_index.stat().st_size, seconds, True
