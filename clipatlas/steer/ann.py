@@ -34,7 +34,7 @@ from clipatlas.workspace import Workspace
 log = logging.getLogger(__name__)
 _ADD_BATCH_ROWS = 65_536
 DEFAULT_INDEX = IndexConfig()
-GATHER_SHORTLISTS = 16  # ~4,000 store rows: a few ms to gather from the page cache
+AMONG_PROBES = 4  # a restricted search (the rows an edit favours) probes this many times more cells
 
 
 def _faiss():
@@ -60,7 +60,6 @@ class ApproximateIndex:
         self.store, self.faiss_index = store, faiss_index
         self.d = store.d
         self.shortlist = config.shortlist
-        self.gather_limit = GATHER_SHORTLISTS * config.shortlist  # posted rows an edit-aware query scores exactly
         self.faiss_index.nprobe = config.nprobe
 
     def __len__(self) -> int:
@@ -69,10 +68,18 @@ class ApproximateIndex:
     def units(self, queries: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(unit_queries(queries, self.d))
 
-    def candidates(self, units: torch.Tensor) -> np.ndarray:
-        """(m, shortlist) rows the index finds nearest each unit query, -1 where it found fewer."""
-        _, rows = self.faiss_index.search(np.ascontiguousarray(units.numpy(), dtype=np.float32), self.shortlist)
-        return rows
+    def candidates(self, units: torch.Tensor, among: np.ndarray | None = None) -> np.ndarray:
+        """(m, shortlist) rows the index finds nearest each unit query, -1 where it found fewer; with `among`,
+        only those rows, in AMONG_PROBES x nprobe cells (few of them lie in the query's nearest cells)."""
+        queries = np.ascontiguousarray(units.numpy(), dtype=np.float32)
+        if among is None:
+            return self.faiss_index.search(queries, self.shortlist)[1]
+        faiss = _faiss()
+        params = faiss.SearchParametersIVF(
+            sel=faiss.IDSelectorBatch(np.asarray(among, dtype=np.int64)),
+            nprobe=min(AMONG_PROBES * self.faiss_index.nprobe, self.faiss_index.nlist),
+        )
+        return self.faiss_index.search(queries, self.shortlist, params=params)[1]
 
     def cosines(self, units: torch.Tensor, rows: np.ndarray | None = None) -> np.ndarray:
         """(len(rows), m) exact cosines of store rows (read from the store) with unit queries."""

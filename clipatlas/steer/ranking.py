@@ -199,7 +199,8 @@ class EditRanker:
     def rank(self, y: np.ndarray, guide: Guide, cfg: RetrievalConfig, k: int) -> Ranked:
         """The best `k` store rows for steered embedding `y` (fewer when too few differ from the source)."""
         units = self.index.units(np.stack([y] if guide.source is None else [y, guide.source]))
-        found = self._rank_posted(units, guide, cfg, k) if guide.raised else None
+        # The approximate index holds no full rows to gather: it always ranks its shortlist.
+        found = self._rank_posted(units, guide, cfg, k) if guide.raised and self.index.exact else None
         rows, scores, cosines = found if found is not None else self._rank_all(units, guide, cfg, k)
         if not len(rows):
             raise UserError(
@@ -232,9 +233,7 @@ class EditRanker:
     def _rank_posted(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
         """The exact top k from the posted rows alone, or None when rows outside them could still win."""
         postings = self.postings(cfg.top_latents)
-        # The approximate index reads gathered rows from the store: past its gather_limit, its shortlist is faster.
-        limit = len(self.index) * GATHER_FRACTION if self.index.exact else self.index.gather_limit
-        if sum(postings.size(f) for f in guide.raised) > limit:
+        if sum(postings.size(f) for f in guide.raised) > len(self.index) * GATHER_FRACTION:
             return None
         rows, scores, cosines, _ = self._score_posted(units, guide, cfg)
         # An unposted row has no raised feature among its top latents: it scores at most 1 + activation_weight.
@@ -259,16 +258,17 @@ class EditRanker:
         return _best(rows, scores[rows], cos[rows, 0], k)
 
     def _rank_shortlist(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
-        """With an approximate index: the mix, computed exactly, over the index's candidates nearest y and
-        the rows where each target fires, strongest first, `gather_limit` rows in all (recall: bench/scale.py)."""
-        near = self.index.candidates(units[:1])[0]
-        per_target = self.index.gather_limit // max(len(guide.targets), 1)
-        firing = []
-        for f in guide.targets:
-            rows, acts, _ = self.codes.rows_of(f)
-            firing.append(rows[np.argsort(-acts, kind="stable")[:per_target]])
-        rows = np.unique(np.concatenate([near[near >= 0], *firing]))
-        rows, scores, cosines, _ = self._score_rows(units, rows, guide, cfg)
+        """With an approximate index: the mix, computed exactly, over the index's candidates nearest y, among
+        all rows and among the raised features' posted rows (those earn rank_weight). Rows outside both lists
+        are missed; recall against the exact ranking is measured in bench/scale.py."""
+        near = [self.index.candidates(units[:1])[0]]
+        if guide.raised:
+            postings = self.postings(cfg.top_latents)
+            posted = np.concatenate([postings.of(f)[0] for f in guide.raised])
+            if len(posted):
+                near.append(self.index.candidates(units[:1], among=posted)[0])
+        rows = np.unique(np.concatenate(near))
+        rows, scores, cosines, _ = self._score_rows(units, rows[rows >= 0], guide, cfg)
         return _best(rows, scores, cosines, k)
 
 
