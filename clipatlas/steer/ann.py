@@ -34,7 +34,6 @@ from clipatlas.workspace import Workspace
 log = logging.getLogger(__name__)
 _ADD_BATCH_ROWS = 65_536
 DEFAULT_INDEX = IndexConfig()
-AMONG_PROBES = 4  # a restricted search (the rows an edit favours) probes this many times more cells
 
 
 def _faiss():
@@ -70,14 +69,15 @@ class ApproximateIndex:
 
     def candidates(self, units: torch.Tensor, among: np.ndarray | None = None) -> np.ndarray:
         """(m, shortlist) rows the index finds nearest each unit query, -1 where it found fewer; with `among`,
-        only those rows, in AMONG_PROBES x nprobe cells (few of them lie in the query's nearest cells)."""
+        only those rows, from every cell: the rows an edit favours (a feature's images) mostly lie in cells
+        far from the query, and scanning every cell checks an id per row but scores only `among`."""
         queries = np.ascontiguousarray(units.numpy(), dtype=np.float32)
         if among is None:
             return self.faiss_index.search(queries, self.shortlist)[1]
         faiss = _faiss()
         params = faiss.SearchParametersIVF(
             sel=faiss.IDSelectorBatch(np.asarray(among, dtype=np.int64)),
-            nprobe=min(AMONG_PROBES * self.faiss_index.nprobe, self.faiss_index.nlist),
+            nprobe=self.faiss_index.nlist,
         )
         return self.faiss_index.search(queries, self.shortlist, params=params)[1]
 

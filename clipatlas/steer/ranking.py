@@ -12,6 +12,8 @@ strongest latents, built once from the codes) holds every image that can earn `r
 other image scores at most 1 + activation_weight, so when enough posted images score above that
 the answer is exact without scanning the store; otherwise (a soft rank_weight, features with huge
 posting lists, removal-only edits) the whole store is scanned, as plain cosine retrieval does.
+With an approximate index (`steer.ann`, large stores) nothing is scanned: the mix is computed exactly
+over the index's candidates nearest y and its candidates among the raised features' posted rows.
 """
 
 from __future__ import annotations
