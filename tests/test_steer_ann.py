@@ -121,3 +121,18 @@ def test_edit_aware_ranking_on_the_approximate_index_matches_the_exact_one(works
         common = sorted(set(got_scores) & set(want_scores))  # the rows both return score the same
         np.testing.assert_allclose([got_scores[r] for r in common], [want_scores[r] for r in common], rtol=1e-3)
     assert np.mean(overlaps) >= 0.95
+
+
+def test_a_search_among_given_rows_returns_only_those_and_finds_their_nearest(workspace):
+    """The edit-aware ranking's search among a long posting list: every cell, those rows only."""
+    store = Store.open(workspace)
+    build = ensure_index(workspace, store, IVF, progress=False)
+    index = ApproximateIndex(store, faiss.read_index(str(build.path)), IndexConfig(shortlist=16))
+    rng = np.random.default_rng(7)
+    among = np.sort(rng.choice(N, 300, replace=False))
+    queries = rng.normal(size=(20, D)).astype(np.float32) * 3
+    found = index.candidates(index.units(queries), among=among)
+    assert found.shape == (20, 16) and np.isin(found, among).all()
+    cosines = brute_cosines(store, queries)[:, among]
+    exact = among[np.argsort(-cosines, axis=1)[:, :16]]
+    assert np.mean([len(set(f) & set(e)) / 16 for f, e in zip(found, exact)]) >= 0.9
