@@ -123,8 +123,13 @@ def test_edit_aware_ranking_on_the_approximate_index_matches_the_exact_one(works
     assert np.mean(overlaps) >= 0.95
 
 
-def test_a_search_among_given_rows_returns_only_those_and_finds_their_nearest(workspace):
-    """The edit-aware ranking's search among a long posting list: every cell, those rows only."""
+@pytest.mark.parametrize("decode_limit", [10_000, 100])
+def test_a_search_among_given_rows_returns_only_those_and_finds_their_nearest(workspace, monkeypatch, decode_limit):
+    """The edit-aware ranking's search among a posting list: its codes decoded by id, or (a long list)
+    a scan of every cell that scores those rows only."""
+    from clipatlas.steer import ann
+
+    monkeypatch.setattr(ann, "DECODE_LIMIT", decode_limit)
     store = Store.open(workspace)
     build = ensure_index(workspace, store, IVF, progress=False)
     index = ApproximateIndex(store, faiss.read_index(str(build.path)), IndexConfig(shortlist=16))

@@ -30,7 +30,6 @@ from clipatlas.errors import UserError
 from clipatlas.steer.config import RetrievalConfig
 
 MAX_TARGETS = 8  # features an edit raised (or removed) that the ranking looks at, largest changes first
-POSTED_SHORTLISTS = 8  # approximate index: posting lists up to 8 shortlists long are scored whole
 GATHER_FRACTION = 1 / 40  # gathering a row costs ~20x streaming it: past this share of rows, scan them all
 _SEARCH_BATCH_ROWS = 65536  # store rows per float32 batch while building the index
 
@@ -268,9 +267,7 @@ class EditRanker:
         if guide.raised:
             postings = self.postings(cfg.top_latents)
             posted = np.concatenate([postings.of(f)[0] for f in guide.raised])
-            # A short posting list is scored whole (a small gather); a long one through the index.
-            small = len(posted) <= POSTED_SHORTLISTS * self.index.shortlist
-            near.append(posted if small else self.index.candidates(units[:1], among=posted)[0])
+            near.append(self.index.candidates(units[:1], among=posted)[0])
         rows = np.unique(np.concatenate(near))
         rows, scores, cosines, _ = self._score_rows(units, rows[rows >= 0], guide, cfg)
         return _best(rows, scores, cosines, k)
