@@ -524,3 +524,19 @@ def test_cli_settings_parse_numbers_and_refuse_the_rest():
     for bad in (["steps"], ["steps=many"], ["=3x"]):
         with pytest.raises(UserError, match="KEY=NUMBER"):
             parse_settings(bad)
+
+
+def test_retrieval_tiles_enlarge_small_images_instead_of_showing_a_speck():
+    from PIL import Image
+
+    from clipatlas.steer.decoders import contact_sheet
+
+    class TinyImageStore:
+        def open_image(self, row):
+            return Image.new("RGB", (28, 28), (0, 0, 0))
+
+    sheet = np.asarray(contact_sheet(TinyImageStore(), [0], 128))
+    dark = np.argwhere(sheet.sum(axis=2) == 0)
+    assert sheet.shape == (128, 128, 3)
+    assert (dark.max(axis=0) - dark.min(axis=0) + 1).tolist() == [112, 112]  # 28 px x 4, centred
+    assert dark.min(axis=0).tolist() == [8, 8]

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from clipatlas._io import read_json
+from clipatlas.interp.config import ScoreConfig
 from clipatlas.workspace import SAEFiles, Workspace
+
+HEADLINE_MIN_ACTIVATING = ScoreConfig.report_min_activating
 
 VERIFY_KEYS = (
     "decoder",
@@ -58,18 +61,34 @@ def interpretability(ws: Workspace, files: SAEFiles) -> dict[str, Any]:
             "features_labelled": len(atlas.labels_by_feature()),
             "skipped": f"no label is scored yet; label and score them: clipatlas label -w {ws.root}, clipatlas score",
         }
-    headline: dict[str, list] = defaultdict(list)
-    for label in atlas.headlines().values():
-        for score in label.scores:
-            headline[f"{score.scorer}/{score.judge}"].append(score)
     return {
         "features_labelled": len(atlas.labels_by_feature()),
         "features_named": len(atlas.headlines()),
         "by_source": {
             src: {key: _summary(v) for key, v in sorted(keys.items())} for src, keys in sorted(by_source.items())
         },
-        "headline": {key: _summary(scores) for key, scores in sorted(headline.items())},
+        "headline_min_activating": HEADLINE_MIN_ACTIVATING,
+        "headline": {key: _summary(scores) for key, scores in sorted(_headline_scores(atlas).items())},
     }
+
+
+def _headline_scores(atlas) -> dict[str, list]:
+    """Per judge, the detection score of each feature's preferred label (`types.preferred`: ranked on
+    the labelling half), over features active on at least HEADLINE_MIN_ACTIVATING images: the interp
+    report's headline row. Not the displayed names (`Atlas.headlines`): those are only labels that beat
+    their baseline, so summarising them would report 100% beating by construction."""
+    from clipatlas.atlas.types import preferred
+
+    counts = atlas.feature_table().count
+    headline: dict[str, list] = defaultdict(list)
+    for feature, labels in atlas.labels_by_feature().items():
+        if counts[feature] < HEADLINE_MIN_ACTIVATING:
+            continue
+        for judge in sorted({s.judge for label in labels for s in label.scores if s.scorer == "detection"}):
+            best = preferred(labels, judge)
+            if best is not None:
+                headline[f"detection/{judge}"].append(best[1])
+    return headline
 
 
 def steering(ws: Workspace, files: SAEFiles, measure: bool = True) -> dict[str, Any]:

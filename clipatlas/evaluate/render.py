@@ -88,9 +88,10 @@ def sae_lines(report: dict[str, Any]) -> list[str]:
     interp = sections.get("interpretability", {})
     for key, summary in interp.get("headline", {}).items():
         lines.append(
-            f"interpretability: headline labels' {key}: median {summary['median']:.3f} (shuffled baseline "
-            f"{summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own), "
-            f"{summary['labels']} labels"
+            f"interpretability: headline labels of the {summary['labels']} labelled features active on at least "
+            f"{interp.get('headline_min_activating')} images, {key}: median {summary['median']:.3f} (shuffled "
+            f"baseline {summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own); "
+            f"{interp.get('features_named')} features named"
         )
     steer = sections.get("steering", {})
     if "icons" in steer:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.atlas.types import ImageCodes
 from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
@@ -75,7 +76,7 @@ def _tile(store, row: int, size: int) -> Image.Image:
     except Exception:  # synthetic stores and moved files have no pixels; show the id instead
         image = Image.new("RGB", (size, size), (200, 200, 200))
         ImageDraw.Draw(image).text((4, size // 2 - 6), str(store.meta(row)["image_id"])[:18], fill=(40, 40, 40))
-    image.thumbnail((size, size))
+    image = thumbnail_image(image, size)
     tile = Image.new("RGB", (size, size), (255, 255, 255))
     tile.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
     return tile
