@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.clipatlas-installed
-EXTRAS := demo,clip,diffusion,atlas,interp,evaluate,web,dev
+EXTRAS := demo,clip,diffusion,atlas,interp,evaluate,web,ray,ann,dev
 WORKSPACE ?= demo-atlas
 PORT ?= 8000
 # The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
@@ -60,7 +60,7 @@ $(PEERS_VENV)/bin/python:
 	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
 
 bench: install bench-data $(PEERS_VENV)/bin/python
-	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py
+	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py && $(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE) test-artifacts .pytest_cache

@@ -279,8 +279,23 @@ def bench_queries(args) -> None:
     report_times(f"demo ({len(x):,} rows)", times)
 
 
-def bench_scale(args) -> None:
+def tiled_codes(codes, source: np.ndarray):
+    """The atlas codes of a store whose row i is a copy of demo row source[i]."""
     from clipatlas.atlas.types import ImageCodes
+
+    lengths = np.diff(codes.indptr)
+    tiled_lengths = lengths[source]
+    starts = codes.indptr[:-1][source]
+    within = np.arange(tiled_lengths.sum()) - np.repeat(np.cumsum(tiled_lengths) - tiled_lengths, tiled_lengths)
+    entry = np.repeat(starts, tiled_lengths) + within
+    return ImageCodes(
+        np.concatenate([[0], np.cumsum(tiled_lengths)]).astype(np.int64),
+        np.asarray(codes.features)[entry],
+        np.asarray(codes.values)[entry],
+    )
+
+
+def bench_scale(args) -> None:
     from clipatlas.steer.ranking import EditRanker
 
     steerer, table, decoder_rows, eligible = demo_parts(args)
@@ -297,18 +312,7 @@ def bench_scale(args) -> None:
             + rng.standard_normal((end - begin, demo.shape[1]), dtype=np.float32) * 0.05
         ),
     )
-    codes = atlas.image_codes()
-    lengths = np.diff(codes.indptr)
-    source = np.arange(args.rows) % n0
-    tiled_lengths = lengths[source]
-    starts = codes.indptr[:-1][source]
-    within = np.arange(tiled_lengths.sum()) - np.repeat(np.cumsum(tiled_lengths) - tiled_lengths, tiled_lengths)
-    entry = np.repeat(starts, tiled_lengths) + within
-    tiled = ImageCodes(
-        np.concatenate([[0], np.cumsum(tiled_lengths)]).astype(np.int64),
-        np.asarray(codes.features)[entry],
-        np.asarray(codes.values)[entry],
-    )
+    tiled = tiled_codes(atlas.image_codes(), np.arange(args.rows) % n0)
     start = time.perf_counter()
     index = CosineIndex(store)
     print(f"{args.rows:,}-row index built in {time.perf_counter() - start:.0f} s")

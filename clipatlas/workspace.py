@@ -9,6 +9,8 @@ W/
   eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
+  index/retrieval.faiss          the approximate retrieval index over the store (`clipatlas index`),
+  index/retrieval.json           and what it was built from (the store's shards, its settings)
 ```
 
 Every stage asks `Workspace` (or `SAEFiles`, for an SAE folder anywhere, such as a release)
@@ -26,6 +28,9 @@ STORE_DIR = "store"
 SAES_DIR = "saes"
 RECIPES_DIR = "recipes"
 UPLOADS_DIR = "web/uploads"
+INDEX_DIR = "index"
+RETRIEVAL_INDEX = "retrieval.faiss"
+RETRIEVAL_INDEX_META = "retrieval.json"
 
 SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae.safetensors"
@@ -182,6 +187,14 @@ class Workspace:
     @property
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
+
+    @property
+    def retrieval_index(self) -> Path:
+        return self.root / INDEX_DIR / RETRIEVAL_INDEX
+
+    @property
+    def retrieval_index_meta(self) -> Path:
+        return self.root / INDEX_DIR / RETRIEVAL_INDEX_META
 
     @property
     def eval_dir(self) -> Path:

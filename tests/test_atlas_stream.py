@@ -211,3 +211,37 @@ def test_ties_keep_the_earlier_row(tmp_path):
     expected_rows, expected_values = brute_top(np.maximum(x, 0), TOP_K)
     np.testing.assert_array_equal(state.top_rows.numpy()[:12], expected_rows)
     np.testing.assert_array_equal(state.top_values.numpy()[:12], expected_values)
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+def test_partial_passes_merge_in_any_grouping_to_the_single_pass(activations, tmp_path, quantised):
+    """Ranges folded apart (as Ray tasks fold them) and merged in any grouping or order give the one
+    pass's state; quantised activations tie everywhere, so the top-k order is tested too."""
+    store, _ = activations
+    if quantised:
+        x = np.random.default_rng(4).integers(-3, 4, size=(N, F)).astype(np.float32)
+        store = write_store(tmp_path / "quantised", x)
+    whole = run(store, tmp_path / "whole")
+
+    def fold(start: int, stop: int) -> stream.StreamState:
+        state = stream.StreamState.empty(F, TOP_K, torch.device("cpu"))
+        for first in range(start, stop, CHUNK):
+            stream.fold_chunk(store, relu_sparse, state, first, min(first + CHUNK, stop), CAP)
+        return state
+
+    bounds = [0, 3 * CHUNK, 4 * CHUNK, 9 * CHUNK, N]
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 0, 3, 1]):
+        merged = stream.StreamState.empty(F, TOP_K, torch.device("cpu"))
+        for i in order:
+            merged.merge(fold(bounds[i], bounds[i + 1]))
+        for name in ("count", "max", "hist", "top_values", "top_rows"):
+            np.testing.assert_array_equal(getattr(merged, name).numpy(), getattr(whole, name).numpy(), err_msg=name)
+        np.testing.assert_allclose(merged.total.numpy(), whole.total.numpy(), rtol=1e-12)
+        assert merged.next_row == N
+    # A grouping of groupings: (A + B) + (C + D) equals A + B + C + D.
+    left, right = fold(bounds[0], bounds[1]), fold(bounds[2], bounds[3])
+    left.merge(fold(bounds[1], bounds[2]))
+    right.merge(fold(bounds[3], bounds[4]))
+    left.merge(right)
+    np.testing.assert_array_equal(left.top_rows.numpy(), whole.top_rows.numpy())
+    np.testing.assert_array_equal(left.hist.numpy(), whole.hist.numpy())

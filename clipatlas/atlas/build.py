@@ -50,17 +50,23 @@ def build_atlas(workspace: str | Path | Workspace, name: str | None = None, conf
     work_dir.mkdir(parents=True, exist_ok=True)
 
     n_features = int(sae.cfg.d_sae)
-    state = stream.run_stream(
-        store,
-        sae.encode_sparse,
-        n_features,
-        work_dir=work_dir,
-        top_k=config.top_k,
-        codes_per_image=config.codes_per_image,
-        chunk_size=config.chunk_size,
-        device=device,
-        checkpoint_seconds=config.checkpoint_seconds,
-    )
+    if config.engine == "ray":
+        from clipatlas.atlas.ray_pass import run_stream_on_ray
+
+        state = run_stream_on_ray(store, sae, work_dir=work_dir, config=config, device=device)
+        sae = sae.to(device)
+    else:
+        state = stream.run_stream(
+            store,
+            sae.encode_sparse,
+            n_features,
+            work_dir=work_dir,
+            top_k=config.top_k,
+            codes_per_image=config.codes_per_image,
+            chunk_size=config.chunk_size,
+            device=device,
+            checkpoint_seconds=config.checkpoint_seconds,
+        )
     arrays_dir = atlas_dir / f"{db.ARRAYS_PREFIX}{build_id}"
     codes = stream.load_codes(work_dir, len(store), config.chunk_size)
     db.save_arrays(arrays_dir, {**dict(zip(db.CODE_ARRAYS, codes)), db.HIST_ARRAY: state.hist.cpu().numpy()})

@@ -31,17 +31,36 @@ class AtlasConfig:
     """Make webp thumbnails of the example images."""
     checkpoint_seconds: float = 30.0
     """Save the pass's progress at most this often."""
+    engine: Literal["local", "ray"] = "local"
+    """local: one pass in this process; ray: Ray tasks fold ranges of the store into partial results that
+    are merged (pip install 'clipatlas[ray]'; every node must read the workspace); the atlas is the same."""
+    address: str | None = None
+    """With --engine ray: the cluster to join (auto, or ray://HOST:PORT); default: start a local Ray."""
+    chunks_per_task: int | None = None
+    """With --engine ray: chunks (of chunk_size rows) each Ray task folds (default: 4 tasks per GPU of the
+    cluster, per CPU without GPUs; each task's partial result is merged by this process); a killed build
+    redoes only the unfinished tasks."""
 
     def __post_init__(self):
-        for name in ("top_k", "per_decile", "n_coactivating", "n_similar", "codes_per_image", "chunk_size"):
-            if getattr(self, name) < 1:
+        for name in (
+            "top_k",
+            "per_decile",
+            "n_coactivating",
+            "n_similar",
+            "codes_per_image",
+            "chunk_size",
+            "chunks_per_task",
+        ):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.map_method not in ("umap", "pca"):
             raise UserError(f"map method must be 'umap' or 'pca', not {self.map_method!r}")
+        if self.engine not in ("local", "ray"):
+            raise UserError(f"--engine must be local or ray, not {self.engine!r}")
 
     def build_params(self) -> dict[str, Any]:
-        """The options that change the result (not how often it checkpoints, nor thumbnails)."""
+        """The options that change the result (not how often it checkpoints, thumbnails, nor where it runs)."""
         params = dataclasses.asdict(self)
-        for volatile in ("checkpoint_seconds", "thumbnails"):
+        for volatile in ("checkpoint_seconds", "thumbnails", "engine", "address", "chunks_per_task"):
             params.pop(volatile)
         return params

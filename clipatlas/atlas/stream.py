@@ -31,6 +31,7 @@ LOG10_LOW, LOG10_HIGH, BINS_PER_DECADE = -5, 5, 10
 N_BINS = (LOG10_HIGH - LOG10_LOW) * BINS_PER_DECADE
 HIST_EDGES = 10.0 ** (LOG10_LOW + np.arange(N_BINS + 1) / BINS_PER_DECADE)
 STATE_FILE = "stream_state.npz"
+STATE_ARRAYS = ("count", "total", "max", "hist", "top_values", "top_rows")
 
 
 def hist_bin(values: torch.Tensor) -> torch.Tensor:
@@ -86,23 +87,40 @@ class StreamState:
             top_rows=torch.full((n_features, top_k), -1, dtype=torch.int64, device=device),
         )
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name).cpu().numpy() for name in STATE_ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, next_row: int, arrays: dict[str, np.ndarray], device: torch.device) -> StreamState:
+        tensors = {name: torch.from_numpy(np.require(arrays[name], requirements="W")) for name in STATE_ARRAYS}
+        return cls(next_row=next_row, **{name: tensor.to(device) for name, tensor in tensors.items()})
+
     def save(self, path: Path) -> None:
-        arrays = {
-            name: getattr(self, name).cpu().numpy()
-            for name in ("count", "total", "max", "hist", "top_values", "top_rows")
-        }
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, next_row=np.int64(self.next_row), **arrays)
+                np.savez(fh, next_row=np.int64(self.next_row), **self.arrays())
 
     @classmethod
     def load(cls, path: Path, device: torch.device) -> StreamState:
         with np.load(path) as data:
-            tensors = {
-                name: torch.from_numpy(data[name]).to(device)
-                for name in ("count", "total", "max", "hist", "top_values", "top_rows")
-            }
-            return cls(next_row=int(data["next_row"]), **tensors)
+            return cls.from_arrays(int(data["next_row"]), {name: data[name] for name in STATE_ARRAYS}, device)
+
+    def merge(self, other: StreamState) -> None:
+        """Fold in the statistics of another set of rows (a partial pass over another range).
+        Associative and exact (the sums up to float64 rounding): ranges folded apart and merged in
+        any grouping give the state of one pass over all of them."""
+        self.count += other.count.to(self.count.device)
+        self.total += other.total.to(self.total.device)
+        torch.maximum(self.max, other.max.to(self.max.device), out=self.max)
+        self.hist += other.hist.to(self.hist.device)
+        held = other.top_rows >= 0
+        feats = torch.arange(len(other.count), device=held.device)[:, None].expand_as(held)[held]
+        self._merge_top(
+            feats.to(self.count.device),
+            other.top_values[held].to(self.count.device),
+            other.top_rows[held].to(self.count.device),
+        )
+        self.next_row = max(self.next_row, other.next_row)
 
     def fold(self, indices: torch.Tensor, values: torch.Tensor, first_row: int) -> None:
         """Fold the sparse codes (n, m) of rows first_row.. (SAE.encode_sparse) into the statistics."""
@@ -126,12 +144,12 @@ class StreamState:
         """Merge candidate (feature, value, row) triplets into the running top-k.
 
         Order within a feature: value descending, then row ascending (the brute-force order).
-        Only candidates above a feature's current k-th value can enter; an equal value loses
-        to the earlier row already held. Each touched feature gets one row of packed keys
-        (held entries, then its candidates) and keeps the k smallest.
+        Only candidates ahead of a feature's current k-th entry in that order can enter (so held
+        entries of later rows, as a merge brings them, are judged right too). Each touched feature
+        gets one row of packed keys (held entries, then its candidates) and keeps the k smallest.
         """
         k = self.top_values.shape[1]
-        enters = vals > self.top_values[feats, -1]
+        enters = pack_keys(vals, rows) < pack_keys(self.top_values[feats, -1], self.top_rows[feats, -1])
         feats, vals, rows = feats[enters], vals[enters], rows[enters]
         if len(feats) == 0:
             return
@@ -215,21 +233,36 @@ def run_stream(
     last_save = time.monotonic()
     with tqdm(total=n_chunks, initial=state.next_row // chunk_size, desc="atlas pass", unit="chunk") as bar:
         for start in range(state.next_row, n_rows, chunk_size):
-            x = torch.from_numpy(store.rows(slice(start, min(start + chunk_size, n_rows)))).to(device)
-            with torch.no_grad():
-                indices, values = encode_sparse(x)
-            with _one_cpu_thread(device):
-                counts, code_features, code_values = image_codes(indices, values, codes_per_image)
-                state.fold(indices, values, start)
-            with atomic_path(work_dir / f"codes_{start:012d}.npz") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, counts=counts, features=code_features, values=code_values)
+            codes = fold_chunk(store, encode_sparse, state, start, min(start + chunk_size, n_rows), codes_per_image)
+            save_codes(work_dir, start, codes)
             bar.update(1)
             if time.monotonic() - last_save >= checkpoint_seconds:
                 state.save(state_path)
                 last_save = time.monotonic()
     state.save(state_path)
     return state
+
+
+def fold_chunk(
+    store, encode_sparse, state: StreamState, start: int, stop: int, codes_per_image: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode rows start..stop, fold their codes into `state`; returns their per-image codes."""
+    device = state.count.device
+    x = torch.from_numpy(store.rows(slice(start, stop))).to(device)
+    with torch.no_grad():
+        indices, values = encode_sparse(x)
+    with _one_cpu_thread(device):
+        codes = image_codes(indices, values, codes_per_image)
+        state.fold(indices, values, start)
+    return codes
+
+
+def save_codes(work_dir: Path, start: int, codes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """The per-image codes of the chunk starting at row `start` (`load_codes` reads them back)."""
+    counts, features, values = codes
+    with atomic_path(work_dir / f"codes_{start:012d}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, counts=counts, features=features, values=values)
 
 
 def load_codes(work_dir: Path, n_rows: int, chunk_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "train",
     "eval",
     "atlas",
+    "index",
     "steer",
     "icons",
     "generate",

@@ -8,7 +8,7 @@ for image decoding.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,11 @@ class Encoder(ABC):
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image to a (3, H, W) float32 tensor; must be picklable for workers."""
+        """One RGB image to a (3, H, W) float32 tensor."""
+
+    def preprocessor(self) -> Callable[[Image.Image], torch.Tensor]:
+        """`preprocess` as a picklable callable that holds no model weights (shipped to decode workers)."""
+        return self.preprocess
 
     @abstractmethod
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:

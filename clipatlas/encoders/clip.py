@@ -9,6 +9,7 @@ Two folder layouts are understood, for a hub id or a local path:
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def _load_processor(path_or_id: str, image_size: int):
         )
 
 
+def _preprocess(processor, image: Image.Image) -> torch.Tensor:
+    pixels = processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
+    return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+
+
 class ClipVisionEncoder(Encoder):
     def __init__(self, encoder_id: str, path_or_id: str, options: EncoderOptions = EncoderOptions()):
         from transformers import CLIPVisionModelWithProjection
@@ -85,8 +91,10 @@ class ClipVisionEncoder(Encoder):
         self.processor = _load_processor(path_or_id, int(model.config.image_size))
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        pixels = self.processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
-        return torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        return _preprocess(self.processor, image)
+
+    def preprocessor(self):
+        return functools.partial(_preprocess, self.processor)
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=pixels).image_embeds

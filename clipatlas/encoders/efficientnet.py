@@ -41,6 +41,20 @@ def _load_model():
         )
 
 
+def preprocess_image(image: Image.Image) -> torch.Tensor:
+    """The Lite models' preprocessing (a module function: decode workers receive it without the model)."""
+    # Shorter side to 224, centre crop, then the Lite models' (x - 127) / 128 scaling.
+    width, height = image.size
+    scale = IMAGE_SIZE / min(width, height)
+    resized = image.convert("RGB").resize(
+        (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale))), Image.Resampling.BICUBIC
+    )
+    left, top = (resized.width - IMAGE_SIZE) // 2, (resized.height - IMAGE_SIZE) // 2
+    crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    array = (np.asarray(crop, dtype=np.float32) - 127.0) / 128.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
 class EfficientNetLite0Encoder(Encoder):
     id = ENCODER_ID
     dim = DIM
@@ -51,16 +65,10 @@ class EfficientNetLite0Encoder(Encoder):
         self.model = _load_model().eval().to(self.device, self.dtype, memory_format=torch.channels_last)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        # Shorter side to 224, centre crop, then the Lite models' (x - 127) / 128 scaling.
-        width, height = image.size
-        scale = IMAGE_SIZE / min(width, height)
-        resized = image.convert("RGB").resize(
-            (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale))), Image.Resampling.BICUBIC
-        )
-        left, top = (resized.width - IMAGE_SIZE) // 2, (resized.height - IMAGE_SIZE) // 2
-        crop = resized.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
-        array = (np.asarray(crop, dtype=np.float32) - 127.0) / 128.0
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        return preprocess_image(image)
+
+    def preprocessor(self):
+        return preprocess_image
 
     def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(pixels.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))

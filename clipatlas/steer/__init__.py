@@ -5,13 +5,16 @@ Modules load on first use: the command line reads the configs and recipes withou
 
 import importlib
 
-from clipatlas.steer.config import IconConfig, RetrievalConfig, SuccessConfig
+from clipatlas.steer.config import IconConfig, IndexConfig, RetrievalConfig, SuccessConfig
 
 _LAZY = {
     "CausalCheck": "causal",
     "causal_check": "causal",
     "DECODERS": "decoders",
     "CosineIndex": "ranking",
+    "ApproximateIndex": "ann",
+    "ensure_index": "ann",
+    "retrieval_index": "ann",
     "Decoded": "decoders",
     "Hit": "decoders",
     "TargetActivation": "decoders",
@@ -44,7 +47,7 @@ _LAZY = {
     "plot_success": "success",
 }
 
-__all__ = ["IconConfig", "RetrievalConfig", "SuccessConfig", *_LAZY]
+__all__ = ["IconConfig", "IndexConfig", "RetrievalConfig", "SuccessConfig", *_LAZY]
 
 
 def __getattr__(name: str):

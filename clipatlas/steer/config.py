@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from clipatlas.errors import UserError
 
 KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
 KANDINSKY_PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The store's retrieval index: exact cosine over every row (RAM: the store's size), or an approximate
+    FAISS index (an inverted file of `nlist` k-means cells holding 8-bit quantised unit rows; a query scans
+    `nprobe` cells, then re-scores its `shortlist` candidates exactly from the store)."""
+
+    kind: Literal["auto", "exact", "ivf"] = "auto"
+    """exact, ivf (needs pip install 'clipatlas[ann]'), or auto: ivf from min_rows rows (when FAISS is
+    installed), exact below."""
+    min_rows: int = 200_000
+    """With kind auto: stores with fewer rows use the exact search."""
+    nlist: int | None = None
+    """Cells of the inverted file (default: sqrt(rows), at least 16)."""
+    nprobe: int = 24
+    """Cells scanned per query: more is slower and finds more of the exact neighbours."""
+    shortlist: int = 256
+    """Candidates per query re-scored exactly (and, for an edit, ranked with the edit-aware mix)."""
+    train_rows: int = 65_536
+    """Store rows (a seeded sample) the k-means cells are trained on."""
+
+    def __post_init__(self):
+        if self.kind not in ("auto", "exact", "ivf"):
+            raise UserError(f"index kind must be auto, exact or ivf, not {self.kind!r}")
+        for name in ("min_rows", "nprobe", "shortlist", "train_rows"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.nlist is not None and self.nlist < 1:
+            raise UserError("--nlist must be at least 1")
+
+    def build_params(self) -> dict[str, Any]:
+        """What the saved index depends on (nprobe and shortlist are chosen per query)."""
+        return {"nlist": self.nlist, "train_rows": self.train_rows}
 
 
 @dataclass(frozen=True)

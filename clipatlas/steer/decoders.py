@@ -25,6 +25,7 @@ from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.atlas.types import ImageCodes
 from clipatlas.devices import inference_dtype, resolve_device
 from clipatlas.errors import UserError
+from clipatlas.steer.ann import retrieval_index
 from clipatlas.steer.config import KANDINSKY_DECODER_ID, RetrievalConfig
 from clipatlas.steer.ranking import CosineIndex, EditRanker, Guide
 
@@ -119,7 +120,7 @@ class RetrievalDecoder:
     def ranker(self) -> EditRanker:
         with self._lock:  # the web's worker threads share one decoder: build the index once
             if self._ranker is None:
-                self._ranker = EditRanker(CosineIndex(self.store), self._codes, self._max_activation)
+                self._ranker = EditRanker(retrieval_index(self.store), self._codes, self._max_activation)
             return self._ranker
 
     def rank(

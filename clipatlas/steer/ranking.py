@@ -12,6 +12,8 @@ strongest latents, built once from the codes) holds every image that can earn `r
 other image scores at most 1 + activation_weight, so when enough posted images score above that
 the answer is exact without scanning the store; otherwise (a soft rank_weight, features with huge
 posting lists, removal-only edits) the whole store is scanned, as plain cosine retrieval does.
+With an approximate index (`steer.ann`, large stores) nothing is scanned: the mix is computed exactly
+over the index's candidates nearest y and its candidates among the raised features' posted rows.
 """
 
 from __future__ import annotations
@@ -32,9 +34,28 @@ GATHER_FRACTION = 1 / 40  # gathering a row costs ~20x streaming it: past this s
 _SEARCH_BATCH_ROWS = 65536  # store rows per float32 batch while building the index
 
 
+def unit_queries(queries: np.ndarray, d: int) -> np.ndarray:
+    """Queries (m, d) as float32 unit rows; a wrong width is a UserError."""
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if queries.shape[1] != d:
+        raise UserError(f"embeddings have {queries.shape[1]} dims, the store holds {d}-dim embeddings")
+    return queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+
+
+def best_k(rows: np.ndarray, cosines: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cosines) of each query's k best, (B, k) best first; ties go to the lower row."""
+    part = np.argpartition(-cosines, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(cosines, part, 1)
+    part_rows = np.take_along_axis(rows, part, 1)
+    order = np.lexsort((part_rows, -top), axis=1)
+    return np.take_along_axis(part_rows, order, 1).astype(np.int64), np.take_along_axis(top, order, 1)
+
+
 class CosineIndex:
     """The store's rows, unit-normalised, in RAM in the store's dtype (float16 stores stay float16:
     1.4M x 1280 is 3.6 GB); one matrix product per query batch. Exact, no approximation."""
+
+    exact = True
 
     def __init__(self, store):
         self.d = store.d
@@ -56,11 +77,7 @@ class CosineIndex:
 
     def units(self, queries: np.ndarray) -> torch.Tensor:
         """Queries (m, d) as unit rows in the index's dtype."""
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if queries.shape[1] != self.d:
-            raise UserError(f"embeddings have {queries.shape[1]} dims, the store holds {self.d}-dim embeddings")
-        unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        return torch.from_numpy(unit).to(self.unit_rows.dtype)
+        return torch.from_numpy(unit_queries(queries, self.d)).to(self.unit_rows.dtype)
 
     def cosines(self, units: torch.Tensor, rows: np.ndarray | None = None) -> np.ndarray:
         """(len(rows) or all rows, m) float32 cosines of the store rows with unit queries."""
@@ -77,10 +94,7 @@ class CosineIndex:
         if k < 1:
             raise UserError("retrieval needs a non-empty store and k >= 1")
         scores = self.cosines(units).T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(scores, part, 1)
-        order = np.lexsort((part, -top), axis=1)
-        return np.take_along_axis(part, order, 1).astype(np.int64), np.take_along_axis(top, order, 1)
+        return best_k(np.broadcast_to(np.arange(scores.shape[1]), scores.shape), scores, k)
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,8 @@ class EditRanker:
     def rank(self, y: np.ndarray, guide: Guide, cfg: RetrievalConfig, k: int) -> Ranked:
         """The best `k` store rows for steered embedding `y` (fewer when too few differ from the source)."""
         units = self.index.units(np.stack([y] if guide.source is None else [y, guide.source]))
-        found = self._rank_posted(units, guide, cfg, k) if guide.raised else None
+        # The approximate index holds no full rows to gather: it always ranks its shortlist.
+        found = self._rank_posted(units, guide, cfg, k) if guide.raised and self.index.exact else None
         rows, scores, cosines = found if found is not None else self._rank_all(units, guide, cfg, k)
         if not len(rows):
             raise UserError(
@@ -206,7 +221,10 @@ class EditRanker:
 
     def _score_posted(self, units, guide: Guide, cfg: RetrievalConfig):
         postings = self.postings(cfg.top_latents)
-        rows = np.unique(np.concatenate([postings.of(f)[0] for f in guide.raised]))
+        return self._score_rows(units, np.unique(np.concatenate([postings.of(f)[0] for f in guide.raised])), guide, cfg)
+
+    def _score_rows(self, units, rows: np.ndarray, guide: Guide, cfg: RetrievalConfig):
+        """(rows, mixed scores, cosines, target ranks) of candidate `rows`, the source's near-duplicates left out."""
         cos = self.index.cosines(units, rows)
         if guide.source is not None:
             keep = cos[:, 1] < cfg.duplicate_cosine
@@ -227,6 +245,8 @@ class EditRanker:
 
     def _rank_all(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
         """The exact top k over the whole store: one scan, plus the targets' terms where they fire."""
+        if not self.index.exact:
+            return self._rank_shortlist(units, guide, cfg, k)
         cos = self.index.cosines(units)
         scores = cos[:, 0].copy()
         for sign, features, dominant in ((1.0, guide.raised, True), (-1.0, guide.removed, False)):
@@ -238,6 +258,19 @@ class EditRanker:
         if guide.source is not None:
             rows = rows[cos[:, 1] < cfg.duplicate_cosine]
         return _best(rows, scores[rows], cos[rows, 0], k)
+
+    def _rank_shortlist(self, units, guide: Guide, cfg: RetrievalConfig, k: int):
+        """With an approximate index: the mix, computed exactly, over the index's candidates nearest y, among
+        all rows and among the raised features' posted rows (those earn rank_weight). Rows outside both lists
+        are missed; recall against the exact ranking is measured in bench/scale.py."""
+        near = [self.index.candidates(units[:1])[0]]
+        if guide.raised:
+            postings = self.postings(cfg.top_latents)
+            posted = np.concatenate([postings.of(f)[0] for f in guide.raised])
+            near.append(self.index.candidates(units[:1], among=posted)[0])
+        rows = np.unique(np.concatenate(near))
+        rows, scores, cosines, _ = self._score_rows(units, rows[rows >= 0], guide, cfg)
+        return _best(rows, scores, cosines, k)
 
 
 def _best(rows: np.ndarray, scores: np.ndarray, cosines: np.ndarray, k: int):

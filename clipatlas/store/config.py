@@ -34,6 +34,14 @@ class EmbedConfig:
     labels_from: str | None = None
     """Store a class label per image: 'folder' (the name of the folder holding it) or a CSV file
     with path,label columns; images already stored get it too, without re-embedding."""
+    engine: Literal["local", "ray"] = "local"
+    """local: this process and its decode workers; ray: decode in Ray tasks and encode in a pool of Ray
+    actors (pip install 'clipatlas[ray]'); both write the same store and resume the same way."""
+    address: str | None = None
+    """With --engine ray: the cluster to join (auto: the one this machine belongs to, or ray://HOST:PORT);
+    default: start a local Ray on this machine."""
+    ray_encoders: int = 1
+    """With --engine ray: encoder actors in the pool (each takes one GPU when the cluster has GPUs)."""
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -42,6 +50,10 @@ class EmbedConfig:
             raise UserError("--limit must be zero or more")
         if self.workers is not None and self.workers < 0:
             raise UserError("--workers must be zero or more")
+        if self.engine not in ("local", "ray"):
+            raise UserError(f"--engine must be local or ray, not {self.engine!r}")
+        if self.ray_encoders < 1:
+            raise UserError("--ray-encoders must be at least 1")
 
     @property
     def worker_count(self) -> int:

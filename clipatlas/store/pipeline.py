@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -61,38 +62,45 @@ class EmbedSummary:
         return "\n".join(lines)
 
 
-class _DecodeDataset(Dataset):
-    """Reads, decodes and preprocesses one item; failures come back as a reason, never raise."""
+def decode_item(
+    item: SourceItem, preprocess: Callable[[Any], torch.Tensor], max_pixels: int
+) -> tuple[torch.Tensor | None, dict[str, Any] | None, tuple[str, str] | None]:
+    """(pixels, metadata row, None) of one input, or (None, None, (uri, reason)): failures never raise."""
+    try:
+        decoded = read_image(item.uri, max_pixels)
+        pixels = preprocess(decoded.image)
+    except ImageDecodeError as exc:
+        return None, None, (item.uri, exc.reason)
+    except (OSError, ValueError, RuntimeError) as exc:  # a decoder or processor choking on odd data
+        return None, None, (item.uri, f"cannot preprocess ({type(exc).__name__})")
+    row = {
+        "image_id": item.image_id,
+        "uri": item.uri,
+        "caption": item.caption,
+        "source": item.source,
+        "width": decoded.image.width,
+        "height": decoded.image.height,
+        "sha256": decoded.sha256,
+        "label": item.label,
+    }
+    return pixels, row, None
 
-    def __init__(self, items: Sequence[SourceItem], encoder: Encoder, max_pixels: int):
-        self.items, self.preprocess, self.max_pixels = items, encoder.preprocess, max_pixels
+
+class _DecodeDataset(Dataset):
+    """Reads, decodes and preprocesses one item (`decode_item`) in a DataLoader worker."""
+
+    def __init__(self, items: Sequence[SourceItem], preprocess: Callable[[Any], torch.Tensor], max_pixels: int):
+        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any] | None, tuple[str, str] | None]:
-        item = self.items[index]
-        try:
-            decoded = read_image(item.uri, self.max_pixels)
-            pixels = self.preprocess(decoded.image)
-        except ImageDecodeError as exc:
-            return None, None, (item.uri, exc.reason)
-        except (OSError, ValueError, RuntimeError) as exc:  # a decoder or processor choking on odd data
-            return None, None, (item.uri, f"cannot preprocess ({type(exc).__name__})")
-        row = {
-            "image_id": item.image_id,
-            "uri": item.uri,
-            "caption": item.caption,
-            "source": item.source,
-            "width": decoded.image.width,
-            "height": decoded.image.height,
-            "sha256": decoded.sha256,
-            "label": item.label,
-        }
-        return pixels, row, None
+    def __getitem__(self, index: int):
+        return decode_item(self.items[index], self.preprocess, self.max_pixels)
 
 
-def _collate(samples):
+def collate(samples):
+    """Decoded items to (pixels (n, C, H, W) | None, metadata rows, failures [(uri, reason)])."""
     ok = [s for s in samples if s[0] is not None]
     pixels = torch.stack([s[0] for s in ok]) if ok else None
     return pixels, [s[1] for s in ok], [s[2] for s in samples if s[0] is None]
@@ -174,32 +182,50 @@ def _remaining(items: list[SourceItem], writer: StoreWriter) -> tuple[list[Sourc
     return [item for item in items if not writer.has(item.image_id) and item.uri not in skipped], True
 
 
+def batch_positions(n_items: int, batch_size: int) -> list[range]:
+    """The batches of a run, from a fixed origin: a resumed run forms the same ones."""
+    return [range(i, min(i + batch_size, n_items)) for i in range(0, n_items, batch_size)]
+
+
 def _run(
     remaining: list[SourceItem], encoder: Encoder, writer: StoreWriter, config: EmbedConfig, progress: bool
 ) -> tuple[int, int]:
     if not remaining:
         return 0, 0
-    batches = [
-        list(range(i, min(i + config.batch_size, len(remaining)))) for i in range(0, len(remaining), config.batch_size)
-    ]
+    if config.engine == "ray":
+        from clipatlas.store.ray_engine import encoded_batches
+
+        return write_batches(writer, encoded_batches(remaining, encoder, config), len(remaining), progress)
     loader = DataLoader(
-        _DecodeDataset(remaining, encoder, config.max_pixels),
-        batch_sampler=batches,
+        _DecodeDataset(remaining, encoder.preprocessor(), config.max_pixels),
+        batch_sampler=[list(batch) for batch in batch_positions(len(remaining), config.batch_size)],
         num_workers=config.worker_count,
-        collate_fn=_collate,
+        collate_fn=collate,
         worker_init_fn=_worker_init,
         pin_memory=encoder.device.type == "cuda",
     )
+    return write_batches(writer, loader, len(remaining), progress, encode=lambda p: encoder.encode_tensors(p).numpy())
+
+
+def write_batches(
+    writer: StoreWriter,
+    batches: Iterable[tuple[Any, list[dict[str, Any]], list[tuple[str, str]]]],
+    total: int,
+    progress: bool,
+    encode: Callable[[Any], np.ndarray] = np.asarray,
+) -> tuple[int, int]:
+    """Append batches, in order, to the store: (pixels or embeddings, metadata rows, failures) each;
+    `encode` turns the first into embeddings (after duplicates are dropped). Returns (embedded, skipped)."""
     embedded = skipped = 0
-    with tqdm(total=len(remaining), unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
-        for pixels, rows, failures in loader:
+    with tqdm(total=total, unit="img", desc="embedding", disable=not progress, dynamic_ncols=True) as bar:
+        for pixels, rows, failures in batches:
             pixels, rows, failures = _drop_duplicates(writer, pixels, rows, failures)
             if len(rows) > writer.rows_until_flush:
                 writer.flush()  # close the shard at a batch boundary: resumes re-form the same batches
             for uri, reason in failures:
                 writer.skip(uri, reason)
             if rows:
-                writer.add(encoder.encode_tensors(pixels).numpy(), rows)
+                writer.add(encode(pixels), rows)
             embedded, skipped = embedded + len(rows), skipped + len(failures)
             bar.update(len(rows) + len(failures))
             bar.set_postfix(skipped=skipped, refresh=False)
