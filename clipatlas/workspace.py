@@ -17,6 +17,7 @@ for a path instead of composing one; see docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ STORE_DIR = "store"
 SAES_DIR = "saes"
 RECIPES_DIR = "recipes"
 UPLOADS_DIR = "web/uploads"
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # an upload is named by its hash: no id can name another file
 
 SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae.safetensors"
@@ -182,6 +184,12 @@ class Workspace:
     @property
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
+
+    def upload(self, upload_id: str) -> Path:
+        """The file of an image uploaded to the playground (re-encoded PNG) by its id."""
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise UserError(f"{upload_id!r} is not an upload id (32 hex digits); upload the image again")
+        return self.uploads_dir / f"{upload_id}.png"
 
     @property
     def eval_dir(self) -> Path:
