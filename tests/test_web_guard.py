@@ -166,6 +166,8 @@ def test_non_finite_numbers_are_422(client, text):
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
 def test_non_finite_query_numbers_are_422(client, value):
     assert client.get("/api/features", params={"min_score": value}).status_code == 422
+    page = client.get("/features", params={"min_score": value}, headers={"accept": "text/html"})
+    assert page.status_code == 422 and "finite" in page.text
 
 
 # ---- 4. bounded resources ----------------------------------------------------------------------------

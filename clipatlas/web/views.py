@@ -238,6 +238,8 @@ class AtlasViews:
         filtered by a minimum score and to named features."""
         if sort not in FEATURE_LIST_SORTS:
             raise HTTPException(400, f"sort by one of {', '.join(FEATURE_LIST_SORTS)}, not {sort!r}")
+        if min_score is not None and not math.isfinite(min_score):
+            raise HTTPException(422, f"the minimum score is a finite number, not {min_score}")
         rows = []
         for feature, labels in self.atlas.labels_by_feature().items():
             best = self.atlas.headlines().get(feature) or labels[0]
