@@ -304,3 +304,16 @@ def test_missing_part_answers_503_naming_it(breakable, breaks, named, command, u
             assert response.status_code == 503, (path, response.status_code, response.text[:200])
             text = response.text if headers else response.json()["detail"]
             assert named in text and command in text and "Traceback" not in text
+
+
+def test_atlas_damaged_while_serving_answers_503(breakable):
+    app = create_app(breakable)
+    app.state.context.views.map_json()  # the start-up warm-up has read the map before the damage
+    db = breakable / "saes/synthetic/atlas/atlas.sqlite"
+    db.write_bytes(bytes(range(256)) * 64)  # overwritten in place: the open connection now reads garbage
+    with TestClient(base_url=LOCAL, app=app, client=LOOPBACK, raise_server_exceptions=False) as test_client:
+        for path, headers in (("/features/7", {"accept": "text/html"}), ("/api/features/7", {})):
+            response = test_client.get(path, headers=headers)
+            assert response.status_code == 503
+            text = response.text if headers else response.json()["detail"]
+            assert "atlas.sqlite is damaged" in text and "clipatlas atlas -w" in text

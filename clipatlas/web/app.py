@@ -97,7 +97,7 @@ def create_app(
         app.include_router(router)
     app.router.on_shutdown.append(context.jobs.close)
     _add_error_handlers(app)
-    _add_guard(app, token)
+    _add_response_headers(app, token)
     # Added last, so outermost: every request meets the Host check and body limits first.
     app.add_middleware(
         RequestGuard,
@@ -160,7 +160,7 @@ def validation_summary(exc: RequestValidationError, most: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _add_guard(app: FastAPI, token: str | None) -> None:
+def _add_response_headers(app: FastAPI, token: str | None) -> None:
     @app.middleware("http")
     async def annotate(request: Request, call_next):
         started = time.perf_counter()
