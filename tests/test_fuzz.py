@@ -24,9 +24,9 @@ from clipatlas.steer.recipe import Recipe
 
 schemathesis = pytest.importorskip("schemathesis")
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 FUZZ = settings(
-    max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 10
+    max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=EXAMPLES <= 5
 )
 TOKEN = "fuzz-token"
 
@@ -65,14 +65,19 @@ def test_recipe_from_dict_raises_only_user_errors(obj):
 
 # ---- the HTTP API --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
+def workspace(tmp_path_factory):
     from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+
+    return write_synthetic_atlas(tmp_path_factory.mktemp("fuzz"), SyntheticAtlasConfig(n_features=300, n_images=120))
+
+
+def fuzzed_app(workspace):
+    """An app of its own per test: each client's exit shuts its app down, generation workers included."""
     from clipatlas.web.app import create_app
     from clipatlas.web.security import HostAllowList
 
-    ws = write_synthetic_atlas(tmp_path_factory.mktemp("fuzz"), SyntheticAtlasConfig(n_features=300, n_images=120))
     # schemathesis's ASGI client sends Host: testserver; the token lets it reach the compute endpoints.
-    return create_app(ws.root, token=TOKEN, hosts=HostAllowList.serving(extra=["testserver"]))
+    return create_app(workspace.root, token=TOKEN, hosts=HostAllowList.serving(extra=["testserver"]))
 
 
 def assert_client_error_at_most(response) -> None:
@@ -81,10 +86,10 @@ def assert_client_error_at_most(response) -> None:
         assert isinstance(response.json()["detail"], str) and response.json()["detail"]
 
 
-def test_every_operation_answers_without_a_server_error(app):
+def test_every_operation_answers_without_a_server_error(workspace):
     """Each operation of the OpenAPI schema (pages, files and JSON) with schemathesis's valid and invalid
     inputs (negative mode: wrong types, out-of-range numbers, missing fields, odd strings)."""
-    schema = schemathesis.openapi.from_asgi("/api/openapi.json", app)
+    schema = schemathesis.openapi.from_asgi("/api/openapi.json", fuzzed_app(workspace))
     calls = collections.Counter()
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -124,10 +129,11 @@ edits = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def client(app):
+def client(workspace):
     from fastapi.testclient import TestClient
 
     # One client for all examples: leaving it shuts the app down, and with it the generation workers.
+    app = fuzzed_app(workspace)
     with TestClient(app, base_url="http://127.0.0.1", headers={"x-clipatlas-token": TOKEN}) as test_client:
         yield test_client
 
