@@ -71,7 +71,7 @@ def feature_pages(app, features: np.ndarray) -> dict:
     from fastapi.testclient import TestClient
 
     server_ms, wall_ms, sizes = [], [], []
-    with TestClient(app, client=("127.0.0.1", 1)) as client:
+    with TestClient(base_url="http://127.0.0.1", app=app, client=("127.0.0.1", 1)) as client:
         client.get("/features/0")  # templates compiled, connections opened
         for fid in features:
             started = time.perf_counter()

@@ -9,6 +9,7 @@ import collections
 from pathlib import Path
 
 from clipatlas._io import SchemaError, read_json
+from clipatlas.atlas.check import BrokenWorkspace, check_store, check_workspace
 from clipatlas.store.core import Store
 from clipatlas.workspace import SAEFiles, Workspace
 
@@ -16,6 +17,7 @@ from clipatlas.workspace import SAEFiles, Workspace
 def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str, list[str]]:
     """(printable summary, problems found); `verify` re-hashes every shard."""
     ws = Workspace(workspace)
+    check_store(ws)  # a missing or unreadable shard is one line naming it, not a traceback
     store = Store.open(ws.root)
     manifest = store.manifest
     reasons = collections.Counter(entry["reason"] for entry in manifest.get("skipped", []))
@@ -32,7 +34,14 @@ def workspace_summary(workspace: str | Path, verify: bool = False) -> tuple[str,
     if verify:
         lines.append("  checksums: " + ("all shards intact" if not problems else "; ".join(problems)))
     for name in ws.sae_names():
-        lines.append(_sae_line(ws.sae(name), ws))
+        files = ws.sae(name)
+        try:
+            check_workspace(ws, name, ("sae", "atlas") if files.atlas_db.is_file() else ("sae",), verify=verify)
+        except BrokenWorkspace as exc:
+            problems.append(str(exc))
+            lines.append(f"sae {name}: BROKEN: {exc}")
+            continue
+        lines.append(_sae_line(files, ws))
     return "\n".join(lines), problems
 
 

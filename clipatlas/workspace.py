@@ -19,6 +19,7 @@ for a path instead of composing one; see docs/ARCHITECTURE.md.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ UPLOADS_DIR = "web/uploads"
 INDEX_DIR = "index"
 RETRIEVAL_INDEX = "retrieval.faiss"
 RETRIEVAL_INDEX_META = "retrieval.json"
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # an upload is named by its hash: no id can name another file
 
 SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae.safetensors"
@@ -187,6 +189,12 @@ class Workspace:
     @property
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
+
+    def upload(self, upload_id: str) -> Path:
+        """The file of an image uploaded to the playground (re-encoded PNG) by its id."""
+        if not UPLOAD_ID.fullmatch(upload_id):
+            raise UserError(f"{upload_id!r} is not an upload id (32 hex digits); upload the image again")
+        return self.uploads_dir / f"{upload_id}.png"
 
     @property
     def retrieval_index(self) -> Path:

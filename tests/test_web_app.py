@@ -39,7 +39,7 @@ def atlas(workspace):
 
 @pytest.fixture(scope="module")
 def client(workspace):
-    with TestClient(create_app(workspace.root), client=LOOPBACK) as test_client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(workspace.root), client=LOOPBACK) as test_client:
         yield test_client
 
 
@@ -137,7 +137,8 @@ def test_features_sorted_and_filtered_by_score(client, atlas):
     assert {f["feature"] for f in strong} == {f for f, label in atlas.headlines().items() if label.score().value >= 0.8}
     by_id = client.get("/api/features", params={"sort": "feature", "limit": 5, "offset": 5}).json()["features"]
     assert [f["feature"] for f in by_id] == sorted(atlas.labels_by_feature())[5:10]
-    assert client.get("/api/features", params={"sort": "nonsense"}).status_code == 400
+    nonsense = client.get("/api/features", params={"sort": "nonsense"})
+    assert nonsense.status_code == 422 and "sort" in nonsense.json()["detail"]
     page = client.get("/features", params={"min_score": "", "named": "true"}, headers=HTML).text
     assert page.count('class="hit"') == min(100, len(atlas.headlines())) and "page=2" in page
     second = client.get("/features", params={"named": "true", "page": 2}, headers=HTML).text
@@ -152,7 +153,9 @@ def test_feature_page_shows_the_icon_causal_check(workspace):
     check = {"feature": fid, "before_activation": 0.0, "after_activation": 4.5, "before_rank": 300, "after_rank": 0}
     report = {"decoder": "retrieval", "strength": 7.5, "checks": [check]}
     atomic_write_json(atlas.files.icon_verify_report, report)
-    with TestClient(create_app(workspace.root), client=LOOPBACK) as fresh:  # read once per app
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(workspace.root), client=LOOPBACK
+    ) as fresh:  # read once per app
         assert fresh.get(f"/api/features/{fid}").json()["icon_check"] == {
             **check,
             "decoder": "retrieval",
@@ -283,7 +286,9 @@ COMPUTE = [("post", "/api/uploads"), ("post", "/search/image"), ("post", "/api/g
 
 @pytest.mark.parametrize("method,url", COMPUTE)
 def test_token_required_when_configured(workspace, method, url):
-    with TestClient(create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)) as remote:
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)
+    ) as remote:
         assert getattr(remote, method)(url).status_code == 401
         assert getattr(remote, method)(url, headers={"x-clipatlas-token": "wrong"}).status_code == 401
         # Past the gate the request fails on its (empty) body, not on the token.
@@ -292,7 +297,9 @@ def test_token_required_when_configured(workspace, method, url):
 
 
 def test_token_url_sets_cookie_used_by_scripts(workspace):
-    with TestClient(create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)) as remote:
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(workspace.root, token="s3cret"), client=("10.0.0.7", 1234)
+    ) as remote:
         page = remote.get("/?token=s3cret", headers=HTML)
         assert page.status_code == 200 and "httponly" in page.headers["set-cookie"].lower()
         assert remote.post("/api/generate", content=b"[]").status_code == 422  # cookie accepted, body refused
@@ -302,7 +309,9 @@ def test_token_url_sets_cookie_used_by_scripts(workspace):
 
 @pytest.mark.parametrize("method,url", COMPUTE)
 def test_without_token_only_loopback_clients_compute(workspace, method, url):
-    with TestClient(create_app(workspace.root), client=("192.168.1.20", 1234)) as remote:
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(workspace.root), client=("192.168.1.20", 1234)
+    ) as remote:
         response = getattr(remote, method)(url)
         assert response.status_code == 403 and "token" in response.json()["detail"]
         assert remote.get("/features/1").status_code in (200, 404)
@@ -311,15 +320,20 @@ def test_without_token_only_loopback_clients_compute(workspace, method, url):
 def test_cross_origin_compute_is_refused(client):
     response = client.post("/api/generate", content=b"[]", headers={"origin": "http://evil.example"})
     assert response.status_code == 403
-    same = client.post("/api/generate", content=b"[]", headers={"origin": "http://testserver"})
+    same = client.post("/api/generate", content=b"[]", headers={"origin": "http://127.0.0.1"})
     assert same.status_code == 422
+    # The scheme is part of the origin: an https page is another origin than this http server.
+    other_scheme = client.post("/api/generate", content=b"[]", headers={"origin": "https://127.0.0.1"})
+    assert other_scheme.status_code == 403
 
 
 # ---- upload caps --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def capped(workspace):
     limits = UploadLimits(max_bytes=4096, max_pixels=64 * 64)
-    with TestClient(create_app(workspace.root, config=WebConfig(limits=limits)), client=LOOPBACK) as test_client:
+    with TestClient(
+        base_url="http://127.0.0.1", app=create_app(workspace.root, config=WebConfig(limits=limits)), client=LOOPBACK
+    ) as test_client:
         yield test_client
 
 
@@ -374,11 +388,13 @@ def test_upload_to_workspace_without_image_encoder_explains(capped):
 
 
 # ---- recipes are validated ----------------------------------------------------------------------
+@pytest.mark.parametrize("content_type", [None, "application/json"])
 @pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1, 2]", b'"text"'])
-def test_malformed_recipe_bodies(client, body):
-    response = client.post("/api/generate", content=body)
-    assert response.status_code in (400, 422)
-    assert re.search(r"JSON|recipe", response.json()["detail"])
+def test_malformed_recipe_bodies(client, body, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/api/generate", content=body, headers=headers)
+    assert response.status_code == 422
+    assert re.search(r"invalid request: body.*(JSON|valid dictionary)", response.json()["detail"])
 
 
 def test_security_headers(client):
@@ -431,8 +447,9 @@ def test_oversized_bodies_refused_before_reading(capped):
 @pytest.mark.parametrize(
     "recipe,reason",
     [
-        ({"image": "/etc/passwd", "edits": []}, "not by path"),
-        ({"image": "img000001", "edits": [{"op": "transfer", "image": "..\\\\secret.png"}]}, "not by path"),
+        ({"image": "/etc/passwd", "edits": []}, "not a store image id nor an image uploaded"),
+        ({"image": "img000001", "edits": [{"op": "transfer", "image": "..\\\\secret.png"}]}, "not a store image"),
+        ({"image": "img000001", "edits": [{"op": "difference", "image": "img000002", "other": "x"}]}, "'x' is not"),
         ({"image": "upload:" + "ab" * 16, "edits": []}, "upload the image again"),
         ({"image": "upload:../../x", "edits": []}, "upload the image again"),
     ],
@@ -445,11 +462,19 @@ def test_recipes_may_not_name_server_paths(client, recipe, reason):
 @pytest.mark.parametrize(
     "edits,reason",
     [
-        ([{"op": "boost", "feature": 1}], "unknown edit"),
+        ([{"op": "boost", "feature": 1}], "op: Input should be 'set'"),
         ([{"op": "set", "feature": 300, "value": 1.0}], "0..299"),
-        ([{"op": "set", "feature": 1, "value": "lots"}], "bad edit"),
-        ([{"op": "set", "feature": 1, "value": 1.0, "colour": "red"}], "unknown fields"),
+        ([{"op": "transfer", "image": "img000002", "features": [3, 300]}], "0..299"),
+        ([{"op": "set", "feature": 1, "value": "lots"}], "value: Input should be a valid number"),
+        ([{"op": "set", "feature": 1, "value": 1.0, "colour": "red"}], "colour: Extra inputs are not permitted"),
         ([{"op": "ban", "feature": 1}] * 1025, "at most 1024"),
+        # Out of range or not read by the op: refused, never silently ignored (issue 15, problem 3).
+        ([{"op": "set", "feature": 1, "value": 1e6}], "value: Input should be less than or equal to 10000"),
+        ([{"op": "set", "feature": -1, "value": 1.0}], "feature: Input should be greater than or equal to 0"),
+        ([{"op": "ban", "feature": 1, "value": 3.0}], "takes no ['value']"),
+        ([{"op": "set", "feature": 1, "value": 1.0, "image": "img000002"}], "takes no ['image']"),
+        ([{"op": "scale", "feature": 1, "value": 2.0, "unit": "max"}], "applies to set and add"),
+        (["set:1=nan"], "bad strength"),
     ],
 )
 def test_invalid_edits_are_422(client, edits, reason):
@@ -528,10 +553,21 @@ def test_generation_equals_steer_and_is_cached(client, workspace, atlas):
     assert again["cached"] is True and again["id"] == submitted["id"] and again["status"] == "done"
 
 
-def test_failed_generation_reports_its_error(client):
-    submitted = client.post("/api/generate", json={"image": "no-such-image", "edits": [], "seed": 1}).json()
-    job = wait_for_job(client, submitted["id"])
-    assert job["status"] == "failed" and "no-such-image" in job["error"]
+def test_unknown_image_refused_before_queueing(client):
+    response = client.post("/api/generate", json={"image": "no-such-image", "edits": [], "seed": 1})
+    assert response.status_code == 422 and "no-such-image" in response.json()["detail"]
+
+
+def test_edit_that_overflows_the_embedding_fails_its_job(client, atlas):
+    """Each strength is within bounds, but ten stacked scales overflow float32: the job fails with one line
+    (before: it was stored as done with a NaN embedding and every poll answered 500)."""
+    feature = alive_feature(atlas)
+    edits = [{"op": "set", "feature": feature, "value": 1e4}] + [{"op": "scale", "feature": feature, "value": 1e4}] * 10
+    submitted = client.post("/api/generate", json={"image": "img000001", "edits": edits, "seed": 1})
+    assert submitted.status_code == 200
+    job = wait_for_job(client, submitted.json()["id"])
+    assert job["status"] == "failed" and "NaN or infinite" in job["error"] and "smaller" in job["error"]
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 200
     assert client.get(f"/api/jobs/{job['id']}/images/0.png").status_code == 404
 
 
@@ -539,9 +575,13 @@ def test_decoder_follows_workspace_encoder(tmp_path):
     kandinsky_ws = write_synthetic_atlas(
         tmp_path / "k", SyntheticAtlasConfig(n_features=32, n_images=40, encoder="kandinsky-clip")
     )
-    with TestClient(create_app(kandinsky_ws.root), client=LOOPBACK) as kandinsky:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(kandinsky_ws.root), client=LOOPBACK) as kandinsky:
         assert 'data-decoder="kandinsky"' in kandinsky.get("/playground", headers=HTML).text
-    with TestClient(create_app(kandinsky_ws.root, config=WebConfig(decoder="retrieval")), client=LOOPBACK) as chosen:
+    with TestClient(
+        base_url="http://127.0.0.1",
+        app=create_app(kandinsky_ws.root, config=WebConfig(decoder="retrieval")),
+        client=LOOPBACK,
+    ) as chosen:
         assert 'data-decoder="retrieval"' in chosen.get("/playground", headers=HTML).text
 
 
@@ -561,7 +601,7 @@ def test_playground_default_strength_says_where_it_came_from(tmp_path):
     from clipatlas.steer.success import StrengthPoint, SuccessCurve
 
     ws = write_synthetic_atlas(tmp_path / "s", SyntheticAtlasConfig(n_features=32, n_images=40))
-    with TestClient(create_app(ws.root), client=LOOPBACK) as unmeasured:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(ws.root), client=LOOPBACK) as unmeasured:
         page = unmeasured.get("/playground", headers=HTML).text
         assert 'data-default-strength="7.5"' in page and "has not been measured" in page
     atlas = Atlas.open(ws)
@@ -570,7 +610,7 @@ def test_playground_default_strength_says_where_it_came_from(tmp_path):
     ]
     curve = SuccessCurve(atlas.name, atlas.build_id, "retrieval", {}, {"target": 0.8, "top": 5}, 10, points)
     atomic_write_json(atlas.files.steering_success("retrieval"), curve.to_dict())
-    with TestClient(create_app(ws.root), client=LOOPBACK) as measured:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(ws.root), client=LOOPBACK) as measured:
         page = measured.get("/playground", headers=HTML).text
         assert 'data-default-strength="2.0"' in page
         assert "2x: 90% of 30 single set edits on 10 features showed the feature" in page

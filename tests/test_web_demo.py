@@ -18,7 +18,7 @@ LOOPBACK = ("127.0.0.1", 50000)
 
 @pytest.fixture(scope="module")
 def demo(demo_workspace):
-    with TestClient(create_app(demo_workspace, "demo"), client=LOOPBACK) as client:
+    with TestClient(base_url="http://127.0.0.1", app=create_app(demo_workspace, "demo"), client=LOOPBACK) as client:
         yield client, Atlas.open(demo_workspace, "demo")
 
 

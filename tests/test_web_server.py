@@ -69,14 +69,14 @@ def test_public_serve_makes_a_token_and_enforces_it(workspace, captured_run, cap
     printed = capsys.readouterr().out
     token = printed.split("?token=")[1].split()[0]
     assert len(token) >= 24
-    with TestClient(app, client=("203.0.113.5", 4000)) as remote:
+    with TestClient(base_url="http://127.0.0.1", app=app, client=("203.0.113.5", 4000)) as remote:
         assert remote.post("/api/uploads").status_code == 401
         assert remote.post("/api/uploads", headers={"x-clipatlas-token": token}).status_code == 422  # no file sent
 
 
 def test_serve_without_atlas_says_what_to_run(tmp_path, capsys):
     assert main(["serve", "-w", str(tmp_path)]) == 2
-    assert "clipatlas train" in capsys.readouterr().err
+    assert "has no embedding store; make one with: clipatlas embed SOURCE" in capsys.readouterr().err
 
 
 def test_busy_port_is_a_user_error():

@@ -1,8 +1,9 @@
 """The `clipatlas` command: a thin layer over the Python API.
 
 Each subcommand lives in its own module exposing `register(subparsers)`, which adds a parser
-whose `func` default takes the parsed arguments. Modules import their stage lazily inside
-`func` so `clipatlas --help` stays fast.
+whose `func` default takes the parsed arguments, and whose `reads` default names the workspace
+parts it reads (store, sae, atlas), checked before it runs (`clipatlas.atlas.check`). Modules
+import their stage lazily inside `func` so `clipatlas --help` stays fast.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
+        if getattr(args, "reads", ()):  # the workspace parts the command reads: a broken file is named up front
+            from clipatlas.atlas.check import check_workspace
+
+            check_workspace(args.workspace, args.name, args.reads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to continue where it stopped", file=sys.stderr)

@@ -13,7 +13,7 @@ def register(subparsers) -> None:
     add_workspace(parser)
     add_sae_name(parser)
     add_config_flags(parser, AtlasConfig)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reads=("store", "sae"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,14 @@ def add_sae_name(parser: argparse.ArgumentParser, help: str = "SAE name (default
     parser.add_argument("--name", help=help)
 
 
+def output_file(text: str) -> Path:
+    """A flag's type for a file the command writes: its folder must exist (a typo in it is not a new folder)."""
+    path = Path(text).expanduser()
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {path.parent} to write {path.name} in; create it first")
+    return path
+
+
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

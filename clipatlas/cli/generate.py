@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given, output_file
 from clipatlas.steer.config import GenerateConfig
 
 
@@ -35,9 +34,11 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="steps, guidance, height, width, prior_steps, prior_guidance",
     )
-    parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the image with the rules (PNG)")
-    parser.add_argument("--before", type=Path, help="also write the image without the rules (same seed)")
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "-o", "--out", type=output_file, required=True, help="where to write the image with the rules (PNG)"
+    )
+    parser.add_argument("--before", type=output_file, help="also write the image without the rules (same seed)")
+    parser.set_defaults(func=run, reads=("sae",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="re-embed the icons made and report how often their own feature fires most, and how many are distinct",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reads=("store", "sae", "atlas"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     add_workspace_flags(parser)
     add_config_flags(parser, ScoreConfig)
     add_split_and_vlm_flags(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reads=("store", "sae", "atlas"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     add_config_flags(
         parser, WebConfig, skip=[f for f in ("limits", "devices", "max_cached_results", "max_uploads_kept")]
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reads=("store", "sae", "atlas"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
+from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given, output_file
 from clipatlas.steer.recipe import Recipe
 
 
@@ -46,16 +46,16 @@ def register(subparsers) -> None:
         "duplicate_cosine=0.995 (the ranking of edited images, see the README's Steering section)",
     )
     parser.add_argument("--recipe", type=Path, help="replay this recipe JSON (ignores IMAGE and edit options)")
-    parser.add_argument("-o", "--out", type=Path, required=True, help="where to write the edited image (PNG)")
-    parser.add_argument("--before", type=Path, help="also write the unedited decode (same seed) here")
-    parser.add_argument("--recipe-out", type=Path, help="write the recipe JSON here, to replay later")
+    parser.add_argument("-o", "--out", type=output_file, required=True, help="where to write the edited image (PNG)")
+    parser.add_argument("--before", type=output_file, help="also write the unedited decode (same seed) here")
+    parser.add_argument("--recipe-out", type=output_file, help="write the recipe JSON here, to replay later")
     parser.add_argument(
         "--verify",
         action="store_true",
         help="re-embed the result and report, per set/add feature, its activation and rank there, whether the "
         "result differs from the source, and how far the other features moved",
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, reads=("store", "sae", "atlas"))
 
 
 def recipe_from_args(args):

@@ -23,6 +23,15 @@ if TYPE_CHECKING:  # imported where used: recipes are read without torch
 FEATURE_OPS = ("set", "add", "scale", "ban")
 IMAGE_OPS = ("transfer", "difference")
 OPS = FEATURE_OPS + IMAGE_OPS
+# The fields each op reads: any other field in an edit is refused rather than silently ignored.
+FIELDS_OF = {
+    "set": {"feature", "value", "unit"},
+    "add": {"feature", "value", "unit"},
+    "scale": {"feature", "value", "unit"},
+    "ban": {"feature"},
+    "transfer": {"image", "features"},
+    "difference": {"image", "other", "value"},
+}
 
 
 class EditError(UserError):
@@ -59,6 +68,8 @@ class Edit:
             raise EditError(f"edit {self.op!r} needs an image (store image id, sha256:HEX or path)")
         if self.op == "difference" and not self.other:
             raise EditError("edit 'difference' needs two images: difference:A,B=SCALE")
+        if self.features is not None and (not self.features or min(self.features) < 0):
+            raise EditError(f"edit {self.op!r} lists features {list(self.features)}; give ids >= 0, or none for all")
         if self.relative and self.op not in ("set", "add"):
             raise EditError(f"strength in units of max activation ('x') applies to set and add, not {self.op!r}")
 
@@ -90,6 +101,10 @@ class Edit:
         unknown = set(obj) - {"op", "feature", "value", "unit", "image", "other", "features"}
         if unknown:
             raise EditError(f"edit {obj!r} has unknown fields {sorted(unknown)}")
+        op = obj.get("op")
+        reads = FIELDS_OF.get(op, set(obj)) if isinstance(op, str) else set(obj)  # an unknown op is refused below
+        if set(obj) - {"op"} - reads:
+            raise EditError(f"edit {op!r} takes no {sorted(set(obj) - {'op'} - reads)}; it reads {sorted(reads)}")
         unit = obj.get("unit", "abs")
         if unit not in ("abs", "max"):
             raise EditError(f"edit unit must be 'abs' or 'max', got {unit!r}")
@@ -224,7 +239,7 @@ def edit_latents(sae, x: np.ndarray, edits: Sequence[Edit], ctx: SteerContext) -
 
     with torch.no_grad():
         z = sae.encode(torch.from_numpy(x)[None].to(sae.W_dec.device, sae.W_dec.dtype))[0]
-        return z, apply_edits(z, edits, ctx)
+        return z, refuse_non_finite(apply_edits(z, edits, ctx), "the edited latents")
 
 
 def embedding_from_latents(sae, x: np.ndarray, z: torch.Tensor, z_edited: torch.Tensor) -> np.ndarray:
@@ -237,7 +252,17 @@ def embedding_from_latents(sae, x: np.ndarray, z: torch.Tensor, z_edited: torch.
         changed = delta.nonzero().flatten()
         x_t = torch.from_numpy(x).to(sae.W_dec.device, sae.W_dec.dtype)
         steered = x_t + (delta[changed] @ sae.W_dec[changed]) / sae.cfg.input_scale
-    return steered.float().cpu().numpy()
+    return refuse_non_finite(steered, "the edited embedding").float().cpu().numpy()
+
+
+def refuse_non_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values`, unless an edit drove some of them to NaN or infinity (strengths too large for the number
+    format): decoding that would give an arbitrary image, so the run stops here."""
+    import torch
+
+    if not bool(torch.isfinite(values).all()):
+        raise EditError(f"{what} became NaN or infinite: an edit's strength is too large; use a smaller one")
+    return values
 
 
 def steer_embedding(sae, x: np.ndarray | torch.Tensor, edits: Sequence[Edit], ctx: SteerContext) -> np.ndarray:

@@ -22,6 +22,8 @@ from clipatlas.steer.recipe import Recipe
 from clipatlas.steer.success import EditCheck, check_edits
 from clipatlas.workspace import Workspace
 
+UPLOAD_PREFIX = "upload:"  # an image uploaded to the playground, kept in the workspace by its id
+
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
@@ -47,8 +49,11 @@ class SteerResult:
 class Steerer:
     """Steering over one opened atlas: its SAE, store, encoder and decoders, each loaded once."""
 
-    def __init__(self, atlas: Atlas):
+    def __init__(self, atlas: Atlas, *, allow_files: bool = True):
+        """`allow_files`: recipes may name any image file (the command line, where the user typed it); without
+        it (the web server) only store images and this workspace's uploads (`upload:<id>`)."""
         self.atlas = atlas
+        self.allow_files = allow_files
         self.workspace = self.atlas.workspace
         self.store = self.atlas.store
         self.sae = self.atlas.sae
@@ -80,6 +85,7 @@ class Steerer:
         return np.asarray(self.encoder.encode_images([self.image_of(ref)])[0], dtype=np.float32)
 
     def row_of(self, ref: str) -> int | None:
+        """The store row `ref` names, None for an image file `file_of` allows; else a UserError."""
         if ref.startswith("sha256:"):
             digests = self.store.metadata.column("sha256").to_pylist()
             if ref[7:] not in digests:
@@ -88,16 +94,36 @@ class Steerer:
         try:
             return self.store.row_of(ref)
         except KeyError:
-            if Path(ref).expanduser().is_file():
+            if self.file_of(ref) is not None:
                 return None
-            raise UserError(f"{ref!r} is neither a store image id nor an image file") from None
+        if self.allow_files:
+            raise UserError(f"{ref!r} is neither a store image id, an upload nor an image file")
+        # The same words whether or not a file of that name exists: the answer reveals nothing of the disk.
+        raise UserError(
+            f"{ref!r} is not a store image id nor an image uploaded to this server; "
+            "choose a store image, or upload the image again"
+        )
+
+    def file_of(self, ref: str) -> Path | None:
+        """The image file `ref` names, if it may be read: `upload:<id>` of this workspace, or, only with
+        `allow_files`, any file. The one place that decides which files a recipe reads."""
+        if ref.startswith(UPLOAD_PREFIX):
+            try:
+                path = self.workspace.upload(ref[len(UPLOAD_PREFIX) :])
+            except UserError:
+                return None
+        elif self.allow_files:
+            path = Path(ref).expanduser()
+        else:
+            return None
+        return path if path.is_file() else None
 
     def image_of(self, ref: str) -> Image.Image:
         row = self.row_of(ref)
         if row is not None:
             return self.store.open_image(row).convert("RGB")
         try:
-            return open_uri(str(Path(ref).expanduser()))  # as `embed` reads it: EXIF-upright, alpha on white
+            return open_uri(str(self.file_of(ref)))  # as `embed` reads it: EXIF-upright, alpha on white
         except ImageDecodeError as exc:
             raise UserError(f"cannot read image {ref} ({exc})") from exc
 

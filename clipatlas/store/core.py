@@ -67,6 +67,11 @@ def _meta_name(index: int) -> str:
     return f"metadata/metadata_{index:05d}.parquet"
 
 
+def shard_files(store_dir: Path, shard: dict[str, Any]) -> tuple[Path, Path]:
+    """(embeddings .npy, metadata .parquet) of one manifest shard entry."""
+    return store_dir / _emb_name(shard["index"]), store_dir / _meta_name(shard["index"])
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     index: int

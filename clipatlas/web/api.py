@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from clipatlas.web import schemas
 from clipatlas.web.context import Context, WebContext, may_compute
-from clipatlas.web.jobs import DONE
+from clipatlas.web.jobs import DONE, QueueFull
 from clipatlas.web.uploads import receive_upload
-from clipatlas.web.views import valid_image_id, valid_upload_id
+from clipatlas.web.views import MAX_QUERY, valid_image_id, valid_upload_id
 
 router = APIRouter(prefix="/api")
 
@@ -41,14 +40,14 @@ def api_feature_brief(feature_id: int, ctx: Context):
 @router.get("/features", response_model=schemas.FeatureList)
 def api_features(
     ctx: Context,
-    sort: str = "score",
-    min_score: float | None = None,
+    sort: Literal["score", "feature"] = "score",
+    min_score: Annotated[float | None, Query(allow_inf_nan=False)] = None,
     named: bool = False,
-    limit: int = 100,
-    offset: int = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, lt=2**31)] = 0,
 ):
     """Labelled features sorted by score (or id), optionally only those scoring at least min_score or named."""
-    return ctx.views.feature_list(sort, min_score, named, min(max(limit, 1), 1000), max(offset, 0))
+    return ctx.views.feature_list(sort, min_score, named, limit, offset)
 
 
 @router.get("/map", responses={200: {"model": schemas.MapPoints}})
@@ -67,7 +66,7 @@ def api_image(image_id: str, ctx: Context):
 
 
 @router.get("/search", response_model=schemas.SearchResult)
-def api_search(ctx: Context, q: str = ""):
+def api_search(ctx: Context, q: Annotated[str, Query(max_length=MAX_QUERY)] = ""):
     return ctx.views.search(q)
 
 
@@ -88,16 +87,21 @@ def api_upload_features(upload_id: str, ctx: Context):
     return {"upload_id": upload_id, "url": f"/uploads/{upload_id}", "features": features}
 
 
-@router.post("/generate", response_model=schemas.SubmittedJob, dependencies=[Depends(may_compute)])
-async def api_generate(request: Request, ctx: Context):
-    try:
-        payload = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(400, f"the body must be a JSON recipe ({exc})") from exc
-    recipe, recipe_hash = ctx.steering.validate(payload)
+@router.post(
+    "/generate",
+    response_model=schemas.SubmittedJob,
+    dependencies=[Depends(may_compute)],
+    responses={429: {"description": "the queue, or this client's share of it, is full; see Retry-After"}},
+)
+def api_generate(sent: schemas.RecipeIn, request: Request, ctx: Context):
+    recipe, recipe_hash = ctx.steering.validate(sent)
     known = ctx.jobs.get(recipe_hash)
     cached = known is not None and known.status == DONE
-    return {**job_json(ctx, ctx.jobs.submit(recipe_hash, recipe)), "cached": cached}
+    try:
+        job = ctx.jobs.submit(recipe_hash, recipe, client=request.client.host if request.client else "")
+    except QueueFull as full:
+        raise HTTPException(429, str(full), headers={"Retry-After": str(full.retry_after)}) from full
+    return {**job_json(ctx, job), "cached": cached}
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)

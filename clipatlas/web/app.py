@@ -6,28 +6,36 @@ comes only from the Atlas query API, generation only through the one `Steerer` b
 
 from __future__ import annotations
 
+import logging
 import secrets
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clipatlas._io import SchemaError
+from clipatlas.atlas.check import BrokenWorkspace, diagnose
 from clipatlas.errors import UserError
 from clipatlas.steer.engine import Steerer
+from clipatlas.store import StoreError
 from clipatlas.web import api, files, pages, security
 from clipatlas.web.config import WebConfig
 from clipatlas.web.context import TEMPLATES_DIR, WebContext, context_of
+from clipatlas.web.guard import RequestGuard
 from clipatlas.web.jobs import GenerationQueue
 from clipatlas.web.steering import Steering, UploadRegistry
 from clipatlas.web.views import AtlasViews
 from clipatlas.workspace import Workspace
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 # Scripts only from our own /static: a label that slipped past escaping still could not run.
 SECURITY_HEADERS = {
@@ -40,25 +48,41 @@ SECURITY_HEADERS = {
 
 
 def create_app(
-    workspace, name: str | None = None, token: str | None = None, *, config: WebConfig = WebConfig(), atlas=None
+    workspace,
+    name: str | None = None,
+    token: str | None = None,
+    *,
+    config: WebConfig = WebConfig(),
+    atlas=None,
+    hosts: security.HostAllowList | None = None,
 ) -> FastAPI:
     """Build the app for SAE `name` of `workspace`.
 
     `token`: required (header, cookie or `?token=`) by every endpoint that computes or uploads;
     leave it None only when serving on a loopback address. `atlas`: an already opened Atlas
-    (benchmarks reuse one); by default `Atlas.open(workspace, name)`.
+    (benchmarks reuse one); by default `Atlas.open(workspace, name)`. `hosts`: the Host names
+    answered (default: loopback names only; `serve` adds the address it listens on and --allow-host).
     """
     if atlas is None:
         from clipatlas.atlas import Atlas
 
         atlas = Atlas.open(workspace, name)
-    uploads = UploadRegistry(config.max_uploads_kept, Workspace.of(workspace).uploads_dir)
-    steering = Steering(Steerer(atlas), uploads, decoder=config.decoder, sae=name)
+    ws = Workspace.of(workspace)
+    uploads = UploadRegistry(config.max_uploads_kept, ws, config.uploads_max_bytes, config.uploads_max_age_s)
+    # allow_files=False: a request may name store images and this server's uploads, never a file.
+    steering = Steering(Steerer(atlas, allow_files=False), uploads, decoder=config.decoder, sae=name)
+    jobs = GenerationQueue(
+        steering.run,
+        devices=config.devices,
+        max_cached=config.max_cached_results,
+        max_active=config.max_queued_jobs,
+        per_client=config.max_jobs_per_client,
+    )
     context = WebContext(
         views=AtlasViews(atlas),
         steering=steering,
         uploads=uploads,
-        jobs=GenerationQueue(steering.run, devices=config.devices, max_cached=config.max_cached_results),
+        jobs=jobs,
         templates=Jinja2Templates(directory=TEMPLATES_DIR),
         config=config,
         token=token,
@@ -73,7 +97,14 @@ def create_app(
         app.include_router(router)
     app.router.on_shutdown.append(context.jobs.close)
     _add_error_handlers(app)
-    _add_guard(app, config, token)
+    _add_response_headers(app, token)
+    # Added last, so outermost: every request meets the Host check and body limits first.
+    app.add_middleware(
+        RequestGuard,
+        hosts=hosts or security.HostAllowList.serving(),
+        limits=config.limits,
+        body_timeout_s=config.body_timeout_s,
+    )
     # The map of a big atlas takes a second to serialise: do it before anyone asks.
     threading.Thread(target=context.views.map_json, name="clipatlas-map-warmup", daemon=True).start()
     return app
@@ -95,20 +126,44 @@ def _add_error_handlers(app: FastAPI) -> None:
                 status=exc.status_code,
                 detail=exc.detail,
             )
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
         return await http_error(request, HTTPException(400, str(exc)))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        return await http_error(request, HTTPException(422, f"invalid request: {validation_summary(exc)}"))
 
-def _add_guard(app: FastAPI, config: WebConfig, token: str | None) -> None:
+    async def broken_workspace(request: Request, exc: Exception):
+        atlas = context_of(request).steering.atlas
+        found = diagnose(atlas.workspace, atlas.name, exc)
+        log.warning("%s %s: %s", request.method, request.url.path, found)
+        return await http_error(request, HTTPException(503, str(found)))
+
+    # A file of the workspace is missing or damaged: the server's problem (503), named in one line.
+    for broken in (BrokenWorkspace, StoreError, SchemaError, sqlite3.DatabaseError, OSError):
+        app.add_exception_handler(broken, broken_workspace)
+
+
+def validation_summary(exc: RequestValidationError, most: int = 3) -> str:
+    """pydantic's errors as one line: `edits.0.value: Input should be a finite number; ...`."""
+    parts = []
+    for error in exc.errors()[:most]:
+        if error["type"] == "json_invalid":
+            parts.append(f"body: not JSON ({error['ctx']['error']} at character {error['loc'][-1]})")
+            continue
+        where = ".".join(str(part) for part in error["loc"][1:]) or str(error["loc"][0])
+        parts.append(f"{where}: {error['msg']}")
+    more = len(exc.errors()) - most
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _add_response_headers(app: FastAPI, token: str | None) -> None:
     @app.middleware("http")
-    async def guard_and_annotate(request: Request, call_next):
+    async def annotate(request: Request, call_next):
         started = time.perf_counter()
-        too_big = security.oversized_body(request, config.limits)
-        if too_big is not None:
-            return JSONResponse({"detail": too_big[1]}, status_code=too_big[0])
         response = await call_next(request)
         # Server-Timing shows the server's own time in the browser's devtools and in bench/web.py.
         response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.2f}"

@@ -28,6 +28,16 @@ class WebConfig:
     """Finished generations kept for their links."""
     max_uploads_kept: int = 64
     """Uploads kept in memory for the playground."""
+    uploads_max_bytes: int = 512 * 1024 * 1024
+    """Disk space the saved uploads may take; beyond it the least recently used are deleted."""
+    uploads_max_age_s: float = 7 * 24 * 3600.0
+    """Saved uploads unused for this long are deleted."""
+    max_queued_jobs: int = 64
+    """Generation jobs waiting or running at once; more are refused with 429 and Retry-After."""
+    max_jobs_per_client: int = 4
+    """Generation jobs one client address may have waiting or running."""
+    body_timeout_s: float = 30.0
+    """Longest wait for the next part of a request body before answering 408."""
 
 
 @dataclass(frozen=True)
@@ -40,3 +50,11 @@ class ServeConfig:
     """Port to listen on."""
     token: str | None = None
     """Token for the compute and upload endpoints (default: a random one on non-loopback addresses)."""
+    allow_host: tuple[str, ...] = ()
+    """Host names the server also answers to, comma-separated (it always answers to loopback names and the
+    address it listens on; any other Host header, as DNS rebinding sends, is refused)."""
+
+    def __post_init__(self):
+        if isinstance(self.allow_host, str):  # from the command line
+            names = tuple(name.strip().lower() for name in self.allow_host.split(",") if name.strip())
+            object.__setattr__(self, "allow_host", names)

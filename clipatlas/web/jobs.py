@@ -4,18 +4,25 @@ A job's id is its recipe's hash, so submitting the same recipe twice (a shared l
 two people, a double click) returns the job already queued, running or finished instead of
 running the model again. Finished results are kept in a bounded LRU; failed jobs are kept so
 their error can be read, and are retried when the recipe is submitted again.
+
+The queue is bounded twice: at most `max_active` jobs waiting or running in all, and at most
+`per_client` of them from one client, so one user (or script) cannot make everyone else wait.
+A refused submission says when to come back (`QueueFull.retry_after`, from recent job times).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from clipatlas.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,9 @@ class Job:
     device: str | None = None
     result: Any = None
     error: str | None = None
+    client: str = ""
     submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
     finished_at: float | None = None
 
     def public(self, position: int | None = None) -> dict[str, Any]:
@@ -50,16 +59,34 @@ class Job:
         }
 
 
+class QueueFull(Exception):
+    """A submission refused because the queue, or the client's share of it, is full."""
+
+    def __init__(self, reason: str, retry_after: int):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class GenerationQueue:
     """Run `run(recipe, progress)` for submitted recipes on one worker thread per device."""
 
     _STOP = object()
 
-    def __init__(self, run: RunFunction, devices: tuple[str, ...] = ("cpu",), max_cached: int = 256):
+    def __init__(
+        self,
+        run: RunFunction,
+        devices: tuple[str, ...] = ("cpu",),
+        max_cached: int = 256,
+        max_active: int = 64,
+        per_client: int = 4,
+    ):
         if not devices:
             raise ValueError("at least one device is needed to run generation jobs")
         self._run = run
         self._max_cached = max_cached
+        self._max_active = max_active
+        self._per_client = per_client
+        self._recent_seconds: collections.deque[float] = collections.deque(maxlen=32)
         self._lock = threading.Lock()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._pending: queue.Queue = queue.Queue()
@@ -70,17 +97,40 @@ class GenerationQueue:
         for worker in self._workers:
             worker.start()
 
-    def submit(self, job_id: str, recipe: Any) -> Job:
+    def submit(self, job_id: str, recipe: Any, client: str = "") -> Job:
+        """The job for `recipe` (the one already known by its id, else a new one queued for `client`);
+        raises `QueueFull` when the queue or the client's share of it is full."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is not None and job.status != FAILED:
                 self._jobs.move_to_end(job_id)
                 return job
-            job = Job(id=job_id, recipe=recipe)
+            self._check_room(client)
+            job = Job(id=job_id, recipe=recipe, client=client)
             self._jobs[job_id] = job
             self._evict_finished()
         self._pending.put(job)
         return job
+
+    def _check_room(self, client: str) -> None:
+        active = [job for job in self._jobs.values() if job.status in (QUEUED, RUNNING)]
+        if len(active) >= self._max_active:
+            raise QueueFull(
+                f"the server has {len(active)} generations waiting or running, its limit; try again shortly",
+                self._seconds_for(len(active)),
+            )
+        mine = sum(1 for job in active if job.client == client)
+        if mine >= self._per_client:
+            raise QueueFull(
+                f"you have {mine} generations waiting or running, the limit per client; "
+                "wait for one to finish before sending another",
+                self._seconds_for(mine),
+            )
+
+    def _seconds_for(self, jobs: int) -> int:
+        """Roughly when `jobs` jobs will have finished on the workers, from the last jobs' run times."""
+        typical = sorted(self._recent_seconds)[len(self._recent_seconds) // 2] if self._recent_seconds else 1.0
+        return max(1, math.ceil(typical * jobs / len(self._workers)))
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -115,7 +165,7 @@ class GenerationQueue:
             self._run_one(job, device)
 
     def _run_one(self, job: Job, device: str) -> None:
-        job.status, job.device, job.message = RUNNING, device, "starting"
+        job.status, job.device, job.message, job.started_at = RUNNING, device, "starting", time.time()
 
         def progress(fraction: float, message: str = "") -> None:
             job.progress = min(max(float(fraction), 0.0), 1.0)
@@ -125,10 +175,15 @@ class GenerationQueue:
         try:
             job.result = self._run(job.recipe, progress)
         except Exception as exc:  # a failed job reports its error to the page instead of killing the worker
-            log.exception("generation job %s failed", job.id)
+            if isinstance(exc, UserError):  # the recipe's fault, said in one line (e.g. a strength too large)
+                log.warning("generation job %s refused: %s", job.id, exc)
+            else:
+                log.exception("generation job %s failed", job.id)
             job.error = str(exc) or type(exc).__name__
             job.status, job.message = FAILED, "failed"
         else:
             job.progress, job.status, job.message = 1.0, DONE, "done"
         finally:
             job.finished_at = time.time()
+            with self._lock:
+                self._recent_seconds.append(job.finished_at - job.started_at)

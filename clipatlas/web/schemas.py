@@ -1,10 +1,70 @@
-"""The JSON API's wire types: every `/api/` response is one of these (see `/api/openapi.json`)."""
+"""The JSON API's wire types: every `/api/` response is one of these, and every request body is
+validated by one (see `/api/openapi.json`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+# --- requests -------------------------------------------------------------------------------------
+MAX_EDITS = 1024
+# A strength beyond this (in units of the feature's max activation, or absolute) only saturates the
+# decoder; the bound also keeps every edited embedding far inside float32.
+MAX_STRENGTH = 1e4
+FeatureId = Annotated[int, Field(ge=0, lt=2**31)]  # the SAE's own range is checked against the atlas
+Strength = Annotated[float, Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH, allow_inf_nan=False)]
+# A store image id, sha256:HEX of a stored image, or upload:<id> (never a path: see Steerer.file_of).
+ImageRef = Annotated[str, Field(min_length=1, max_length=256)]
+Text = Annotated[str, Field(max_length=256)]
+
+
+class EditIn(BaseModel):
+    """One edit, as `clipatlas.steer.Edit.to_dict` writes it; the fields an op does not read must be absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["set", "add", "scale", "ban", "transfer", "difference"]
+    feature: FeatureId | None = None
+    value: Strength | None = None
+    unit: Literal["abs", "max"] | None = None
+    image: ImageRef | None = None
+    other: ImageRef | None = None
+    features: Annotated[list[FeatureId], Field(min_length=1, max_length=MAX_EDITS)] | Literal["all"] | None = None
+
+
+# An edit is an object or a command-line spec ("set:12=7.5x"); the discriminator picks the branch, so an
+# error names what is wrong with the edit as sent rather than with both alternatives.
+EditOrSpec = Annotated[
+    Annotated[EditIn, Tag("object")] | Annotated[Annotated[str, Field(max_length=512)], Tag("spec")],
+    Discriminator(lambda value: "spec" if isinstance(value, str) else "object"),
+]
+
+
+class RecipeIn(BaseModel):
+    """A playground recipe (`clipatlas.steer.Recipe.to_dict`). The server sets decoder, settings and SAE
+    itself: the ones sent are accepted (a saved recipe may carry them) and replaced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: ImageRef
+    edits: Annotated[list[EditOrSpec], Field(max_length=MAX_EDITS)] = []
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 1
+    schema_version: Annotated[int, Field(ge=0, le=1000)] | None = None
+    kind: Text | None = None
+    decoder: Text | None = None
+    settings: dict[Text, Any] | None = None
+    sae: Text | None = None
+    hash: Text | None = None
+
+    def to_recipe_dict(self) -> dict[str, Any]:
+        """The fields `Recipe.from_dict` reads, edits as sent (a dict keeps only the fields given)."""
+        edits = [e if isinstance(e, str) else e.model_dump(exclude_none=True) for e in self.edits]
+        checked = {"schema_version": self.schema_version, "kind": self.kind}  # a newer recipe format is named
+        return {"image": self.image, "edits": edits, "seed": self.seed, **{k: v for k, v in checked.items() if v}}
+
+
+# --- responses ------------------------------------------------------------------------------------
 
 
 class ScoreOut(BaseModel):

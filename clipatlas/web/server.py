@@ -6,10 +6,11 @@ import logging
 import socket
 
 from clipatlas._serve import serving_in_thread  # noqa: F401  (tests and benchmarks serve the app with it)
+from clipatlas.atlas.check import check_workspace
 from clipatlas.errors import UserError
 from clipatlas.web.app import create_app
 from clipatlas.web.config import ServeConfig, WebConfig
-from clipatlas.web.security import is_loopback, new_token
+from clipatlas.web.security import HostAllowList, is_loopback, new_token
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,12 @@ def serve(
     """Serve the atlas until interrupted, printing the URL to open."""
     import uvicorn
 
+    check_workspace(workspace, name)  # one line naming a broken file, before anything is served
     token = config.token
     if token is None and not is_loopback(config.host):
         token = new_token()
-    app = create_app(workspace, name=name, token=token, config=web)
+    hosts = HostAllowList.serving(config.host, config.allow_host)
+    app = create_app(workspace, name=name, token=token, config=web, hosts=hosts)
     check_port_free(config.host, config.port)
     app.state.context.views.map_json()  # the map is ready before the URL is printed
     url = app_url(config.host, config.port, token)

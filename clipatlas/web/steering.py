@@ -1,9 +1,10 @@
 """The playground's engine: uploads, their embeddings, recipe validation and generation runs.
 
-Recipes come from the browser as the JSON documents `clipatlas.steer.Recipe` reads. An
-uploaded image enters a recipe as `"upload:<id>"`; the server swaps in the path of the copy it
-saved under the workspace (named by the upload's hash), so no path in a request ever reaches
-the filesystem.
+Recipes come from the browser as the JSON documents `clipatlas.steer.Recipe` reads, validated
+first by `schemas.RecipeIn`. An uploaded image enters a recipe as `"upload:<id>"`, the copy the
+server saved under the workspace (named by the upload's hash). The app's `Steerer` is built
+with `allow_files=False`, so store images and those uploads are all a request can make it read.
+Saved uploads expire: unused for `uploads_max_age_s`, or least recently used beyond `uploads_max_bytes`.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from clipatlas.steer.decoders import split_decoder_name
 from clipatlas.steer.engine import Steerer
 from clipatlas.steer.recipe import Recipe
 from clipatlas.steer.success import default_strength
+from clipatlas.web.schemas import RecipeIn
+from clipatlas.workspace import Workspace
 
-UPLOAD_PREFIX = "upload:"
 DISPLAY_SIZE = 512
-MAX_EDITS = 1024
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -40,13 +41,17 @@ def png_bytes(image: Image.Image) -> bytes:
 
 class UploadRegistry:
     """Recent uploads by id: a re-encoded PNG to show, the image's embedding, and a full-size PNG
-    saved under `directory` (named by the upload's hash) that recipes use as their input."""
+    saved in the workspace (`Workspace.upload(id)`) that recipes use as their input. Saved files
+    are deleted when unused for `max_age_s`, or least recently used first beyond `max_bytes`."""
 
-    def __init__(self, max_kept: int, directory: Path):
+    def __init__(self, max_kept: int, workspace: Workspace, max_bytes: int, max_age_s: float):
         self._max_kept = max_kept
-        self.directory = directory
+        self.workspace = workspace
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
         self._lock = threading.Lock()
         self._items: collections.OrderedDict[str, tuple[bytes, np.ndarray]] = collections.OrderedDict()
+        self.expire()  # uploads left by an earlier run
 
     @staticmethod
     def id_of(data: bytes) -> str:
@@ -54,8 +59,10 @@ class UploadRegistry:
 
     def add(self, data: bytes, image: Image.Image, embedding: np.ndarray) -> str:
         upload_id = self.id_of(data)
-        if not self.path(upload_id).is_file():
-            atomic_write_bytes(self.path(upload_id), png_bytes(image))
+        path = self.workspace.upload(upload_id)
+        if not path.is_file():
+            atomic_write_bytes(path, png_bytes(image))
+        path.touch()  # its last use: expiry deletes the least recently used first
         shown = image.copy()
         shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
         with self._lock:
@@ -64,7 +71,30 @@ class UploadRegistry:
             self._items.move_to_end(upload_id)
             while len(self._items) > self._max_kept:
                 self._items.popitem(last=False)
+        self.expire(keep=path)
         return upload_id
+
+    def expire(self, keep: Path | None = None) -> list[Path]:
+        """Delete saved uploads unused for too long, then the least recently used beyond the size budget
+        (never `keep`, the one just added); returns the files deleted."""
+        now, files = time.time(), []
+        for path in self.workspace.uploads_dir.glob("*.png"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # deleted meanwhile by another request
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        files.sort()  # least recently used first
+        total, deleted = sum(size for _, size, _ in files), []
+        for mtime, size, path in files:
+            if path != keep and (now - mtime > self._max_age_s or total > self._max_bytes):
+                path.unlink(missing_ok=True)
+                total -= size
+                deleted.append(path)
+        with self._lock:
+            for path in deleted:
+                self._items.pop(path.stem, None)
+        return deleted
 
     def _get(self, upload_id: str) -> tuple[bytes, np.ndarray]:
         with self._lock:
@@ -73,14 +103,19 @@ class UploadRegistry:
             raise HTTPException(404, f"upload {upload_id} is no longer kept on the server; upload the image again")
         return item
 
-    def path(self, upload_id: str) -> Path:
-        return self.directory / f"{upload_id}.png"
-
     def png(self, upload_id: str) -> bytes:
         return self._get(upload_id)[0]
 
     def embedding(self, upload_id: str) -> np.ndarray:
         return self._get(upload_id)[1]
+
+
+def recipe_images(recipe: Recipe) -> list[str]:
+    """Every image a recipe reads: its input and those its transfer and difference edits name."""
+    named = [recipe.image]
+    for edit in recipe.edits:
+        named += [ref for ref in (edit.image, edit.other) if ref is not None]
+    return named
 
 
 def default_decoder(encoder_id: str) -> str:
@@ -122,48 +157,23 @@ class Steering:
             return np.asarray(encoder.encode_images([image])[0], dtype=np.float32)
 
     # -- recipes --------------------------------------------------------------------------------
-    def validate(self, payload: Any):
+    def validate(self, sent: RecipeIn) -> tuple[Recipe, str]:
         """(recipe, hash) of a playground recipe, or a 422 saying what is wrong with it."""
-        if not isinstance(payload, dict):
-            raise HTTPException(422, "a recipe is a JSON object with an image, edits, a decoder and a seed")
         # The server, not the page, picks the decoder, its settings and the SAE: a page may not
         # load other weights or ask for a thousand diffusion steps.
-        payload = {**self.confine_inputs(payload), "decoder": self.decoder_name, "settings": {}, "sae": self.sae_name}
+        payload = {**sent.to_recipe_dict(), "decoder": self.decoder_name, "settings": {}, "sae": self.sae_name}
         try:
             recipe = Recipe.from_dict(payload)
-        except (UserError, ValueError, TypeError, KeyError) as exc:
+            for ref in recipe_images(recipe):
+                self.steerer.row_of(ref)  # a store image or an upload of this server (the Steerer reads no other file)
+        except UserError as exc:
             raise HTTPException(422, f"invalid recipe: {exc}") from exc
-        if len(recipe.edits) > MAX_EDITS:
-            raise HTTPException(422, f"a recipe may stack at most {MAX_EDITS} edits, this one has {len(recipe.edits)}")
         n_features = self.atlas.n_features
         for edit in recipe.edits:
-            if edit.feature is not None and not 0 <= edit.feature < n_features:
-                raise HTTPException(
-                    422, f"edit {edit.op} names feature {edit.feature}; this SAE has 0..{n_features - 1}"
-                )
+            named = [edit.feature] if edit.feature is not None else list(edit.features or ())
+            if any(f >= n_features for f in named):
+                raise HTTPException(422, f"edit {edit.op} names feature {max(named)}; this SAE has 0..{n_features - 1}")
         return recipe, recipe.hash
-
-    def confine_inputs(self, value: Any) -> Any:
-        """Swap `upload:<id>` for the saved upload's path; refuse any other string that names a file.
-
-        Recipes replayed from the command line may name paths (images, decoder weights); recipes
-        sent to the server may name only store image ids, this server's uploads and plain names.
-        """
-        if isinstance(value, dict):
-            return {k: self.confine_inputs(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.confine_inputs(v) for v in value]
-        if isinstance(value, str) and value.startswith(UPLOAD_PREFIX):
-            upload_id = value[len(UPLOAD_PREFIX) :]
-            path = self.uploads.path(upload_id) if upload_id.isalnum() else None
-            if path is None or not path.is_file():
-                raise HTTPException(422, f"upload {upload_id!r} is not on this server; upload the image again")
-            return str(path)
-        if isinstance(value, str) and ("/" in value or "\\" in value):
-            raise HTTPException(
-                422, f"recipes sent to the server name images by store id or upload, not by path ({value!r})"
-            )
-        return value
 
     def run(self, recipe, progress) -> dict[str, Any]:
         """Run one recipe (on the queue's worker thread) and return its before/after PNGs."""

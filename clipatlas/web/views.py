@@ -27,6 +27,7 @@ from clipatlas.atlas import AtlasError
 from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
 
+MAX_QUERY = 200  # a search is for a label's words; a longer LIKE pattern only costs the database
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_IMAGE_FEATURES = 48
@@ -209,8 +210,12 @@ class AtlasViews:
         Atlas.search_labels); a number (or #number) names a feature directly. Each hit shows the
         feature's name (its headline label) and the label that matched, with its score."""
         query = query.strip()
+        if len(query) > MAX_QUERY:
+            raise HTTPException(422, f"a search may have at most {MAX_QUERY} characters")
         number = query.removeprefix("#")
-        exact = int(number) if number.isdigit() and int(number) < self.atlas.n_features else None
+        # ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses.
+        is_id = number.isascii() and number.isdigit() and len(number) <= 10
+        exact = int(number) if is_id and int(number) < self.atlas.n_features else None
         results, seen = [], set()
         for label in self.atlas.search_labels(query) if query else []:
             if label.feature in seen:
@@ -233,6 +238,8 @@ class AtlasViews:
         filtered by a minimum score and to named features."""
         if sort not in FEATURE_LIST_SORTS:
             raise HTTPException(400, f"sort by one of {', '.join(FEATURE_LIST_SORTS)}, not {sort!r}")
+        if min_score is not None and not math.isfinite(min_score):
+            raise HTTPException(422, f"the minimum score is a finite number, not {min_score}")
         rows = []
         for feature, labels in self.atlas.labels_by_feature().items():
             best = self.atlas.headlines().get(feature) or labels[0]
