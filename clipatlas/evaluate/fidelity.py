@@ -88,7 +88,7 @@ class FidelityTasks:
     """The encoder's task heads, loaded once per evaluation run; `sinks()` makes fresh accumulators."""
 
     def __init__(self, encoder_id: str, labels, device: str):
-        from clipatlas.atlas.lens import NO_ENCODER
+        from clipatlas.interp.data import NO_ENCODER
 
         self.notes: list[str] = []
         self.head = None
