@@ -255,17 +255,7 @@ class AtlasViews:
         """The map as JSON and gzipped JSON, made once (the app warms it at start-up)."""
         with self._map_lock:
             if self._map_json is None:
-                points = self.atlas.map_points()
-                body = {
-                    "feature": points.feature.tolist(),
-                    "x": np.round(points.x.astype(np.float64), 4).tolist(),
-                    "y": np.round(points.y.astype(np.float64), 4).tolist(),
-                    "cluster": points.cluster.tolist(),
-                    "label": list(points.label),
-                    "top_image": list(points.top_image),
-                    "clusters": cluster_names(points),
-                }
-                raw = json.dumps(body, separators=(",", ":")).encode()
+                raw = json.dumps(map_body(self.atlas.map_points()), separators=(",", ":")).encode()
                 self._map_json = (raw, gzip.compress(raw, compresslevel=5))
             return self._map_json
 
@@ -297,6 +287,19 @@ def score_fields(label) -> dict[str, Any]:
         "baseline": None if score is None else float(score.baseline),
         "beats_baseline": None if score is None else bool(score.beats_baseline),
         "judge": None if score is None else score.judge,
+    }
+
+
+def map_body(points) -> dict[str, Any]:
+    """The map's JSON (schemas.MapPoints) from `Atlas.map_points()`, or a subset of it."""
+    return {
+        "feature": points.feature.tolist(),
+        "x": np.round(points.x.astype(np.float64), 4).tolist(),
+        "y": np.round(points.y.astype(np.float64), 4).tolist(),
+        "cluster": points.cluster.tolist(),
+        "label": list(points.label),
+        "top_image": list(points.top_image),
+        "clusters": cluster_names(points),
     }
 
 
