@@ -1,6 +1,7 @@
-"""Web app benchmark: feature-page server time (p95) and map load time at the seed's scale.
+"""Web app benchmark: feature-page server time (p95), map load time at the seed's scale, and a load test.
 
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
+    .venv/bin/python bench/web.py --load 10000 [--clients 50]      # the load test only
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
 schema, then
@@ -10,13 +11,22 @@ schema, then
     printing its URL) and opens /map in headless Chromium, timing navigation start to the map
     being drawn: first visit (fresh browser, nothing cached) and second visit.
 Targets: feature page p95 < 30 ms; map load < 2 s.
+
+`--load N`: `clipatlas serve` in its own process on the same atlas, and `--clients` concurrent
+clients (asyncio + httpx, one process) sending N requests in a fixed mix: HTML pages, JSON,
+thumbnails, search, the map, and playground generations (retrieval) polled until done. A client
+told 429 waits its Retry-After and submits again, as the playground does not but any client
+should. Errors: transport failures, 5xx, failed jobs and any status the mix does not expect.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -107,16 +117,220 @@ def map_load(app) -> dict:
     return timings
 
 
+# (kind, weight): the share of each request in the load test's mix.
+LOAD_MIX = (
+    ("feature_page", 25),
+    ("feature_json", 15),
+    ("feature_brief", 5),
+    ("search_json", 10),
+    ("search_page", 5),
+    ("thumbnail", 15),
+    ("image_json", 10),
+    ("index_page", 3),
+    ("playground_page", 2),
+    ("map_json", 1),
+    ("generate", 5),
+)
+EXPECTED = {"search_page": (200, 303), "generate": (200, 429)}
+
+
+class LoadPlan:
+    """What the clients ask for: alive features, store images with thumbnails, label words, recipes."""
+
+    def __init__(self, root: Path, seed: int = 0):
+        from clipatlas.atlas import Atlas
+        from clipatlas.atlas.synthetic import WORDS
+
+        atlas = Atlas.open(root)
+        rng = np.random.default_rng(seed)
+        self.features = rng.choice(atlas.map_points().feature, size=2000).tolist()
+        self.images = sorted({e.image_id for f in self.features[:200] for e in atlas.top_images(int(f))[:2]})
+        self.words = list(WORDS)
+        sources, targets = self.images[:20], self.features[:10]
+        # 200 distinct recipes: the same recipe sent twice is served from the job cache, as a shared link is.
+        self.recipes = [
+            {"image": image, "edits": [{"op": "set", "feature": int(f), "value": 2.0, "unit": "max"}], "seed": 1}
+            for image in sources
+            for f in targets
+        ]
+
+    def url(self, kind: str, rng: np.random.Generator) -> str:
+        feature = int(rng.choice(self.features))
+        image = str(rng.choice(self.images))
+        word = str(rng.choice(self.words))
+        return {
+            "feature_page": f"/features/{feature}",
+            "feature_json": f"/api/features/{feature}",
+            "feature_brief": f"/api/features/{feature}/brief",
+            "search_json": f"/api/search?q={word}",
+            "search_page": f"/search?q={word}",
+            "thumbnail": f"/thumbs/{image}",
+            "image_json": f"/api/images/{image}",
+            "index_page": "/",
+            "playground_page": "/playground",
+            "map_json": "/api/map",
+        }[kind]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(root: Path, port: int, log_path: Path) -> subprocess.Popen:
+    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers."""
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "clipatlas", "serve", "-w", str(root), "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode}); see {log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/summary", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
+
+
+async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
+    import httpx
+
+    kinds = [k for k, _ in LOAD_MIX]
+    weights = np.array([w for _, w in LOAD_MIX], dtype=np.float64)
+    weights /= weights.sum()
+    records: list[tuple[str, int, float]] = []  # (kind, status or -1 for a transport error, seconds)
+    failures: list[str] = []
+    throttled = 0
+    remaining = total
+
+    def take() -> bool:
+        nonlocal remaining
+        remaining -= 1
+        return remaining >= 0
+
+    async def timed(client, kind: str, method: str, url: str, **kwargs):
+        started = time.perf_counter()
+        try:
+            response = await client.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            records.append((kind, -1, time.perf_counter() - started))
+            failures.append(f"{kind} {url}: {type(exc).__name__} {exc}")
+            return None
+        records.append((kind, response.status_code, time.perf_counter() - started))
+        if response.status_code not in EXPECTED.get(kind, (200,)):
+            failures.append(f"{kind} {url}: {response.status_code} {response.text[:200]}")
+        return response
+
+    async def generate(client, rng) -> None:
+        nonlocal throttled
+        recipe = plan.recipes[int(rng.integers(len(plan.recipes)))]
+        while True:
+            response = await timed(client, "generate", "POST", "/api/generate", json=recipe)
+            if response is None or response.status_code not in (200, 429):
+                return
+            if response.status_code == 200:
+                break
+            throttled += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+            if not take():
+                return
+        job = response.json()
+        while job["status"] in ("queued", "running") and take():
+            await asyncio.sleep(0.1)
+            response = await timed(client, "job_poll", "GET", f"/api/jobs/{job['id']}")
+            if response is None or response.status_code != 200:
+                return
+            job = response.json()
+        if job["status"] == "failed":
+            failures.append(f"job {job['id']} failed: {job['error']}")
+
+    async def one_client(index: int) -> None:
+        rng = np.random.default_rng([seed, index])
+        async with httpx.AsyncClient(base_url=base, timeout=120, follow_redirects=False) as client:
+            while take():
+                kind = kinds[int(rng.choice(len(kinds), p=weights))]
+                if kind == "generate":
+                    await generate(client, rng)
+                else:
+                    headers = {"accept": "text/html"} if kind.endswith("_page") else {}
+                    await timed(client, kind, "GET", plan.url(kind, rng), headers=headers)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
+    wall = time.perf_counter() - started
+    by_kind = {}
+    for kind in sorted({r[0] for r in records}):
+        seconds = np.array([r[2] for r in records if r[0] == kind])
+        by_kind[kind] = {
+            "n": int(len(seconds)),
+            "p50_ms": float(np.percentile(seconds, 50) * 1000),
+            "p95_ms": float(np.percentile(seconds, 95) * 1000),
+            "max_ms": float(seconds.max() * 1000),
+        }
+    statuses: dict[str, int] = {}
+    for _, status, _ in records:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    latencies = np.array([r[2] for r in records])
+    return {
+        "requests": len(records),
+        "clients": clients,
+        "wall_s": wall,
+        "requests_per_s": len(records) / wall,
+        "p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "p95_ms": float(np.percentile(latencies, 95) * 1000),
+        "errors": len(failures),
+        "first_errors": failures[:10],
+        "throttled_429": throttled,
+        "statuses": statuses,
+        "by_kind": by_kind,
+    }
+
+
+def run_load_test(root: Path, out: Path, total: int, clients: int) -> dict:
+    plan = LoadPlan(root)
+    port = free_port()
+    log_path = out / "web-load-server.log"
+    server = start_server(root, port, log_path)
+    load_before = os.getloadavg()
+    try:
+        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    log = log_path.read_text()
+    return {
+        **results,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "server_log_lines": len(log.splitlines()),
+        "server_tracebacks": log.count("Traceback"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=163_840)
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--pages", type=int, default=300)
+    parser.add_argument("--load", type=int, default=0, help="run only the load test, with this many requests")
+    parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
+    if args.load:
+        results = run_load_test(root, out, args.load, args.clients)
+        atomic_write_json(out / "web-load.json", results)
+        print(json.dumps(results, indent=2))
+        return
 
     from clipatlas.atlas import Atlas
     from clipatlas.web.app import create_app

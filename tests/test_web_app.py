@@ -146,13 +146,12 @@ def test_features_sorted_and_filtered_by_score(client, atlas):
 
 def test_feature_page_shows_the_icon_causal_check(workspace):
     from clipatlas._io import atomic_write_json
-    from clipatlas.steer.icons import VERIFY_REPORT
 
     atlas = Atlas.open(workspace)
     fid = alive_feature(atlas, 2)
     check = {"feature": fid, "before_activation": 0.0, "after_activation": 4.5, "before_rank": 300, "after_rank": 0}
     report = {"decoder": "retrieval", "strength": 7.5, "checks": [check]}
-    atomic_write_json(atlas.files.icons_dir / VERIFY_REPORT, report)
+    atomic_write_json(atlas.files.icon_verify_report, report)
     with TestClient(create_app(workspace.root), client=LOOPBACK) as fresh:  # read once per app
         assert fresh.get(f"/api/features/{fid}").json()["icon_check"] == {
             **check,

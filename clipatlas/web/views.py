@@ -26,7 +26,6 @@ from clipatlas._io import read_json
 from clipatlas.atlas import AtlasError
 from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
-from clipatlas.steer.icons import VERIFY_REPORT
 
 IMAGE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 UPLOAD_ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
@@ -159,7 +158,7 @@ class AtlasViews:
     def icon_check(self, feature_id: int) -> dict[str, Any] | None:
         """Steering evidence: the causal check of the feature's icon (`clipatlas icons --verify`), if run."""
         if self._icon_checks is None:
-            path = self.atlas.files.icons_dir / VERIFY_REPORT
+            path = self.atlas.files.icon_verify_report
             report = read_json(path) if path.is_file() else {}
             shared = {"decoder": report.get("decoder"), "strength": report.get("strength")}
             self._icon_checks = {int(c["feature"]): {**c, **shared} for c in report.get("checks", [])}
