@@ -10,6 +10,8 @@
   const status = document.getElementById("map-status");
   const ctx = canvas.getContext("2d");
   const config = canvas.dataset;
+  const loadJSON = window.clipatlasSite ? window.clipatlasSite.loadJSON  // the static site's gzipped files (site.js)
+    : url => fetch(url).then(r => { if (!r.ok) throw new Error("the server answered " + r.status); return r.json(); });
   const PALETTE = [0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22, 0x17becf,
                    0x393b79, 0x637939, 0x8c6d31, 0x843c39, 0x7b4173, 0x3182bd, 0xe6550d, 0x31a354, 0x756bb1, 0x636363];
   const GRID = 256;  // hover lookup: data space cut into GRID x GRID buckets
@@ -142,14 +144,6 @@
     img.style.width = (Number(config.tileCols) * 100) + "%"; img.style.left = "0"; img.style.top = "0";
     box.className = "sprite"; box.append(img);
     return box;
-  }
-  function loadJSON(url) {  // the static site's data is gzipped JSON; a host may or may not have unzipped it already
-    return fetch(url).then(r => { if (!r.ok) throw new Error("the server answered " + r.status); return r.arrayBuffer(); })
-      .then(buffer => {
-        const bytes = new Uint8Array(buffer), zipped = bytes[0] === 0x1f && bytes[1] === 0x8b;
-        const stream = new Blob([bytes]).stream();
-        return new Response(zipped ? stream.pipeThrough(new DecompressionStream("gzip")) : stream).json();
-      });
   }
   canvas.addEventListener("wheel", e => {
     e.preventDefault();
