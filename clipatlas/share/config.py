@@ -57,5 +57,7 @@ class ImportConfig:
     """The source's format: auto (recognised from its files), saelens, saev or overcomplete."""
     input_scale: float = 0.0
     """Factor the peer SAE expected the embeddings to be multiplied by (0: what the source records, else 1)."""
-    allow_width_mismatch: bool = False
-    """Import even when the SAE's input width differs from the store's embedding width."""
+    k: int = 0
+    """Active latents per input of an overcomplete TopK / BatchTopK SAE (its state dict does not hold it)."""
+    threshold: float = 0.0
+    """Running threshold of an overcomplete BatchTopK SAE (model.running_threshold; 0: a TopK SAE)."""
