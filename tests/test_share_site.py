@@ -224,3 +224,15 @@ def test_demo_site_label_search(page, demo_site):
     page.fill("header input[name=q]", "#3")
     page.press("header input[name=q]", "Enter")
     page.wait_for_url("**/feature.html?id=3")
+
+
+def test_warm_briefs_equal_the_ones_made_one_by_one(synthetic):
+    from clipatlas.web.views import AtlasViews
+
+    _, atlas = synthetic
+    warm, lazy = AtlasViews(atlas), AtlasViews(atlas)
+    warm.warm_briefs()
+    for feature in range(atlas.n_features):
+        a, b = warm.brief(feature), lazy.brief(feature)
+        assert (a.label, a.label_note) == (b.label, b.label_note)
+        assert a.max_activation == pytest.approx(b.max_activation, rel=1e-6)  # the table keeps float32

@@ -144,6 +144,7 @@ class SiteWriter:
     def __init__(self, atlas: Atlas, out: Path, config: SiteConfig, features: np.ndarray):
         self.atlas, self.out, self.config, self.features = atlas, out, config, features
         self.views = AtlasViews(atlas)
+        self.views.warm_briefs()  # image pages name up to 48 features each: one query instead of 48
         image_chunks = max(1, math.ceil(len(features) * config.max_images / IMAGES_PER_CHUNK))
         self.links = SiteLinks(config.chunk_size, image_chunks)
         self.env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape())

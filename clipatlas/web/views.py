@@ -124,6 +124,13 @@ class AtlasViews:
             self._briefs[feature_id] = FeatureBrief(label, note, float(info.max_activation))
         return self._briefs[feature_id]
 
+    def warm_briefs(self) -> None:
+        """Every feature's brief at once from the feature table (a static export lists them all)."""
+        table = self.atlas.feature_table()
+        for feature_id in range(self.atlas.n_features):
+            label, note = self.name(feature_id)
+            self._briefs[feature_id] = FeatureBrief(label, note, float(table.max_activation[feature_id]))
+
     def name(self, feature_id: int) -> tuple[str, str]:
         """(headline label, "") of a named feature, ("", why not) of any other: a label that was never
         scored, or did not beat its baseline, is never shown as a feature's name."""
