@@ -56,7 +56,7 @@ class ImportConfig:
     format: str = "auto"
     """The source's format: auto (recognised from its files), saelens, saev or overcomplete."""
     input_scale: float = 0.0
-    """Factor the peer SAE expected the embeddings to be multiplied by (0: what the source records, else 1)."""
+    """Factor the peer SAE's training inputs were multiplied by (0: none); clipatlas then takes raw embeddings."""
     k: int = 0
     """Active latents per input of an overcomplete TopK / BatchTopK SAE (its state dict does not hold it)."""
     threshold: float = 0.0
