@@ -37,6 +37,7 @@ UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # an upload is named by its hash: no id
 SAE_CONFIG = "cfg.json"
 SAE_WEIGHTS = "sae.safetensors"
 SAE_METRICS = "metrics.json"
+MODEL_CARD = "README.md"  # a release folder's model card, with the hub's metadata header
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ATLAS_DIR = "atlas"
@@ -82,6 +83,10 @@ class SAEFiles:
     @property
     def metrics(self) -> Path:
         return self.dir / SAE_METRICS
+
+    @property
+    def model_card(self) -> Path:
+        return self.dir / MODEL_CARD
 
     @property
     def train_log(self) -> Path:

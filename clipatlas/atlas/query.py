@@ -318,7 +318,7 @@ class Atlas:
             return []
         escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         labels = self._labels_where("text LIKE ? ESCAPE '\\'", (f"%{escaped}%",))
-        labels.sort(key=lambda label: (_search_rank(label), label.feature))
+        labels.sort(key=lambda label: (search_rank(label), label.feature))
         return labels[:limit]
 
     def map_points(self) -> MapPoints:
@@ -426,7 +426,8 @@ class Atlas:
         return self._sae
 
 
-def _search_rank(label: Label) -> tuple:
+def search_rank(label: Label) -> tuple:
+    """Search order: labels that beat their baseline (best score first), other scored labels, unscored."""
     score = label.score()
     if score is None:
         return (2, 0.0)

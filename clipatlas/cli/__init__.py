@@ -28,6 +28,9 @@ SUBCOMMAND_MODULES = [
     "label",
     "score",
     "serve",
+    "export-site",
+    "release",
+    "import-sae",
     "demo",
 ]
 
@@ -38,9 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMAND_MODULES:
         try:
-            module = importlib.import_module(f"clipatlas.cli.{module_name}")
+            module = importlib.import_module(f"clipatlas.cli.{module_name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"clipatlas.cli.{module_name}":
+            if exc.name == f"clipatlas.cli.{module_name.replace('-', '_')}":
                 continue  # stage not built yet in this checkout
             raise
         module.register(subparsers)

@@ -31,6 +31,7 @@ from clipatlas.web.config import WebConfig
 from clipatlas.web.context import TEMPLATES_DIR, WebContext, context_of
 from clipatlas.web.guard import RequestGuard
 from clipatlas.web.jobs import GenerationQueue
+from clipatlas.web.links import with_links
 from clipatlas.web.steering import Steering, UploadRegistry
 from clipatlas.web.views import AtlasViews
 from clipatlas.workspace import Workspace
@@ -83,7 +84,7 @@ def create_app(
         steering=steering,
         uploads=uploads,
         jobs=jobs,
-        templates=Jinja2Templates(directory=TEMPLATES_DIR),
+        templates=with_links(Jinja2Templates(directory=TEMPLATES_DIR)),
         config=config,
         token=token,
     )

@@ -125,6 +125,13 @@ class AtlasViews:
             self._briefs[feature_id] = FeatureBrief(label, note, float(info.max_activation))
         return self._briefs[feature_id]
 
+    def warm_briefs(self) -> None:
+        """Every feature's brief at once from the feature table (a static export lists them all)."""
+        table = self.atlas.feature_table()
+        for feature_id in range(self.atlas.n_features):
+            label, note = self.name(feature_id)
+            self._briefs[feature_id] = FeatureBrief(label, note, float(table.max_activation[feature_id]))
+
     def name(self, feature_id: int) -> tuple[str, str]:
         """(headline label, "") of a named feature, ("", why not) of any other: a label that was never
         scored, or did not beat its baseline, is never shown as a feature's name."""
@@ -261,17 +268,7 @@ class AtlasViews:
         """The map as JSON and gzipped JSON, made once (the app warms it at start-up)."""
         with self._map_lock:
             if self._map_json is None:
-                points = self.atlas.map_points()
-                body = {
-                    "feature": points.feature.tolist(),
-                    "x": np.round(points.x.astype(np.float64), 4).tolist(),
-                    "y": np.round(points.y.astype(np.float64), 4).tolist(),
-                    "cluster": points.cluster.tolist(),
-                    "label": list(points.label),
-                    "top_image": list(points.top_image),
-                    "clusters": cluster_names(points),
-                }
-                raw = json.dumps(body, separators=(",", ":")).encode()
+                raw = json.dumps(map_body(self.atlas.map_points()), separators=(",", ":")).encode()
                 self._map_json = (raw, gzip.compress(raw, compresslevel=5))
             return self._map_json
 
@@ -303,6 +300,19 @@ def score_fields(label) -> dict[str, Any]:
         "baseline": None if score is None else float(score.baseline),
         "beats_baseline": None if score is None else bool(score.beats_baseline),
         "judge": None if score is None else score.judge,
+    }
+
+
+def map_body(points) -> dict[str, Any]:
+    """The map's JSON (schemas.MapPoints) from `Atlas.map_points()`, or a subset of it."""
+    return {
+        "feature": points.feature.tolist(),
+        "x": np.round(points.x.astype(np.float64), 4).tolist(),
+        "y": np.round(points.y.astype(np.float64), 4).tolist(),
+        "cluster": points.cluster.tolist(),
+        "label": list(points.label),
+        "top_image": list(points.top_image),
+        "clusters": cluster_names(points),
     }
 
 

@@ -1,13 +1,17 @@
 // The feature map: every alive feature as a dot, drawn straight into an ImageData buffer so
 // 163,840 points redraw within a frame; clusters named from their members' headline labels.
 // Pan by dragging, zoom with the wheel, hover for the label and top image, click to open the
-// feature. Labels are shown with textContent, never as HTML.
+// feature. Labels are shown with textContent, never as HTML. Where the data, the feature pages and the
+// thumbnails are comes from the canvas's data attributes (the server's routes, or the static site's files).
 "use strict";
 (function () {
   const canvas = document.getElementById("map");
   const tip = document.getElementById("map-tip");
   const status = document.getElementById("map-status");
   const ctx = canvas.getContext("2d");
+  const config = canvas.dataset;
+  const loadJSON = window.clipatlasSite ? window.clipatlasSite.loadJSON  // the static site's gzipped files (site.js)
+    : url => fetch(url).then(r => { if (!r.ok) throw new Error("the server answered " + r.status); return r.json(); });
   const PALETTE = [0x1f77b4, 0xff7f0e, 0x2ca02c, 0xd62728, 0x9467bd, 0x8c564b, 0xe377c2, 0x7f7f7f, 0xbcbd22, 0x17becf,
                    0x393b79, 0x637939, 0x8c6d31, 0x843c39, 0x7b4173, 0x3182bd, 0xe6550d, 0x31a354, 0x756bb1, 0x636363];
   const GRID = 256;  // hover lookup: data space cut into GRID x GRID buckets
@@ -102,7 +106,7 @@
   let drag = null;
   canvas.addEventListener("mousedown", e => { drag = { x: e.clientX, y: e.clientY, moved: false }; });
   window.addEventListener("mouseup", e => {
-    if (drag && !drag.moved && hovered >= 0) window.location.href = "/features/" + points.feature[hovered];
+    if (drag && !drag.moved && hovered >= 0) window.location.href = config.featureUrl + points.feature[hovered];
     drag = null;
   });
   canvas.addEventListener("mousemove", e => {
@@ -129,11 +133,17 @@
     text.className = "tip-label";
     text.textContent = "#" + points.feature[i] + " " + (points.label[i] || "(no scored label)");
     tip.replaceChildren(text);
-    if (points.topImage[i]) {
-      const img = document.createElement("img");
-      img.src = "/thumbs/" + encodeURIComponent(points.topImage[i]); img.alt = "top image of feature " + points.feature[i];
-      tip.append(img);
-    }
+    if (points.topImage[i]) tip.append(topImage(i));
+  }
+  function topImage(i) {  // the static site keeps a feature's images in one sprite sheet, its top image first
+    const img = document.createElement("img");
+    img.alt = "top image of feature " + points.feature[i];
+    if (!config.tileUrl) { img.src = config.thumbUrl + encodeURIComponent(points.topImage[i]); return img; }
+    const f = points.feature[i], box = document.createElement("span");
+    img.src = config.tileUrl.replace("{chunk}", Math.floor(f / Number(config.chunkSize))).replace("{feature}", f);
+    img.style.width = (Number(config.tileCols) * 100) + "%"; img.style.left = "0"; img.style.top = "0";
+    box.className = "sprite"; box.append(img);
+    return box;
   }
   canvas.addEventListener("wheel", e => {
     e.preventDefault();
@@ -144,7 +154,7 @@
   window.addEventListener("resize", resize);
 
   const started = performance.now();
-  fetch("/api/map").then(r => { if (!r.ok) throw new Error("the server answered " + r.status); return r.json(); }).then(data => {
+  loadJSON(config.source).then(data => {
     points = prepare(data); grid = buildGrid(points); resize(); fit();
     const wanted = new URLSearchParams(location.search).get("feature");
     if (wanted !== null) highlight = points.feature.indexOf(Number(wanted));

@@ -1,0 +1,55 @@
+"""Where the pages link to, as one object the templates call (`links.feature(12)`).
+
+The served app's routes are `Links`; the static site (`clipatlas.share.site`) renders the same
+templates with its own subclass, whose URLs are relative files and whose `site` flag drops what
+only a server can do (the playground, uploads, the JSON API).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi.templating import Jinja2Templates
+
+
+class Links:
+    site = False  # True on the static site: no playground, uploads or JSON API
+
+    home = "/"
+    map = "/map"
+    features = "/features"
+    search = "/search"
+    playground = "/playground"
+    api = "/api"
+    feature_prefix = "/features/"  # + a feature id (the map's script appends ids to it)
+    thumb_prefix = "/thumbs/"  # + an image id
+
+    def static(self, name: str) -> str:
+        return f"/static/{name}"
+
+    def feature(self, feature: int) -> str:
+        return f"{self.feature_prefix}{int(feature)}"
+
+    def feature_on_map(self, feature: int) -> str:
+        return f"{self.map}?feature={int(feature)}"
+
+    def image(self, image_id: str) -> str:
+        return f"/images/{quote(image_id)}"
+
+    def thumb(self, image_id: str) -> str:
+        return f"{self.thumb_prefix}{quote(image_id)}"
+
+    def icon(self, feature: int) -> str:
+        return f"/icons/{int(feature)}"
+
+    def map_data(self) -> str:
+        return "/api/map"
+
+
+LINKS = Links()
+
+
+def with_links(templates: Jinja2Templates, links: Links = LINKS) -> Jinja2Templates:
+    """The templates with `links` as a global (so macros imported without context see it too)."""
+    templates.env.globals["links"] = links
+    return templates
