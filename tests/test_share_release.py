@@ -37,6 +37,9 @@ def test_release_round_trips_bit_exactly_and_the_card_shows_metrics(trained, tmp
     assert {"cfg.json", "sae.safetensors", "metrics.json", "README.md"} <= set(made.files)
     source = SAEFiles(Workspace(trained).saes_dir / "s")
     assert (out / "sae.safetensors").read_bytes() == source.weights.read_bytes()
+    released_cfg, trained_cfg = read_json(out / "cfg.json"), read_json(source.config)
+    assert trained_cfg["store"] == str(Workspace(trained).store_dir) and released_cfg["store"] is None
+    assert released_cfg == {**trained_cfg, "store": None}  # no local path is published, nothing else changes
     original, loaded = SAE.from_pretrained(source.dir), SAE.from_pretrained(out)
     for key, tensor in original.state_dict().items():
         assert torch.equal(tensor, loaded.state_dict()[key]), key

@@ -20,7 +20,7 @@ from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atla
 from clipatlas.cli import main as cli_main
 from clipatlas.errors import UserError
 from clipatlas.share.config import SiteConfig
-from clipatlas.share.site import SiteLinks, export_site, fnv1a, read_gzip_json, select_features
+from clipatlas.share.site import SiteLinks, export_site, fnv1a, read_gzip_json
 
 MAX_IMAGES = 12
 
@@ -41,22 +41,25 @@ def test_fnv1a_is_the_published_hash():
 def test_feature_selection(synthetic):
     _, synthetic = synthetic
     table = synthetic.feature_table()
-    assert select_features(synthetic, "all").tolist() == list(range(200))
-    assert select_features(synthetic, "alive").tolist() == np.flatnonzero(table.alive).tolist()
-    top = select_features(synthetic, "top:5")
+    assert synthetic.select_features("all").tolist() == list(range(200))
+    assert synthetic.select_features("alive").tolist() == np.flatnonzero(table.alive).tolist()
+    top = synthetic.select_features("top:5")
     alive_counts = np.sort(table.count[table.alive])[::-1]
     assert len(top) == 5 and sorted(table.count[top].tolist(), reverse=True) == alive_counts[:5].tolist()
-    assert select_features(synthetic, "3, 7-9,3").tolist() == [3, 7, 8, 9]
-    with pytest.raises(UserError, match="no feature 500"):
-        select_features(synthetic, "1,500")
-    with pytest.raises(UserError, match="--features takes"):
-        SiteConfig(features="most")
+    assert synthetic.select_features("3, 7-9,3").tolist() == [3, 7, 8, 9]
+    with pytest.raises(UserError, match="feature 500 does not exist"):
+        synthetic.select_features("1,500")
+    for wrong in ("most", "-", "top:0", "top:-3", "1,,2", "3-"):
+        with pytest.raises(UserError, match="--features takes"):
+            SiteConfig(features=wrong)
+        with pytest.raises(UserError, match="--features takes"):
+            synthetic.select_features(wrong)
 
 
 def test_export_writes_chunks_sheets_map_and_index(synthetic, tmp_path):
     root, synthetic = synthetic
     out = tmp_path / "site"
-    features = select_features(synthetic, "alive")
+    features = synthetic.select_features("alive")
     export = export_site(root, None, out, SiteConfig(max_images=10, chunk_size=16))
     links = SiteLinks(16, 1)
     assert export.n_features == len(features)

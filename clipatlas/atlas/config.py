@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from clipatlas.errors import UserError
+
+FEATURE_SELECTION = re.compile(r"^(all|alive|top:[1-9]\d*|\d+(-\d+)?(\s*,\s*\d+(-\d+)?)*)$")
+FEATURE_SELECTION_HELP = "all, alive, top:N (the N most frequent alive features) or ids and ranges (1,5,10-20)"
+
+
+def check_feature_selection(spec: str) -> str:
+    """`spec` stripped, or a UserError: a `--features` value is all, alive, top:N or ids and ranges."""
+    spec = spec.strip().strip(",")
+    if not FEATURE_SELECTION.match(spec):
+        raise UserError(f"--features takes {FEATURE_SELECTION_HELP}; got {spec!r}")
+    return spec
 
 
 @dataclass(frozen=True)

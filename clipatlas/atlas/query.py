@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from clipatlas._io import read_json
+from clipatlas.atlas.config import check_feature_selection
 from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect, migrate
 from clipatlas.atlas.types import (
     Activation,
@@ -396,6 +397,26 @@ class Atlas:
                 *(np.load(array_path(self.arrays_dir, name), mmap_mode="r") for name in CODE_ARRAYS)
             )
         return self._codes
+
+    def select_features(self, spec: str) -> np.ndarray:
+        """Feature ids, ascending, for a `--features` value (`config.check_feature_selection`)."""
+        spec = check_feature_selection(spec)
+        table = self.feature_table()
+        if spec == "all":
+            return np.arange(self.n_features)
+        if spec == "alive":
+            return np.flatnonzero(table.alive)
+        if spec.startswith("top:"):
+            alive = np.flatnonzero(table.alive)
+            order = np.argsort(-table.count[alive], kind="stable")
+            return np.sort(alive[order[: int(spec[4:])]])
+        ids: set[int] = set()
+        for part in spec.split(","):
+            low, _, high = part.strip().partition("-")
+            ids.update(range(int(low), int(high or low) + 1))
+        for i in (min(ids), max(ids)):
+            self.check_feature(i)  # an AtlasError naming the valid range
+        return np.array(sorted(ids), dtype=np.int64)
 
     def feature_table(self) -> FeatureTable:
         """alive, count and max activation of every feature as arrays (one query, cached)."""

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from clipatlas.atlas.config import check_feature_selection
 from clipatlas.errors import UserError
-
-FEATURE_SELECTION = re.compile(r"^(alive|all|top:\d+|[\d,\s-]+)$")
 
 
 @dataclass(frozen=True)
 class SiteConfig:
     features: str = "alive"
-    """Features to export: alive, all, top:N (the N most frequent alive ones) or ids (1,5,10-20)."""
+    """Features to export: all, alive, top:N (the N most frequent alive ones) or ids (1,5,10-20)."""
     max_images: int = 32
     """Images per feature page (top images first, then the lower quantiles' samples)."""
     tile_size: int = 64
@@ -26,8 +24,7 @@ class SiteConfig:
     """Feature pages per JSON chunk (a page loads only its chunk)."""
 
     def __post_init__(self):
-        if not FEATURE_SELECTION.match(self.features.strip()):
-            raise UserError(f"--features takes alive, all, top:N or ids like 1,5,10-20; not {self.features!r}")
+        check_feature_selection(self.features)
         for name in ("max_images", "tile_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

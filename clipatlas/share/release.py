@@ -1,8 +1,8 @@
 """`clipatlas release`: a folder ready for the Hugging Face hub, and `push` to upload it.
 
-The folder holds the SAE exactly as trained (`cfg.json`, `sae.safetensors`, copied byte for byte, so
-`SAE.from_pretrained(folder or hub id)` loads the same tensors), `metrics.json`, the evaluation report
-where `clipatlas evaluate` wrote one, and a model card `README.md`: the hub's metadata header (license,
+The folder holds the SAE exactly as trained (`sae.safetensors` copied byte for byte and `cfg.json` less
+the store's local path, so `SAE.from_pretrained(folder or hub id)` loads the same tensors), `metrics.json`,
+the evaluation report where `clipatlas evaluate` wrote one, and a model card `README.md`: the hub's metadata header (license,
 tags, base encoder, dataset) and the measured numbers, each printed from the file it comes from.
 `with_atlas` adds the atlas (its database, arrays and thumbnails) and the icons.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipatlas._io import atomic_write_bytes, read_json
+from clipatlas._io import atomic_write_bytes, atomic_write_json, read_json
 from clipatlas.errors import UserError
 from clipatlas.sae.metrics import Metrics
 from clipatlas.share.config import ReleaseConfig
@@ -55,7 +55,9 @@ def release(workspace, name: str | None, out: str | Path, config: ReleaseConfig 
     if target.dir.exists() and any(target.dir.iterdir()) and not target.config.is_file():
         raise UserError(f"{target.dir} is not empty and is no SAE release; give an empty or new folder with -o")
     target.dir.mkdir(parents=True, exist_ok=True)
-    copied = [(files.config, target.config), (files.weights, target.weights), (files.metrics, target.metrics)]
+    # cfg.json as trained, less the store's local path: it means nothing on the hub and tells a folder layout
+    atomic_write_json(target.config, {**read_json(files.config), "store": None})
+    copied = [(files.weights, target.weights), (files.metrics, target.metrics)]
     copied += [
         (src, dst)
         for src, dst in [(files.eval_report, target.eval_report), (files.eval_markdown, target.eval_markdown)]

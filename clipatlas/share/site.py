@@ -116,28 +116,6 @@ class SiteExport:
         )
 
 
-def select_features(atlas: Atlas, selection: str) -> np.ndarray:
-    """Feature ids, ascending, for --features: alive, all, top:N (most frequent alive) or ids like 1,5,10-20."""
-    selection = selection.strip()
-    table = atlas.feature_table()
-    if selection == "all":
-        return np.arange(atlas.n_features)
-    if selection == "alive":
-        return np.flatnonzero(table.alive)
-    if selection.startswith("top:"):
-        alive = np.flatnonzero(table.alive)
-        order = np.argsort(-table.count[alive], kind="stable")
-        return np.sort(alive[order[: int(selection[4:])]])
-    ids: set[int] = set()
-    for part in filter(None, (p.strip() for p in selection.split(","))):
-        low, _, high = part.partition("-")
-        ids.update(range(int(low), int(high or low) + 1))
-    wrong = [i for i in ids if not 0 <= i < atlas.n_features]
-    if wrong:
-        raise UserError(f"--features: no feature {min(wrong)}; this atlas has features 0..{atlas.n_features - 1}")
-    return np.array(sorted(ids), dtype=np.int64)
-
-
 class SiteWriter:
     """Renders the pages of one atlas into a folder; `export_site` drives it."""
 
@@ -301,7 +279,7 @@ def export_site(workspace, name: str | None, out: str | Path, config: SiteConfig
     config = config or SiteConfig()
     atlas = Atlas.open(workspace, name)
     out = Path(out)
-    features = select_features(atlas, config.features)
+    features = atlas.select_features(config.features)
     if not len(features):
         raise UserError(f"--features {config.features} selects no feature of {atlas.name}; try --features all")
     identity = {"sae": atlas.name, "atlas_build": atlas.build_id, "config": config.identity()}

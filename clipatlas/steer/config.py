@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from clipatlas.atlas.config import check_feature_selection
 from clipatlas.errors import UserError
 
 KANDINSKY_DECODER_ID = "kandinsky-community/kandinsky-2-2-decoder"
@@ -92,7 +93,7 @@ class RetrievalConfig:
 @dataclass(frozen=True)
 class IconConfig:
     features: str = "alive"
-    """Which features get an icon: all, alive, or comma-separated ids."""
+    """Which features get an icon: all, alive, top:N (the N most frequent alive ones) or ids (1,5,10-20)."""
     decoder: str = "retrieval"
     """retrieval (a store image, no GPU) or kandinsky[:PATH_OR_ID]."""
     strength: float | None = None
@@ -107,6 +108,9 @@ class IconConfig:
     """Icons decoded per decoder call."""
     settings: tuple[tuple[str, Any], ...] = ()
     """Decoder settings as (key, value) pairs, e.g. (("steps", 12),)."""
+
+    def __post_init__(self):
+        check_feature_selection(self.features)
 
 
 @dataclass(frozen=True)

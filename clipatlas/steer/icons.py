@@ -56,20 +56,6 @@ class IconRun:
     warnings: list[str]
 
 
-def select_features(atlas, spec: str) -> list[int]:
-    if spec == "all":
-        return list(range(atlas.n_features))
-    if spec == "alive":
-        return np.flatnonzero(atlas.feature_table().alive).tolist()
-    try:
-        features = [int(f) for f in spec.split(",") if f.strip()]
-    except ValueError:
-        raise UserError(f"--features takes all, alive or a comma-separated list of ids, got {spec!r}") from None
-    for f in features:
-        atlas.check_feature(f)  # raises a UserError naming the valid range
-    return features
-
-
 def template_embedding(steerer: Steerer, ref: str) -> tuple[np.ndarray, str]:
     """(embedding, digest) of the template: the store's mean embedding, a store image or an image file."""
     if ref == MEAN_TEMPLATE:
@@ -193,7 +179,7 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
     re-run remakes only the icons whose inputs changed."""
     steerer = steerer_for(workspace, name)
     atlas, files = steerer.atlas, steerer.atlas.files
-    features = select_features(atlas, config.features)
+    features = atlas.select_features(config.features).tolist()
     strength = strength_for(steerer, config.decoder, config.strength)
     x, template = template_embedding(steerer, config.template)
     identity = _identity(steerer, config, strength.value, template)
@@ -285,7 +271,7 @@ def verify_icons(workspace, name: str | None = None, features: str = "alive") ->
     assigned = dict(zip(manifest["features"], manifest["rows"]))
     chosen = [
         f
-        for f in select_features(atlas, features)
+        for f in atlas.select_features(features).tolist()
         if (not retrieval or f in assigned) and _icon_key(files.icon(f)) == _icon_input(steerer, identity, assigned, f)
     ]
     if not chosen:
