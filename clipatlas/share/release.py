@@ -3,7 +3,8 @@
 The folder holds the SAE exactly as trained (`sae.safetensors` copied byte for byte and `cfg.json` less
 the store's local path, so `SAE.from_pretrained(folder or hub id)` loads the same tensors), `metrics.json`,
 the evaluation report where `clipatlas evaluate` wrote one, and a model card `README.md`: the hub's
-metadata header (license, tags, base encoder, dataset) and the measured numbers, each printed from the file it comes from.
+metadata header (license, tags, base encoder, dataset) and the measured numbers, each printed from
+the file it comes from.
 `with_atlas` adds the atlas (its database, arrays and thumbnails) and the icons.
 """
 
