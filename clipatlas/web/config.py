@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipatlas.errors import UserError
+
 
 @dataclass(frozen=True)
 class UploadLimits:
@@ -40,3 +42,10 @@ class ServeConfig:
     """Port to listen on."""
     token: str | None = None
     """Token for the compute and upload endpoints (default: a random one on non-loopback addresses)."""
+    workers: int = 1
+    """Server processes; each opens the atlas and caches its own pages. A generation job lives in the
+    process that took it, so with several, a playground may have to submit a recipe again."""
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
