@@ -130,8 +130,9 @@ class SAE(nn.Module):
         """Drop the gradient component along each decoder row: it would only change its norm."""
         if self.W_dec.grad is None:
             return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        # Row-wise dot products as a batched matmul and an in-place update: no (d_sae, d_in) temporaries.
+        parallel = torch.bmm(self.W_dec.grad.unsqueeze(1), self.W_dec.unsqueeze(2)).squeeze(2)
+        self.W_dec.grad.addcmul_(parallel, self.W_dec, value=-1)
 
     def _dense_loss(self, x_scaled: torch.Tensor, z: torch.Tensor, sparsity: torch.Tensor) -> LossParts:
         x_hat = z @ self.W_dec + self.b_dec
@@ -249,7 +250,8 @@ class TopKSAE(SAE):
         values = gather_preactivations(x_centred, self.b_dec, self.W_enc, self.b_enc, pre, indices) * keep
         x_hat = sparse_decode(indices, values, self.W_dec) + self.b_dec
         mse = (x_hat - x_scaled).pow(2).sum(dim=1).mean()
-        aux = self._aux_loss(x_centred, pre, dead, (x_scaled - x_hat).detach())
+        rows = slice(0, self.cfg.aux_rows or None)  # batches are shuffled: the first rows are a random sample
+        aux = self._aux_loss(x_centred[rows], pre[rows], dead, (x_scaled - x_hat).detach()[rows])
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=pre.device)
         fired[indices[keep]] = True
         zero = torch.zeros((), device=pre.device)
