@@ -288,6 +288,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
         "requests_per_s": len(records) / wall,
         "p50_ms": float(np.percentile(latencies, 50) * 1000),
         "p95_ms": float(np.percentile(latencies, 95) * 1000),
+        "p99_ms": float(np.percentile(latencies, 99) * 1000),
         "errors": len(failures),
         "first_errors": failures[:10],
         "throttled_429": throttled,
