@@ -3,8 +3,10 @@
     .venv/bin/python bench/train.py --steps 30            # table in bench/out/train.json + stdout
 
 Every trainer sees the same real embeddings (EfficientNet-lite0 features of the tuxpaint
-stamps and scikit-image samples, with random crops and flips), the same batches in the same
-order, and runs TopK (k=32, 16,384 latents, d=1280, batch 4096, Adam, the same steps). Each
+stamps and scikit-image samples, with random crops and flips; cached per `--n-embeddings` in
+bench/out/), the same batches in the same order, and runs TopK (k=32, exactly 16,384 latents,
+d=1280, batch 4096, Adam, the same steps). The held-out tenth is split by source image: no
+held-out row is a crop of a stamp seen in training. The load average before and after is recorded. Each
 trainer runs in its own process; peers run in bench/.venv-peers (make it with:
 python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install torch==2.13.0 overcomplete sae-lens).
 FVU, L0 and dead fraction are computed by one shared function on the same held-out rows.
@@ -26,12 +28,15 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 PEER_PYTHON = HERE / ".venv-peers" / "bin" / "python"
-MAIN_PYTHON = HERE.parent / ".venv" / "bin" / "python"
+MAIN_PYTHON = Path(sys.executable)  # clipatlas runs in the interpreter that runs the bench
 
 
 # -- data ----------------------------------------------------------------------------------
+CROPS_PER_IMAGE = 6
+
+
 def _images():
-    """Stamps and sample images, each seen as several random crops: a few thousand inputs."""
+    """Stamps and sample images, each seen as CROPS_PER_IMAGE random crops, consecutively: a few thousand inputs."""
     from PIL import Image, ImageOps
 
     paths = sorted(Path("/usr/share/tuxpaint/stamps").rglob("*.png"))
@@ -43,7 +48,7 @@ def _images():
             continue
         canvas = Image.new("RGBA", base.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, base).convert("RGB")
-        for _ in range(6):
+        for _ in range(CROPS_PER_IMAGE):
             w, h = image.size
             s = rng.uniform(0.6, 1.0)
             cw, ch = max(1, int(w * s)), max(1, int(h * s))
@@ -111,16 +116,25 @@ def make_fashion_mnist_embeddings(limit: int) -> np.ndarray:
     return np.concatenate(features).astype(np.float32)
 
 
+# name: (file stem under bench/out, maker, rows per source image: consecutive rows share one)
 DATASETS = {
-    "stamps": (OUT / "effnet_embeddings.npy", make_embeddings),
-    "fashion-mnist": (OUT / "fmnist_embeddings.npy", make_fashion_mnist_embeddings),
+    "stamps": ("effnet_embeddings", make_embeddings, CROPS_PER_IMAGE),
+    "fashion-mnist": ("fmnist_embeddings", make_fashion_mnist_embeddings, 1),
 }
 
 
-def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(0).permutation(n)
-    n_eval = n // 10
-    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
+def embeddings_path(data: str, n: int) -> Path:
+    return OUT / f"{DATASETS[data][0]}-{n}.npy"
+
+
+def split(n: int, rows_per_image: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, held-out rows): a tenth of the source images held out with all their crops, so no
+    held-out row is a crop of an image seen in training."""
+    image = np.arange(n) // rows_per_image
+    n_images = int(image[-1]) + 1
+    held_out = np.random.default_rng(0).permutation(n_images)[: max(1, n_images // 10)]
+    in_eval = np.isin(image, held_out)
+    return np.flatnonzero(~in_eval), np.flatnonzero(in_eval)
 
 
 def batch_positions(n_train: int, batch_size: int, steps: int) -> list[np.ndarray]:
@@ -153,8 +167,8 @@ def run_clipatlas(args, x_train, batches):
     training_module.BatchStream.positions = lambda self, step: batches[step]
     cfg = TrainConfig(
         name="bench",
-        sae=TopKConfig(k=args.k),
-        expansion=args.latents // x_train.shape[1],
+        sae=TopKConfig(k=args.k, aux_rows=args.aux_rows),
+        expansion=args.latents / x_train.shape[1],  # exactly --latents (12.8 x 1280 = 16,384)
         lr=args.lr,
         batch_size=args.batch_size,
         steps=args.steps,
@@ -241,8 +255,8 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    x = np.load(DATASETS[args.data][0])
-    train_rows, eval_rows = split(len(x))
+    x = np.load(args.embeddings)
+    train_rows, eval_rows = split(len(x), args.rows_per_image)
     batches = batch_positions(len(train_rows), args.batch_size, args.steps)
     peak = matmul_gflops(args)  # in this process, just before training: the same machine load
     seconds, reconstruct = WORKERS[args.worker](args, np.ascontiguousarray(x[train_rows]), batches)
@@ -330,6 +344,9 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--aux-rows", type=int, default=512, help="clipatlas: AuxK rows per batch (0: the whole batch, as before)"
+    )
+    p.add_argument(
         "--n-embeddings", type=int, default=4096, help="stamps: how many crops to embed; fashion-mnist: at most 70,000"
     )
     p.add_argument(
@@ -338,7 +355,10 @@ def main() -> None:
         default="stamps",
         help="stamps: random crops of the tuxpaint stamps (4,096 by default); fashion-mnist: 70,000 real images",
     )
+    p.add_argument("--store", help="train on the embeddings of this workspace's store instead (one row per image)")
     p.add_argument("--trainers", default="clipatlas,overcomplete,saelens")
+    p.add_argument("--embeddings", help=argparse.SUPPRESS)
+    p.add_argument("--rows-per-image", type=int, help=argparse.SUPPRESS)
     p.add_argument("--seed-size-memory", action="store_true", help="measure peak RSS at 163,840 latents instead")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -347,10 +367,17 @@ def main() -> None:
     if args.seed_size_memory:
         return seed_size_memory(args)
     OUT.mkdir(exist_ok=True)
-    embeddings, make = DATASETS[args.data]
-    if not embeddings.exists():
-        np.save(embeddings, make(args.n_embeddings))
+    embeddings, rows_per_image = embeddings_path(args.data, args.n_embeddings), DATASETS[args.data][2]
+    if args.store:
+        from clipatlas.store import Store
+
+        store = Store.open(args.store)
+        embeddings, rows_per_image = OUT / f"store-{Path(args.store).resolve().name}-{len(store)}.npy", 1
+        np.save(embeddings, store.rows(np.arange(len(store))).astype(np.float32))
+    elif not embeddings.exists():
+        np.save(embeddings, DATASETS[args.data][1](args.n_embeddings))
     results = []
+    load_before = os.getloadavg()
     for name in args.trainers.split(","):
         python = MAIN_PYTHON if name == "clipatlas" else PEER_PYTHON
         flags = [
@@ -360,7 +387,9 @@ def main() -> None:
             f"--k={args.k}",
             f"--lr={args.lr}",
             f"--threads={args.threads}",
-            f"--data={args.data}",
+            f"--aux-rows={args.aux_rows}",
+            f"--embeddings={embeddings}",
+            f"--rows-per-image={rows_per_image}",
             f"--worker={name}",
         ]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
@@ -376,12 +405,16 @@ def main() -> None:
         "settings": vars(args),
         "n_embeddings": int(np.load(embeddings, mmap_mode="r").shape[0]),
         "results": results,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
     }
     ours = next((r for r in results if r["trainer"] == "clipatlas"), None)
     if ours:
         report["clipatlas_gflops"] = step_gflop(args, d) * args.steps / ours["seconds"]
         report["matmul_gflops"] = ours["matmul_gflops"]
-    (OUT / f"train-{args.data}.json").write_text(json.dumps(report, indent=2))
+    data_name = embeddings.stem if args.store else args.data
+    (OUT / f"train-{data_name}-{args.steps}-aux{args.aux_rows}.json").write_text(json.dumps(report, indent=2))
+    print(f"load average (1 min) before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
     print("| trainer | torch | samples/s | FVU | L0 | dead |\n|---|---|---|---|---|---|")
     for r in results:
         print(

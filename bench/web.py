@@ -178,12 +178,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(root: Path, port: int, log_path: Path) -> subprocess.Popen:
-    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers."""
+def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT) -> subprocess.Popen:
+    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers.
+
+    `code`: the checkout whose clipatlas serves (another one gives a before/after on the same atlas)."""
     import httpx
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "clipatlas", "serve", "-w", str(root), "--port", str(port)]
+    command += ["--workers", str(workers)] if workers > 1 else []
     server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -285,6 +288,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
         "requests_per_s": len(records) / wall,
         "p50_ms": float(np.percentile(latencies, 50) * 1000),
         "p95_ms": float(np.percentile(latencies, 95) * 1000),
+        "p99_ms": float(np.percentile(latencies, 99) * 1000),
         "errors": len(failures),
         "first_errors": failures[:10],
         "throttled_429": throttled,
@@ -293,11 +297,11 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
     }
 
 
-def run_load_test(root: Path, out: Path, total: int, clients: int) -> dict:
+def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT) -> dict:
     plan = LoadPlan(root)
     port = free_port()
     log_path = out / "web-load-server.log"
-    server = start_server(root, port, log_path)
+    server = start_server(root, port, log_path, workers, code)
     load_before = os.getloadavg()
     try:
         results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients))
@@ -307,6 +311,8 @@ def run_load_test(root: Path, out: Path, total: int, clients: int) -> dict:
     log = log_path.read_text()
     return {
         **results,
+        "server_workers": workers,
+        "server_code": str(code),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "server_log_lines": len(log.splitlines()),
@@ -321,14 +327,18 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--load", type=int, default=0, help="run only the load test, with this many requests")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
+    parser.add_argument("--workers", type=int, default=1, help="server processes of the load test (serve --workers)")
+    parser.add_argument(
+        "--code", type=Path, default=ROOT, help="load test: serve from this checkout (e.g. an older one, for a before)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
     root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
     if args.load:
-        results = run_load_test(root, out, args.load, args.clients)
-        atomic_write_json(out / "web-load.json", results)
+        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
+        atomic_write_json(out / f"web-load-{args.code.resolve().name}-w{args.workers}.json", results)
         print(json.dumps(results, indent=2))
         return
 

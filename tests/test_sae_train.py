@@ -240,6 +240,72 @@ def test_resampling_points_dead_latents_at_badly_reconstructed_inputs(tmp_path):
         TrainConfig(resample_every=-1)
 
 
+def _dense_reference_training(sae: SAE, batches: list[torch.Tensor], lr: float, dead_window: int) -> None:
+    """TopK + AuxK written out densely with autograd and plain Adam: what Run.train_step must equal."""
+    cfg, scale = sae.cfg, sae.cfg.input_scale
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.int64)
+    for x in batches:
+        dead = since_fired >= dead_window
+        xs = x * scale
+        pre = (xs - sae.b_dec) @ sae.W_enc + sae.b_enc
+        top = pre.detach().topk(cfg.k, dim=1).indices
+        z = torch.zeros_like(pre).scatter(1, top, torch.relu(pre.gather(1, top)))
+        x_hat = z @ sae.W_dec + sae.b_dec
+        loss = (x_hat - xs).pow(2).sum(1).mean()
+        rows = slice(0, cfg.aux_rows or None)
+        residual = (xs - x_hat).detach()[rows]
+        if dead.any():
+            dead_pre = pre[rows].detach().masked_fill(~dead, float("-inf"))
+            aux_top = dead_pre.topk(min(cfg.k_aux, int(dead.sum())), dim=1).indices
+            z_aux = torch.zeros_like(pre[rows]).scatter(1, aux_top, torch.relu(pre[rows].gather(1, aux_top)))
+            aux = (z_aux @ sae.W_dec - residual).pow(2).sum(1).mean() / residual.pow(2).sum(1).mean()
+            loss = loss + cfg.aux_weight * aux
+        optimizer.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            sae.W_dec.grad -= (sae.W_dec.grad * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
+            optimizer.step()
+            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True)
+        since_fired += len(x)
+        since_fired[(z != 0).any(dim=0)] = 0
+
+
+@pytest.mark.parametrize("aux_rows", [0, 24])
+def test_training_steps_equal_a_plain_dense_reference(tmp_path, aux_rows):
+    """20 steps of the sparse training step (sparse gradients, AuxK over dead columns, fused Adam, its
+    decoder projection) leave the same weights as the dense autograd reference, with AuxK firing."""
+    lr, dead_window, batch = 1e-3, 64, 64
+    cfg = TrainConfig(
+        sae=make_config("topk", k=4, k_aux=8, aux_weight=0.5, aux_rows=aux_rows),
+        expansion=4,
+        steps=20,
+        batch_size=batch,
+        lr=lr,
+        warmup_steps=1,
+        decay_fraction=0.0,
+    )
+    data = _sparse_data(400)
+    sae = train_module.build_sae(cfg, data, type("Store", (), {"dir": tmp_path, "encoder": "synthetic"}))
+    with torch.no_grad():
+        sae.b_enc[: 2 * D] = -2.0  # half the latents start out of the top k: they die, and AuxK runs
+    reference = ARCHITECTURES["topk"](sae.cfg)
+    reference.load_state_dict(sae.state_dict())
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(data[rng.choice(len(data), batch, replace=False)]) for _ in range(20)]
+
+    run = train_module.Run(cfg, SAEFiles(tmp_path), sae, total_steps=20, dead_window=dead_window, meta={})
+    auxk_fired = 0
+    for x in batches:
+        run.train_step(x, autocast=False)
+        auxk_fired += run.last["aux"] > 0
+    _dense_reference_training(reference, batches, lr, dead_window)
+
+    assert auxk_fired >= 10
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(run.sae.state_dict()[name], value, rtol=0, atol=1e-5, msg=name)
+
+
 def test_settings_of_another_architecture_are_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match=r"k does not apply to arch relu \(it takes l1, l1_decoder_norm\)"):
         TrainConfig.from_settings({"arch": "relu", "k": 16})

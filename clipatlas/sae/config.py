@@ -81,11 +81,15 @@ class TopKConfig(SAEConfig):
     """Dead latents that reconstruct the residual in the AuxK loss (0: no AuxK)."""
     aux_weight: float = 1 / 32
     """Weight of the AuxK loss."""
+    aux_rows: int = 512
+    """Inputs per batch the AuxK loss is estimated on: the first aux_rows of the shuffled batch (0: all).
+    AuxK costs aux_rows x k_aux x d_in per step; with many dead latents it would otherwise cost more than the step."""
 
     def __post_init__(self):
         self._require(self.k is None or self.k >= 1, f"k must be at least 1, got {self.k}")
         self._require(self.k_aux >= 0, f"k_aux must be >= 0, got {self.k_aux}")
         self._require(self.aux_weight >= 0, f"aux_weight must be >= 0, got {self.aux_weight}")
+        self._require(self.aux_rows >= 0, f"aux_rows must be >= 0, got {self.aux_rows}")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from clipatlas.sae.config import (
     TopKConfig,
     config_from_dict,
 )
-from clipatlas.sae.sparse import gather_preactivations, sparse_decode
+from clipatlas.sae.sparse import gather_preactivations_parts, sparse_decode, sparse_decode_parts
 from clipatlas.workspace import SAE_CONFIG, SAE_WEIGHTS, SAEFiles
 
 
@@ -130,8 +130,9 @@ class SAE(nn.Module):
         """Drop the gradient component along each decoder row: it would only change its norm."""
         if self.W_dec.grad is None:
             return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        # Row-wise dot products as a batched matmul and an in-place update: no (d_sae, d_in) temporaries.
+        parallel = torch.bmm(self.W_dec.grad.unsqueeze(1), self.W_dec.unsqueeze(2)).squeeze(2)
+        self.W_dec.grad.addcmul_(parallel, self.W_dec, value=-1)
 
     def _dense_loss(self, x_scaled: torch.Tensor, z: torch.Tensor, sparsity: torch.Tensor) -> LossParts:
         x_hat = z @ self.W_dec + self.b_dec
@@ -242,17 +243,23 @@ class TopKSAE(SAE):
         return indices, values > 0
 
     def training_loss(self, x_scaled, dead, sparsity_scale):
+        rows = slice(0, self.cfg.aux_rows or None)  # batches are shuffled: the first rows are a random sample
         with torch.no_grad():
             x_centred = x_scaled - self.b_dec
             pre = torch.addmm(self.b_enc, x_centred, self.W_enc)
             indices, keep = self._select(pre)
-        values = gather_preactivations(x_centred, self.b_dec, self.W_enc, self.b_enc, pre, indices) * keep
-        x_hat = sparse_decode(indices, values, self.W_dec) + self.b_dec
+            aux_indices = self._aux_select(pre[rows], dead)
+        # The main and the AuxK codes share one sparse backward and one decoder pass.
+        parts = [indices] if aux_indices is None else [indices, aux_indices]
+        gathered = gather_preactivations_parts(x_centred, self.b_dec, self.W_enc, self.b_enc, pre, parts)
+        codes = [(indices, gathered[0] * keep)] + [(aux_indices, torch.relu(v)) for v in gathered[1:]]
+        decoded = sparse_decode_parts(codes, self.W_dec)
+        x_hat = decoded[0] + self.b_dec
         mse = (x_hat - x_scaled).pow(2).sum(dim=1).mean()
-        aux = self._aux_loss(x_centred, pre, dead, (x_scaled - x_hat).detach())
+        zero = torch.zeros((), device=pre.device)
+        aux = zero if aux_indices is None else _aux_loss(decoded[1], (x_scaled - x_hat).detach()[rows])
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=pre.device)
         fired[indices[keep]] = True
-        zero = torch.zeros((), device=pre.device)
         return LossParts(
             mse + self.cfg.aux_weight * aux,
             mse,
@@ -263,20 +270,21 @@ class TopKSAE(SAE):
             float(keep.sum(dim=1).float().mean()),
         )
 
-    def _aux_loss(self, x_centred, pre, dead, residual):
-        """AuxK: the k_aux strongest dead latents reconstruct the residual (OpenAI, Gao et al. 2024)."""
+    def _aux_select(self, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:
+        """AuxK (OpenAI, Gao et al. 2024): the k_aux strongest dead latents of each row, or None."""
         n_dead = int(dead.sum())
         if n_dead == 0 or self.cfg.k_aux == 0:
-            return torch.zeros((), device=pre.device)
-        with torch.no_grad():
-            # top-k among the dead columns only: no masked copy of the whole (B, F) matrix
-            dead_columns = dead.nonzero().flatten()
-            _, local = pre.index_select(1, dead_columns).topk(min(self.cfg.k_aux, n_dead), dim=1)
-            indices = dead_columns[local]
-        values = torch.relu(gather_preactivations(x_centred, self.b_dec, self.W_enc, self.b_enc, pre, indices))
-        residual_hat = sparse_decode(indices, values, self.W_dec)
-        # Normalised by the residual's own energy so the weight means the same at any FVU.
-        return (residual_hat - residual).pow(2).sum(dim=1).mean() / residual.pow(2).sum(dim=1).mean().clamp_min(1e-12)
+            return None
+        # top-k among the dead columns only: no masked copy of the whole (B, F) matrix
+        dead_columns = dead.nonzero().flatten()
+        _, local = pre.index_select(1, dead_columns).topk(min(self.cfg.k_aux, n_dead), dim=1)
+        return dead_columns[local]
+
+
+def _aux_loss(residual_hat: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """How badly the dead latents reconstruct the residual, normalised by the residual's own energy so
+    the weight means the same at any FVU."""
+    return (residual_hat - residual).pow(2).sum(dim=1).mean() / residual.pow(2).sum(dim=1).mean().clamp_min(1e-12)
 
 
 class BatchTopKSAE(TopKSAE):

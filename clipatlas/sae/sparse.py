@@ -21,42 +21,62 @@ def _argsort(values: torch.Tensor) -> torch.Tensor:
     return values.argsort()
 
 
-def _by_latent(indices: torch.Tensor, grad: torch.Tensor, n_latents: int) -> torch.Tensor:
-    """CSR matrix (n_latents, B) holding grad[b, j] at (indices[b, j], b): G transposed."""
-    batch, k = indices.shape
-    flat = indices.reshape(-1)
-    order = _argsort(flat)
-    rows = torch.arange(batch, device=indices.device).repeat_interleave(k)[order]
-    crow = torch.zeros(n_latents + 1, dtype=torch.int64, device=indices.device)
-    crow[1:] = torch.bincount(flat, minlength=n_latents).cumsum(0)
+def _by_latent(cols: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, n_latents: int, n_rows: int):
+    """CSR matrix (n_latents, n_rows) holding grad[i] at (cols[i], rows[i]): G transposed."""
+    order = _argsort(cols)
+    crow = torch.zeros(n_latents + 1, dtype=torch.int64, device=cols.device)
+    crow[1:] = torch.bincount(cols, minlength=n_latents).cumsum(0)
     with warnings.catch_warnings():
         # CSR tensors are "beta" in torch; CSR @ dense, all we use, has long been stable.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-        return torch.sparse_csr_tensor(
-            crow, rows, grad.reshape(-1)[order], size=(n_latents, batch), check_invariants=False
-        )
+        return torch.sparse_csr_tensor(crow, rows[order], grad[order], size=(n_latents, n_rows), check_invariants=False)
 
 
 class _GatherPreactivations(torch.autograd.Function):
+    """pre[rows[i], cols[i]] for flat (rows, cols); the backward is sparse (see the module docstring)."""
+
     @staticmethod
-    def forward(ctx, x_centred, b_dec, W_enc, b_enc, indices, values):
-        ctx.save_for_backward(x_centred, W_enc, indices)
+    def forward(ctx, x_centred, b_dec, W_enc, b_enc, rows, cols, values):
+        ctx.save_for_backward(x_centred, W_enc, rows, cols)
         return values
 
     @staticmethod
     def backward(ctx, grad_values):
-        x_centred, W_enc, indices = ctx.saved_tensors
+        x_centred, W_enc, rows, cols = ctx.saved_tensors
         n_latents = W_enc.shape[1]
         grad_values = grad_values.contiguous().to(W_enc.dtype)
         grad_b_enc = torch.zeros(n_latents, dtype=W_enc.dtype, device=W_enc.device)
-        grad_b_enc.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
+        grad_b_enc.index_add_(0, cols, grad_values)
         # pre = (x - b_dec) @ W_enc + b_enc, so dL/db_dec = -W_enc @ (dL/db_enc): no per-input work.
         grad_b_dec = -(W_enc @ grad_b_enc) if ctx.needs_input_grad[1] else None
         grad_W_enc = None
         if ctx.needs_input_grad[2]:
-            # dL/dW_enc = x^T G, computed as (G^T x)^T with G^T sparse: B*k*d work.
-            grad_W_enc = (_by_latent(indices, grad_values, n_latents) @ x_centred.to(W_enc.dtype)).t()
-        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None
+            # dL/dW_enc = x^T G, computed as (G^T x)^T with G^T sparse: (entries)*d work.
+            by_latent = _by_latent(cols, rows, grad_values, n_latents, len(x_centred))
+            grad_W_enc = (by_latent @ x_centred.to(W_enc.dtype)).t()
+        return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
+
+
+def gather_preactivations_parts(
+    x_centred: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    pre: torch.Tensor,
+    parts: list[torch.Tensor],
+) -> list[torch.Tensor]:
+    """`gather_preactivations` of several index matrices at once, part i (R_i, m_i) indexing the first
+    R_i rows of `pre`: one sparse backward, so one dense W_enc gradient for all of them."""
+    values = [pre[: len(indices)].gather(1, indices) for indices in parts]
+    if not torch.is_grad_enabled():
+        return values
+    device = pre.device
+    rows = torch.cat([torch.arange(len(ix), device=device).repeat_interleave(ix.shape[1]) for ix in parts])
+    cols = torch.cat([ix.reshape(-1) for ix in parts])
+    flat = _GatherPreactivations.apply(
+        x_centred, b_dec, W_enc, b_enc, rows, cols, torch.cat([v.reshape(-1) for v in values])
+    )
+    return [part.view_as(v) for part, v in zip(flat.split([v.numel() for v in values]), values)]
 
 
 def gather_preactivations(
@@ -72,12 +92,24 @@ def gather_preactivations(
     `pre` and `x_centred` are computed without autograd; the result is differentiable in
     b_dec, W_enc and b_enc through the sparse backward described above.
     """
-    values = pre.gather(1, indices)
-    if not torch.is_grad_enabled():
-        return values
-    return _GatherPreactivations.apply(x_centred, b_dec, W_enc, b_enc, indices, values)
+    return gather_preactivations_parts(x_centred, b_dec, W_enc, b_enc, pre, [indices])[0]
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """sum_j values[b, j] * W_dec[indices[b, j]]: the decoder product at B*k*d cost."""
     return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
+
+
+def sparse_decode_parts(parts: list[tuple[torch.Tensor, torch.Tensor]], W_dec: torch.Tensor) -> list[torch.Tensor]:
+    """`sparse_decode` of several (indices, values) pairs in one embedding_bag: one dense W_dec gradient."""
+    device = W_dec.device
+    lengths = torch.cat([torch.full((len(ix),), ix.shape[1], device=device) for ix, _ in parts])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), lengths.cumsum(0)[:-1]])
+    decoded = torch.nn.functional.embedding_bag(
+        torch.cat([ix.reshape(-1) for ix, _ in parts]),
+        W_dec,
+        offsets,
+        per_sample_weights=torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
+        mode="sum",
+    )
+    return list(decoded.split([len(ix) for ix, _ in parts]))

@@ -27,6 +27,7 @@ from clipatlas.errors import UserError
 from clipatlas.steer.engine import Steerer
 from clipatlas.store import StoreError
 from clipatlas.web import api, files, pages, security
+from clipatlas.web.cache import PageCache
 from clipatlas.web.config import WebConfig
 from clipatlas.web.context import TEMPLATES_DIR, WebContext, context_of
 from clipatlas.web.guard import RequestGuard
@@ -92,6 +93,7 @@ def create_app(
     # No Swagger UI: it loads scripts from a CDN, and the app must work offline. /api lists the routes.
     app = FastAPI(title="clipatlas", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.context = context
+    app.state.page_cache = PageCache()
     app.add_middleware(GZipMiddleware, minimum_size=2048)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in (pages.router, files.router, api.router):

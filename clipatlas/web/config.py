@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipatlas.errors import UserError
+
 
 @dataclass(frozen=True)
 class UploadLimits:
@@ -53,8 +55,13 @@ class ServeConfig:
     allow_host: tuple[str, ...] = ()
     """Host names the server also answers to, comma-separated (it always answers to loopback names and the
     address it listens on; any other Host header, as DNS rebinding sends, is refused)."""
+    workers: int = 1
+    """Server processes; each opens the atlas and caches its own pages. A generation job lives in the
+    process that took it, so with several, a playground may have to submit a recipe again."""
 
     def __post_init__(self):
         if isinstance(self.allow_host, str):  # from the command line
             names = tuple(name.strip().lower() for name in self.allow_host.split(",") if name.strip())
             object.__setattr__(self, "allow_host", names)
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")

@@ -2,29 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from clipatlas.web.cache import PageCache, page_cache_of
 from clipatlas.web.context import Context, may_compute
 from clipatlas.web.uploads import receive_upload
 from clipatlas.web.views import valid_image_id
 
 router = APIRouter(default_response_class=HTMLResponse)
+Cache = Annotated[PageCache, Depends(page_cache_of)]
 
 
 @router.get("/")
-def index(request: Request, ctx: Context):
-    return ctx.page(request, "index.html", rows=ctx.views.summary_rows())
+def index(request: Request, ctx: Context, cache: Cache):
+    return cache.respond(
+        request, ctx.views.atlas, lambda: ctx.page(request, "index.html", rows=ctx.views.summary_rows())
+    )
 
 
 @router.get("/features/{feature_id}")
-def feature_page(request: Request, feature_id: int, ctx: Context):
-    return ctx.page(request, "feature.html", title=f"feature {feature_id}", f=ctx.views.feature_page(feature_id))
+def feature_page(request: Request, feature_id: int, ctx: Context, cache: Cache):
+    return cache.respond(
+        request,
+        ctx.views.atlas,
+        lambda: ctx.page(request, "feature.html", title=f"feature {feature_id}", f=ctx.views.feature_page(feature_id)),
+    )
 
 
 @router.get("/features")
 def feature_list_page(
-    request: Request, ctx: Context, sort: str = "score", min_score: str = "", named: bool = False, page: int = 1
+    request: Request,
+    ctx: Context,
+    cache: Cache,
+    sort: str = "score",
+    min_score: str = "",
+    named: bool = False,
+    page: int = 1,
 ):
     per_page = 100
     page = max(page, 1)
@@ -32,30 +48,41 @@ def feature_list_page(
         threshold = float(min_score) if min_score.strip() else None  # the form sends "" for no minimum
     except ValueError:
         raise HTTPException(400, f"minimum score must be a number, not {min_score!r}") from None
-    found = ctx.views.feature_list(sort, threshold, named, per_page, (page - 1) * per_page)
-    return ctx.page(
-        request, "features.html", title="features by score", found=found, named=named, page=page, per_page=per_page
-    )
+
+    def render():
+        found = ctx.views.feature_list(sort, threshold, named, per_page, (page - 1) * per_page)
+        return ctx.page(
+            request, "features.html", title="features by score", found=found, named=named, page=page, per_page=per_page
+        )
+
+    return cache.respond(request, ctx.views.atlas, render)
 
 
 @router.get("/map")
-def map_page(request: Request, ctx: Context):
-    return ctx.page(request, "map.html", title="feature map")
+def map_page(request: Request, ctx: Context, cache: Cache):
+    return cache.respond(request, ctx.views.atlas, lambda: ctx.page(request, "map.html", title="feature map"))
 
 
 @router.get("/images/{image_id}")
-def image_page(request: Request, image_id: str, ctx: Context):
-    return ctx.page(
-        request, "image.html", title=f"image {image_id}", image=ctx.views.image_page(valid_image_id(image_id))
+def image_page(request: Request, image_id: str, ctx: Context, cache: Cache):
+    return cache.respond(
+        request,
+        ctx.views.atlas,
+        lambda: ctx.page(
+            request, "image.html", title=f"image {image_id}", image=ctx.views.image_page(valid_image_id(image_id))
+        ),
     )
 
 
 @router.get("/search")
-def search_page(request: Request, ctx: Context, q: str = ""):
-    found = ctx.views.search(q)
-    if found.get("exact_feature") is not None:
-        return RedirectResponse(f"/features/{found['exact_feature']}", status_code=303)
-    return ctx.page(request, "search.html", title="search", q=q, results=found["results"])
+def search_page(request: Request, ctx: Context, cache: Cache, q: str = ""):
+    def render():
+        found = ctx.views.search(q)
+        if found.get("exact_feature") is not None:
+            return RedirectResponse(f"/features/{found['exact_feature']}", status_code=303)
+        return ctx.page(request, "search.html", title="search", q=q, results=found["results"])
+
+    return cache.respond(request, ctx.views.atlas, render)
 
 
 @router.post("/search/image", dependencies=[Depends(may_compute)])

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import socket
 
 from clipatlas._serve import serving_in_thread  # noqa: F401  (tests and benchmarks serve the app with it)
 from clipatlas.atlas.check import check_workspace
 from clipatlas.errors import UserError
 from clipatlas.web.app import create_app
-from clipatlas.web.config import ServeConfig, WebConfig
+from clipatlas.web.config import ServeConfig, UploadLimits, WebConfig
 from clipatlas.web.security import HostAllowList, is_loopback, new_token
 
 log = logging.getLogger(__name__)
+
+# `serve --workers N` hands its settings to uvicorn's worker processes in this variable.
+APP_SETTINGS_ENV = "CLIPATLAS_SERVE_APP"
 
 
 def app_url(host: str, port: int, token: str | None) -> str:
@@ -46,9 +52,41 @@ def serve(
     if token is None and not is_loopback(config.host):
         token = new_token()
     hosts = HostAllowList.serving(config.host, config.allow_host)
-    app = create_app(workspace, name=name, token=token, config=web, hosts=hosts)
     check_port_free(config.host, config.port)
-    app.state.context.views.map_json()  # the map is ready before the URL is printed
+    if config.workers == 1:
+        app = create_app(workspace, name=name, token=token, config=web, hosts=hosts)
+        app.state.context.views.map_json()  # the map is ready before the URL is printed
+    else:
+        from clipatlas.atlas import Atlas
+
+        Atlas.open(workspace, name)  # a missing atlas is one clear error here, not one per worker
+        os.environ[APP_SETTINGS_ENV] = json.dumps(
+            {
+                "workspace": str(workspace),
+                "name": name,
+                "token": token,
+                "web": dataclasses.asdict(web),
+                "bound": config.host,
+                "allow_host": list(config.allow_host),
+            }
+        )
+        app = f"{__name__}:app_from_environment"
     url = app_url(config.host, config.port, token)
     print(f"clipatlas is serving {workspace} at {url}  (Ctrl-C to stop)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        workers=config.workers,
+        factory=config.workers > 1,
+    )
+
+
+def app_from_environment():
+    """The app factory each `serve --workers N` process runs, with the settings `serve` left in the environment."""
+    settings = json.loads(os.environ[APP_SETTINGS_ENV])
+    web = settings["web"]
+    config = WebConfig(**{**web, "limits": UploadLimits(**web["limits"]), "devices": tuple(web["devices"])})
+    hosts = HostAllowList.serving(settings["bound"], settings["allow_host"])
+    return create_app(settings["workspace"], name=settings["name"], token=settings["token"], config=config, hosts=hosts)

@@ -1,0 +1,159 @@
+"""Rendered pages are cached per atlas version: ETags, 304 answers, gzip, no stale page after a
+rebuild or an annotation, and `serve --workers N` through an app factory."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from clipatlas.atlas import Atlas, Label
+from clipatlas.atlas.annotations import add_labels
+from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
+from clipatlas.cli import main
+from clipatlas.errors import UserError
+from clipatlas.web import server
+from clipatlas.web.app import create_app
+from clipatlas.web.cache import CachedPage, PageCache, etag_matches
+from clipatlas.web.config import ServeConfig, UploadLimits, WebConfig
+
+LOOPBACK = ("127.0.0.1", 50000)
+HTML = {"accept": "text/html"}
+CONFIG = SyntheticAtlasConfig(n_features=120, n_images=48)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return write_synthetic_atlas(tmp_path_factory.mktemp("cache"), CONFIG)
+
+
+@pytest.fixture
+def own_workspace(tmp_path):
+    """For tests that write to the atlas."""
+    return write_synthetic_atlas(tmp_path / "ws", CONFIG)
+
+
+def alive(workspace, index=0) -> int:
+    return int(Atlas.open(workspace).map_points().feature[index])
+
+
+def counting(app, method: str) -> list:
+    """Count calls of one AtlasViews method of `app` (a render calls it, a cached page does not)."""
+    views = app.state.context.views
+    calls, original = [], getattr(views, method)
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    setattr(views, method, wrapped)
+    return calls
+
+
+def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
+    app = create_app(workspace.root)
+    renders = counting(app, "feature_page")
+    fid = alive(workspace)
+    with TestClient(app, client=LOOPBACK) as client:
+        first = client.get(f"/features/{fid}", headers=HTML)
+        second = client.get(f"/features/{fid}", headers=HTML)
+        etag = first.headers["etag"]
+        assert first.status_code == second.status_code == 200 and first.text == second.text
+        assert second.headers["etag"] == etag and first.headers["cache-control"] == "no-cache"
+        assert len(renders) == 1  # the second answer came from the cache
+        for held in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            not_modified = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": held})
+            assert not_modified.status_code == 304 and not_modified.content == b""
+            assert not_modified.headers["etag"] == etag
+        assert client.get(f"/features/{fid}", headers={**HTML, "if-none-match": '"other"'}).status_code == 200
+        other = client.get(f"/features/{alive(workspace, 1)}", headers=HTML)
+        assert other.headers["etag"] != etag and len(renders) == 2
+        for url in ("/", "/map", "/features?sort=score", "/images/img000000"):
+            page = client.get(url, headers=HTML)
+            assert page.status_code == 200 and "etag" in page.headers, url
+            assert client.get(url, headers={**HTML, "if-none-match": page.headers["etag"]}).status_code == 304, url
+
+
+def test_pages_are_gzipped_and_errors_are_not_cached(workspace):
+    app = create_app(workspace.root)
+    renders = counting(app, "feature_page")
+    with TestClient(app, client=LOOPBACK) as client:
+        fid = alive(workspace)
+        zipped = client.get(f"/features/{fid}", headers={**HTML, "accept-encoding": "gzip"})
+        plain = client.get(f"/features/{fid}", headers={**HTML, "accept-encoding": "identity"})
+        assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+        assert zipped.text == plain.text and len(gzip.compress(plain.content)) < len(plain.content)
+        for _ in range(2):
+            assert client.get(f"/features/{CONFIG.n_features + 5}", headers=HTML).status_code == 404
+        assert len(renders) == 3  # one page render, then each 404 rendered anew
+        assert len(app.state.page_cache) == 1
+
+
+def test_labels_added_while_serving_show_at_once(own_workspace):
+    workspace = own_workspace
+    app = create_app(workspace.root)
+    fid = alive(workspace)
+    with TestClient(app, client=LOOPBACK) as client:
+        before = client.get(f"/features/{fid}", headers=HTML)
+        add_labels(Atlas.open(workspace), [Label(fid, "captions", "freshly written words", model="other")])
+        after = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": before.headers["etag"]})
+        assert after.status_code == 200 and "freshly written words" in after.text
+        assert "freshly written words" not in before.text and after.headers["etag"] != before.headers["etag"]
+
+
+def test_a_rebuilt_atlas_is_never_answered_from_the_old_cache_or_etag(own_workspace, tmp_path):
+    workspace, fid = own_workspace, alive(own_workspace)
+    old_build = Atlas.open(workspace).build_id
+    other = write_synthetic_atlas(tmp_path / "other", SyntheticAtlasConfig(n_features=120, n_images=48, seed=7))
+    app = create_app(workspace.root)
+    with TestClient(app, client=LOOPBACK) as client:
+        old = client.get(f"/features/{fid}", headers=HTML)
+        # Rebuild as `clipatlas atlas` does: the arrays, then the database renamed into place.
+        target = workspace.sae().atlas_dir
+        shutil.copytree(
+            other.sae().atlas_dir,
+            target,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(workspace.sae().atlas_db.name),
+        )
+        shutil.copy(other.sae().atlas_db, target / "rebuilt.tmp")
+        os.replace(target / "rebuilt.tmp", workspace.sae().atlas_db)
+        again = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": old.headers["etag"]})
+        assert again.status_code == 200 and again.headers["etag"] != old.headers["etag"]
+    assert Atlas.open(workspace).build_id != old_build
+    with TestClient(create_app(workspace.root), client=LOOPBACK) as client:  # the server restarted on the new build
+        new = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": old.headers["etag"]})
+        assert new.status_code == 200 and new.headers["etag"] != old.headers["etag"] and new.text != old.text
+
+
+def test_page_cache_keeps_the_most_recent_pages():
+    cache = PageCache(max_pages=2)
+    for name in "abc":
+        cache.put(("v", name), CachedPage(name.encode(), "text/html", f'"{name}"'))
+    assert cache.get(("v", "a")) is None and cache.get(("v", "c")).body == b"c" and len(cache) == 2
+    assert not etag_matches(None, '"a"') and not etag_matches('"ab"', '"a"') and etag_matches('W/"a"', '"a"')
+
+
+def test_serve_with_workers_runs_an_app_factory_with_the_same_settings(workspace, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append((app, kwargs)))
+    monkeypatch.setattr(server, "check_port_free", lambda host, port: None)
+    monkeypatch.delenv(server.APP_SETTINGS_ENV, raising=False)
+    web = WebConfig(limits=UploadLimits(max_bytes=1234), max_uploads_kept=3)
+    server.serve(workspace.root, config=ServeConfig(host="0.0.0.0", port=8125, workers=3), web=web)
+    target, kwargs = calls[0]
+    assert kwargs["workers"] == 3 and kwargs["factory"] is True and kwargs["host"] == "0.0.0.0"
+    assert target == "clipatlas.web.server:app_from_environment"
+    token = capsys.readouterr().out.split("?token=")[1].split()[0]
+    app = server.app_from_environment()  # what each worker process runs
+    assert app.state.context.config == web and app.state.context.token == token
+    with TestClient(app, client=LOOPBACK) as client:
+        assert client.get(f"/features/{alive(workspace)}", headers=HTML).status_code == 200
+    with pytest.raises(UserError, match="--workers"):
+        ServeConfig(workers=0)
+    assert main(["serve", "-w", str(workspace.root), "--workers", "2", "--port", "8126"]) == 0
+    assert calls[-1][1]["workers"] == 2
