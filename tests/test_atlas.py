@@ -360,6 +360,10 @@ def test_cli_reports_missing_sae_as_one_line(tmp_path, capsys):
     from clipatlas.cli import main
 
     assert main(["atlas", "-w", str(tmp_path)]) == 2
+    err = capsys.readouterr().err  # the first missing part is named: here the store
+    assert err.startswith("error: ") and "clipatlas embed SOURCE" in err and err.count("\n") == 1
+    write_store(tmp_path, np.ones((4, D), np.float32), [{"image_id": f"i{i}", "uri": f"x:{i}"} for i in range(4)])
+    assert main(["atlas", "-w", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no trained SAE") and "clipatlas train" in err and err.count("\n") == 1
 
