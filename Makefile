@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.clipatlas-installed
-EXTRAS := demo,clip,diffusion,atlas,interp,evaluate,web,ray,ann,dev
+EXTRAS := demo,clip,diffusion,atlas,interp,evaluate,web,ray,ann,share,dev
 WORKSPACE ?= demo-atlas
 PORT ?= 8000
 # The exact CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
