@@ -58,7 +58,7 @@ def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
     app = create_app(workspace.root)
     renders = counting(app, "feature_page")
     fid = alive(workspace)
-    with TestClient(app, client=LOOPBACK) as client:
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         first = client.get(f"/features/{fid}", headers=HTML)
         second = client.get(f"/features/{fid}", headers=HTML)
         etag = first.headers["etag"]
@@ -81,7 +81,7 @@ def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
 def test_pages_are_gzipped_and_errors_are_not_cached(workspace):
     app = create_app(workspace.root)
     renders = counting(app, "feature_page")
-    with TestClient(app, client=LOOPBACK) as client:
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         fid = alive(workspace)
         zipped = client.get(f"/features/{fid}", headers={**HTML, "accept-encoding": "gzip"})
         plain = client.get(f"/features/{fid}", headers={**HTML, "accept-encoding": "identity"})
@@ -97,7 +97,7 @@ def test_labels_added_while_serving_show_at_once(own_workspace):
     workspace = own_workspace
     app = create_app(workspace.root)
     fid = alive(workspace)
-    with TestClient(app, client=LOOPBACK) as client:
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         before = client.get(f"/features/{fid}", headers=HTML)
         add_labels(Atlas.open(workspace), [Label(fid, "captions", "freshly written words", model="other")])
         after = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": before.headers["etag"]})
@@ -110,7 +110,7 @@ def test_a_rebuilt_atlas_is_never_answered_from_the_old_cache_or_etag(own_worksp
     old_build = Atlas.open(workspace).build_id
     other = write_synthetic_atlas(tmp_path / "other", SyntheticAtlasConfig(n_features=120, n_images=48, seed=7))
     app = create_app(workspace.root)
-    with TestClient(app, client=LOOPBACK) as client:
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         old = client.get(f"/features/{fid}", headers=HTML)
         # Rebuild as `clipatlas atlas` does: the arrays, then the database renamed into place.
         target = workspace.sae().atlas_dir
@@ -125,7 +125,9 @@ def test_a_rebuilt_atlas_is_never_answered_from_the_old_cache_or_etag(own_worksp
         again = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": old.headers["etag"]})
         assert again.status_code == 200 and again.headers["etag"] != old.headers["etag"]
     assert Atlas.open(workspace).build_id != old_build
-    with TestClient(create_app(workspace.root), client=LOOPBACK) as client:  # the server restarted on the new build
+    with TestClient(
+        create_app(workspace.root), base_url="http://127.0.0.1", client=LOOPBACK
+    ) as client:  # the server restarted on the new build
         new = client.get(f"/features/{fid}", headers={**HTML, "if-none-match": old.headers["etag"]})
         assert new.status_code == 200 and new.headers["etag"] != old.headers["etag"] and new.text != old.text
 
@@ -144,15 +146,20 @@ def test_serve_with_workers_runs_an_app_factory_with_the_same_settings(workspace
     monkeypatch.setattr(server, "check_port_free", lambda host, port: None)
     monkeypatch.delenv(server.APP_SETTINGS_ENV, raising=False)
     web = WebConfig(limits=UploadLimits(max_bytes=1234), max_uploads_kept=3)
-    server.serve(workspace.root, config=ServeConfig(host="0.0.0.0", port=8125, workers=3), web=web)
+    server.serve(
+        workspace.root, config=ServeConfig(host="0.0.0.0", port=8125, workers=3, allow_host="atlas.example"), web=web
+    )
     target, kwargs = calls[0]
     assert kwargs["workers"] == 3 and kwargs["factory"] is True and kwargs["host"] == "0.0.0.0"
     assert target == "clipatlas.web.server:app_from_environment"
     token = capsys.readouterr().out.split("?token=")[1].split()[0]
     app = server.app_from_environment()  # what each worker process runs
     assert app.state.context.config == web and app.state.context.token == token
-    with TestClient(app, client=LOOPBACK) as client:
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         assert client.get(f"/features/{alive(workspace)}", headers=HTML).status_code == 200
+    with TestClient(app, base_url="http://atlas.example", client=LOOPBACK) as client:  # --allow-host reaches workers
+        assert client.get("/api/summary").status_code == 200
+        assert client.get("/api/summary", headers={"host": "evil.example"}).status_code == 400
     with pytest.raises(UserError, match="--workers"):
         ServeConfig(workers=0)
     assert main(["serve", "-w", str(workspace.root), "--workers", "2", "--port", "8126"]) == 0
