@@ -115,3 +115,13 @@ def add_config_flags(
 def given(args: argparse.Namespace, cls: type, skip: Iterable[str] = ()) -> dict[str, Any]:
     """The fields of `cls` given on the command line (the others keep the config's defaults)."""
     return {f.name: getattr(args, f.name) for f in init_fields(cls) if f.name not in skip and hasattr(args, f.name)}
+
+
+def add_edit_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--edit SPEC`, repeatable: SAE edits applied in the order given (`args.edit`)."""
+    parser.add_argument("--edit", action="append", default=[], metavar="SPEC", help=help)
+
+
+def add_decoder_settings_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE`, repeatable: decoder settings (`args.settings`)."""
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE", help=help)

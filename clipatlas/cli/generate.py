@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given, output_file
+from clipatlas.cli.flags import (
+    add_config_flags,
+    add_decoder_settings_flag,
+    add_edit_flag,
+    add_sae_name,
+    add_workspace,
+    given,
+    output_file,
+)
 from clipatlas.steer.config import GenerateConfig
 
 
@@ -18,22 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("prompt", help='what to draw, e.g. "a red bicycle"')
     add_workspace(parser)
     add_sae_name(parser)
-    parser.add_argument(
-        "--edit",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="ban:F set:F=V[x] add:F=V[x] scale:F=A ...; repeat to stack",
-    )
+    add_edit_flag(parser, "ban:F set:F=V[x] add:F=V[x] scale:F=A ...; repeat to stack")
     add_config_flags(parser, GenerateConfig, skip=("settings",))
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="steps, guidance, height, width, prior_steps, prior_guidance",
-    )
+    add_decoder_settings_flag(parser, "steps, guidance, height, width, prior_steps, prior_guidance")
     parser.add_argument(
         "-o", "--out", type=output_file, required=True, help="where to write the image with the rules (PNG)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given
+from clipatlas.cli.flags import add_config_flags, add_decoder_settings_flag, add_sae_name, add_workspace, given
 from clipatlas.steer.config import IconConfig
 
 
@@ -18,13 +18,8 @@ def register(subparsers) -> None:
     add_workspace(parser)
     add_sae_name(parser)
     add_config_flags(parser, IconConfig, skip=("settings",))
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="decoder setting, e.g. steps=12 (kandinsky) or rank_weight=1 (retrieval; see clipatlas steer --help)",
+    add_decoder_settings_flag(
+        parser, "decoder setting, e.g. steps=12 (kandinsky) or rank_weight=1 (retrieval; see clipatlas steer --help)"
     )
     parser.add_argument(
         "--verify",

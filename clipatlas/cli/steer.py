@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipatlas.cli.flags import add_config_flags, add_sae_name, add_workspace, given, output_file
+from clipatlas.cli.flags import (
+    add_config_flags,
+    add_decoder_settings_flag,
+    add_edit_flag,
+    add_sae_name,
+    add_workspace,
+    given,
+    output_file,
+)
 from clipatlas.steer.recipe import Recipe
 
 
@@ -19,12 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("image", nargs="?", help="store image id, sha256:HEX of a stored image, or an image file")
     add_workspace(parser)
     add_sae_name(parser)
-    parser.add_argument(
-        "--edit",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="set:F=V[x] add:F=V[x] scale:F=A ban:F transfer:IMG[:F,..] difference:A,B[=S]; "
+    add_edit_flag(
+        parser,
+        "set:F=V[x] add:F=V[x] scale:F=A ban:F transfer:IMG[:F,..] difference:A,B[=S]; "
         "repeat to stack, applied in order (Vx = V times the feature's max activation)",
     )
     parser.add_argument(
@@ -35,13 +40,9 @@ def register(subparsers) -> None:
         help="transfer all features of IMAGE (same as --edit transfer:IMAGE)",
     )
     add_config_flags(parser, Recipe, skip=("image", "edits", "settings", "sae"))
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="decoder setting: kandinsky steps=12 guidance=4 height=512 width=512 (img2img: strength=0.5); "
+    add_decoder_settings_flag(
+        parser,
+        "decoder setting: kandinsky steps=12 guidance=4 height=512 width=512 (img2img: strength=0.5); "
         "retrieval k=16 tile=128 activation_weight=0.1 rank_weight=1 top_latents=5 dominant_weight=0 "
         "duplicate_cosine=0.995 (the ranking of edited images, see the README's Steering section)",
     )
