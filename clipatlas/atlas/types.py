@@ -112,6 +112,13 @@ def preferred(labels: list[Label], judge: str) -> tuple[Label, Score] | None:
     return max(scored, key=lambda item: ranking_score(item[1]), default=None)
 
 
+def preferred_by_judge(labels: list[Label]) -> dict[str, Score]:
+    """{judge: the detection score of the label `preferred` under it} for every judge that scored any of
+    `labels` by detection: a feature's headline-label scores, chosen without the scoring images."""
+    judges = sorted({s.judge for label in labels for s in label.scores if s.scorer == "detection"})
+    return {judge: best[1] for judge in judges if (best := preferred(labels, judge)) is not None}
+
+
 def headline(labels: list[Label]) -> Label | None:
     """The label a feature is named by: among its labels whose detection score beats the shuffled
     baseline, under the most trusted judge that scored any of them, the one ranked first (see

@@ -77,17 +77,14 @@ def _headline_scores(atlas) -> dict[str, list]:
     the labelling half), over features active on at least HEADLINE_MIN_ACTIVATING images: the interp
     report's headline row. Not the displayed names (`Atlas.headlines`): those are only labels that beat
     their baseline, so summarising them would report 100% beating by construction."""
-    from clipatlas.atlas.types import preferred
+    from clipatlas.atlas.types import preferred_by_judge
 
     counts = atlas.feature_table().count
     headline: dict[str, list] = defaultdict(list)
     for feature, labels in atlas.labels_by_feature().items():
-        if counts[feature] < HEADLINE_MIN_ACTIVATING:
-            continue
-        for judge in sorted({s.judge for label in labels for s in label.scores if s.scorer == "detection"}):
-            best = preferred(labels, judge)
-            if best is not None:
-                headline[f"detection/{judge}"].append(best[1])
+        if counts[feature] >= HEADLINE_MIN_ACTIVATING:
+            for judge, best in preferred_by_judge(labels).items():
+                headline[f"detection/{judge}"].append(best)
     return headline
 
 

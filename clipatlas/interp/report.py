@@ -11,7 +11,7 @@ import numpy as np
 
 from clipatlas._io import atomic_path
 from clipatlas.atlas.query import Atlas
-from clipatlas.atlas.types import Label, Score, headline, preferred
+from clipatlas.atlas.types import Label, Score, headline, preferred_by_judge
 from clipatlas.interp.data import StoreData
 from clipatlas.interp.judges import SHARED_SOURCE
 
@@ -28,15 +28,12 @@ def collect(atlas: Atlas, data: StoreData, min_activating: int) -> dict:
     for feature in features:
         labels = labelled.get(feature, [])
         named += headline(labels) is not None
-        judges = {s.judge for label in labels for s in label.scores if s.scorer == "detection"}
-        for judge in judges:
+        for judge, best in preferred_by_judge(labels).items():
             for label in labels:
                 found = label.score(judge=judge)
                 if found is not None:
                     by_judge[judge][labeller_key(label)].append(found)
-            best = preferred(labels, judge)
-            if best is not None:
-                by_judge[judge][HEADLINE_ROW].append(best[1])
+            by_judge[judge][HEADLINE_ROW].append(best)
     intruder: dict[str, list[Score]] = defaultdict(list)
     wanted = set(features)
     for s in atlas.coherence_scores():
