@@ -129,6 +129,12 @@ def measure(root: Path, name: str, sources: list[str]) -> dict:
     return out
 
 
+def _number(text: str) -> int | float:
+    """'2' -> 2, '0.5' -> 0.5 (expansion may be a fraction)."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-w", "--workspace", required=True)
@@ -153,7 +159,7 @@ def main() -> None:
 
         changes = dict(item.split("=") for item in args.train.split(","))
         name = "variant"
-        settings = {**DEMO_SAE, **{k: type(DEMO_SAE.get(k, 1))(v) for k, v in changes.items()}}
+        settings = {**DEMO_SAE, **{k: _number(v) for k, v in changes.items()}}
         base = _demo_train_config(root, name)
         train(root, TrainConfig.from_settings({**settings, "name": name, "steps": base.steps}))
         build_atlas(root, name)
