@@ -16,6 +16,7 @@ from clipatlas._io import read_json
 from clipatlas.atlas.config import check_feature_selection
 from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect, migrate
 from clipatlas.atlas.types import (
+    NAMING_P,
     Activation,
     AtlasError,
     Example,
@@ -32,7 +33,8 @@ from clipatlas.atlas.types import (
 from clipatlas.workspace import SAEFiles, Workspace
 
 # Why a feature has no name (shown in its place).
-UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
+UNLABELLED, NOT_SCORED = "unlabelled", "not yet scored"
+NO_LABEL_BEATS_BASELINE = f"no label beats its baseline with p <= {NAMING_P}"
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
 ALL = "1"  # the WHERE clause of every row
 
