@@ -216,6 +216,11 @@ def test_a_label_names_its_feature_only_when_it_beats_its_baseline_clearly():
     assert headline([label("generic", 0.8, 0.001, 0.1)]) is None
     legacy = Label(1, "captions", "old", scores=(Score(1, 0, "detection", "captions", "auroc", 0.7, 0.5, 8, True),))
     assert legacy.scores[0].evidence_p is None and headline([legacy]) is legacy  # scored before p-values
+    # labels scored by different judges: the most trusted judge's labels compete, the others do not crash it
+    by_classes = dataclasses.replace(
+        clear, text="by classes", scores=(dataclasses.replace(clear.scores[0], judge="classes"),)
+    )
+    assert headline([by_classes, clear]) is clear and headline([by_classes]) is by_classes
 
 
 def test_summary(built):

@@ -314,8 +314,8 @@ class Atlas:
 
     # -- search, map, summary ------------------------------------------------------------
     def search_labels(self, text: str, limit: int = 50) -> list[Label]:
-        """Labels containing `text` (case-insensitive), best first: labels that beat their baseline
-        (highest score first), then scored labels that did not, then labels never scored."""
+        """Labels containing `text` (case-insensitive), best first (`search_rank`): labels that name
+        their feature, then those that beat their baseline, then other scored ones, then unscored."""
         needle = text.strip()
         if not needle:
             return []
@@ -450,8 +450,9 @@ class Atlas:
 
 
 def search_rank(label: Label) -> tuple:
-    """Search order: labels that beat their baseline (best score first), other scored labels, unscored."""
+    """Search order: labels good enough to name their feature, then others that beat their baseline,
+    then other scored labels (best score first within each), then unscored ones."""
     score = label.score()
     if score is None:
-        return (2, 0.0)
-    return (0 if score.beats_baseline else 1, -score.value)
+        return (3, 0.0)
+    return (0 if score.names_feature else 1 if score.beats_baseline else 2, -score.value)
