@@ -355,7 +355,7 @@ def main() -> None:
     }
     if Path(CHROMIUM).exists():
         served = create_app(root)
-        served.state.context.views.map_json()  # as `clipatlas serve` does before printing the URL
+        served.state.warmup.join()  # as `clipatlas serve` does before printing the URL
         results.update(map_load(served))
     else:
         print(f"{CHROMIUM} is missing: map load not measured")

@@ -127,7 +127,7 @@ def headline(labels: list[Label]) -> Label | None:
     if not passing:
         return None
     judge = min((label.score().judge for label in passing), key=judge_rank)
-    found = preferred([label for label in passing if label.score(judge=judge).beats_baseline], judge)
+    found = preferred([label for label in passing if (s := label.score(judge=judge)) and s.beats_baseline], judge)
     return found[0] if found else None
 
 

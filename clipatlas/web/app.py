@@ -108,8 +108,9 @@ def create_app(
         limits=config.limits,
         body_timeout_s=config.body_timeout_s,
     )
-    # The map of a big atlas takes a second to serialise: do it before anyone asks.
-    threading.Thread(target=context.views.map_json, name="clipatlas-map-warmup", daemon=True).start()
+    # The map and label search of a big atlas take seconds to prepare: do it before anyone asks.
+    app.state.warmup = threading.Thread(target=context.views.warm, name="clipatlas-warmup", daemon=True)
+    app.state.warmup.start()
     return app
 
 

@@ -120,9 +120,9 @@ class AtlasViews:
     def brief(self, feature_id: int) -> FeatureBrief:
         """Headline label and max activation of a feature, cached: neighbour lists and sliders need many."""
         if feature_id not in self._briefs:
-            info = self.atlas.feature(feature_id)
             label, note = self.name(feature_id)
-            self._briefs[feature_id] = FeatureBrief(label, note, float(info.max_activation))
+            max_activation = float(self.atlas.feature_table().max_activation[feature_id])
+            self._briefs[feature_id] = FeatureBrief(label, note, max_activation)
         return self._briefs[feature_id]
 
     def warm_briefs(self) -> None:
@@ -262,6 +262,11 @@ class AtlasViews:
         }[sort]
         rows.sort(key=key)
         return {"total": len(rows), "sort": sort, "min_score": min_score, "features": rows[offset : offset + limit]}
+
+    def warm(self) -> None:
+        """What a big atlas takes seconds to prepare, done before anyone asks: the map and the label search."""
+        self.map_json()
+        self.atlas.label_search()
 
     # -- map ------------------------------------------------------------------------------------
     def map_json(self) -> tuple[bytes, bytes]:
