@@ -1,7 +1,8 @@
 """Web app benchmark: feature-page server time (p95), map load time at the seed's scale, and a load test.
 
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
-    .venv/bin/python bench/web.py --load 10000 [--clients 50]      # the load test only
+    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT]  # load test only
+    .venv/bin/python bench/web.py --client-check 10000 [--clients 50]   # what the load client alone can do
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
 schema, then
@@ -17,6 +18,11 @@ clients (asyncio + httpx, one process) sending N requests in a fixed mix: HTML p
 thumbnails, search, the map, and playground generations (retrieval) polled until done. A client
 told 429 waits its Retry-After and submits again, as the playground does not but any client
 should. Errors: transport failures, 5xx, failed jobs and any status the mix does not expect.
+`--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
+atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
+
+`--client-check N`: the same clients sending N requests to a trivial HTTP server (a fixed 2-byte
+answer, its own process), so the load client's own ceiling is known next to the server's numbers.
 """
 
 from __future__ import annotations
@@ -297,6 +303,68 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
     }
 
 
+TRIVIAL_SERVER = """
+import asyncio, sys
+ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\ncontent-type: text/plain\\r\\n\\r\\nok"
+async def answer(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(ANSWER)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()  # the client closed its connection
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def fixed_requests(base: str, total: int, clients: int) -> dict:
+    """`clients` concurrent clients as `load_test` makes them, GETting one URL `total` times."""
+    import httpx
+
+    seconds: list[float] = []
+    remaining = total
+
+    async def one_client() -> None:
+        nonlocal remaining
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                response = await client.get("/")
+                seconds.append(time.perf_counter() - started)
+                assert response.status_code == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    return {
+        "requests": len(seconds),
+        "clients": clients,
+        "requests_per_s": len(seconds) / wall,
+        "p50_ms": float(np.percentile(seconds, 50) * 1000),
+        "p99_ms": float(np.percentile(seconds, 99) * 1000),
+    }
+
+
+def client_check(total: int, clients: int) -> dict:
+    """The load client's ceiling: its requests per second against a server that does nothing."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
+    try:
+        time.sleep(1.0)
+        load_before = os.getloadavg()
+        results = asyncio.run(fixed_requests(f"http://127.0.0.1:{port}", total, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {**results, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
 def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT) -> dict:
     plan = LoadPlan(root)
     port = free_port()
@@ -326,6 +394,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--load", type=int, default=0, help="run only the load test, with this many requests")
+    parser.add_argument(
+        "--client-check", type=int, default=0, help="only measure the load client against a trivial server"
+    )
+    parser.add_argument("--workspace", type=Path, help="load test: this workspace's atlas, not the synthetic one")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
     parser.add_argument("--workers", type=int, default=1, help="server processes of the load test (serve --workers)")
     parser.add_argument(
@@ -335,10 +407,18 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
+    if args.client_check:
+        results = client_check(args.client_check, args.clients)
+        atomic_write_json(out / "web-client-check.json", results)
+        print(json.dumps(results, indent=2))
+        return
+    if args.workspace:
+        root = args.workspace.resolve()
+    else:
+        root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
     if args.load:
         results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
-        atomic_write_json(out / f"web-load-{args.code.resolve().name}-w{args.workers}.json", results)
+        atomic_write_json(out / f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}.json", results)
         print(json.dumps(results, indent=2))
         return
 

@@ -1,6 +1,7 @@
 """Rendered pages kept in memory, keyed by the atlas's version, with ETags and 304 answers.
 
-A page is a pure function of (atlas version, URL): render it once, then hand out the same bytes.
+A page (HTML, or the JSON of a GET that reads only the atlas) is a pure function of (atlas version,
+URL): render it once, compress it once, then hand out the same bytes.
 The version is the atlas's build id and the identity of its database file (inode, size, mtime), so
 a rebuilt atlas (another build id, a new file) and labels, icons or scores added while serving (a
 write to the file) both make every cached page miss. A browser holding an old ETag is never told
@@ -9,6 +10,7 @@ write to the file) both make every cached page miss. A browser holding an old ET
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 from collections import OrderedDict
@@ -22,11 +24,20 @@ from fastapi.responses import Response
 CACHE_CONTROL = "no-cache"
 
 
+GZIP_MIN_BYTES = 2048  # as the app's GZipMiddleware: smaller bodies are sent as they are
+
+
 @dataclass(frozen=True)
 class CachedPage:
     body: bytes
     media_type: str
     etag: str
+    gzipped: bytes | None = None  # the body compressed once, for clients that accept gzip
+
+
+def cached_page(version: str, body: bytes, media_type: str) -> CachedPage:
+    gzipped = gzip.compress(body, compresslevel=6) if len(body) >= GZIP_MIN_BYTES else None
+    return CachedPage(body, media_type, etag_of(version, body), gzipped)
 
 
 def atlas_version(atlas) -> str:
@@ -90,11 +101,15 @@ class PageCache:
             response = render()
             if response.status_code != 200:
                 return response
-            page = CachedPage(bytes(response.body), response.media_type, etag_of(version, bytes(response.body)))
+            page = cached_page(version, bytes(response.body), response.media_type)
             self.put(key, page)
-        headers = {"ETag": page.etag, "Cache-Control": CACHE_CONTROL}
+        headers = {"ETag": page.etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
         if etag_matches(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
+        if page.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
+            # compressed once when cached; the GZipMiddleware leaves a response with an encoding alone
+            headers["Content-Encoding"] = "gzip"
+            return Response(page.gzipped, media_type=page.media_type, headers=headers)
         return Response(page.body, media_type=page.media_type, headers=headers)
 
 
