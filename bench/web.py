@@ -14,7 +14,8 @@ schema, then
 Targets: feature page p95 < 30 ms; map load < 2 s.
 
 `--load N`: `clipatlas serve` in its own process on the same atlas, and `--clients` concurrent
-clients (asyncio + httpx, one process) sending N requests in a fixed mix: HTML pages, JSON,
+clients (asyncio, one keep-alive connection each: `LeanClient`, one process) sending N requests in a
+fixed mix: HTML pages, JSON,
 thumbnails, search, the map, and playground generations (retrieval) polled until done. A client
 told 429 waits its Retry-After and submits again, as the playground does not but any client
 should. Errors: transport failures, 5xx, failed jobs and any status the mix does not expect.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import socket
@@ -144,13 +146,18 @@ class LoadPlan:
     """What the clients ask for: alive features, store images with thumbnails, label words, recipes."""
 
     def __init__(self, root: Path, seed: int = 0):
-        from clipatlas.atlas import Atlas
+        from clipatlas.atlas.db import connect
         from clipatlas.atlas.synthetic import WORDS
+        from clipatlas.workspace import Workspace
 
-        atlas = Atlas.open(root)
+        # Read-only SQL, not Atlas.open: opening may add an index, and a before run must meet the atlas as it was.
+        conn = connect(Workspace.of(root).sae(None).atlas_db, readonly=True)
+        alive = [r[0] for r in conn.execute("SELECT feature FROM features WHERE alive = 1 ORDER BY feature")]
         rng = np.random.default_rng(seed)
-        self.features = rng.choice(atlas.map_points().feature, size=2000).tolist()
-        self.images = sorted({e.image_id for f in self.features[:200] for e in atlas.top_images(int(f))[:2]})
+        self.features = rng.choice(alive, size=2000).tolist()
+        top = "SELECT image_id FROM examples WHERE feature = ? AND kind = 'top' ORDER BY rank LIMIT 2"
+        self.images = sorted({r[0] for f in self.features[:200] for r in conn.execute(top, (int(f),))})
+        conn.close()
         self.words = list(WORDS)
         sources, targets = self.images[:20], self.features[:10]
         # 200 distinct recipes: the same recipe sent twice is served from the job cache, as a shared link is.
@@ -208,9 +215,79 @@ def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: 
     raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
 
 
-async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
-    import httpx
+class Answer:
+    """What `LeanClient` read: the parts of an httpx response the load test looks at."""
 
+    def __init__(self, status_code: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, body
+
+    @property
+    def text(self) -> str:
+        body = gzip.decompress(self.content) if self.headers.get("content-encoding") == "gzip" else self.content
+        return body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.text)
+
+
+class LeanClient:
+    """HTTP/1.1 over one keep-alive connection, as little work per request as Python allows: the load
+    test's clients must not be what limits it (httpx cost ~3 ms of CPU a request here; see --client-check).
+    Reads Content-Length and chunked bodies; sends Accept-Encoding: gzip, as browsers do."""
+
+    def __init__(self, base: str, timeout: float = 120):
+        address = base.removeprefix("http://")
+        self.host, port = address.split(":")
+        self.port, self.timeout = int(port), timeout
+        self.reader = self.writer = None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    async def request(self, method: str, url: str, json: dict | None = None, headers: dict | None = None) -> Answer:
+        try:
+            return await asyncio.wait_for(self._exchange(method, url, json, headers or {}), self.timeout)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+            if self.writer is not None:
+                self.writer.close()
+            self.reader = self.writer = None  # the next request opens a new connection
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _exchange(self, method: str, url: str, body_json, headers: dict) -> Answer:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = b"" if body_json is None else json.dumps(body_json).encode()
+        lines = [f"{method} {url} HTTP/1.1", f"host: {self.host}:{self.port}", "accept-encoding: gzip"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body_json is not None:
+            lines += ["content-type: application/json", f"content-length: {len(body)}"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        found = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+        found = {k.lower(): v for k, v in found.items()}
+        if "content-length" in found:
+            content = await self.reader.readexactly(int(found["content-length"]))
+        elif found.get("transfer-encoding") == "chunked":
+            parts = []
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            await self.reader.readuntil(b"\r\n")
+            content = b"".join(parts)
+        else:
+            content = b""
+        if found.get("connection") == "close":
+            self.writer.close()
+            self.reader = self.writer = None
+        return Answer(status, found, content)
+
+
+async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
     kinds = [k for k, _ in LOAD_MIX]
     weights = np.array([w for _, w in LOAD_MIX], dtype=np.float64)
     weights /= weights.sum()
@@ -228,7 +305,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
         started = time.perf_counter()
         try:
             response = await client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+        except ConnectionError as exc:
             records.append((kind, -1, time.perf_counter() - started))
             failures.append(f"{kind} {url}: {type(exc).__name__} {exc}")
             return None
@@ -262,7 +339,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
 
     async def one_client(index: int) -> None:
         rng = np.random.default_rng([seed, index])
-        async with httpx.AsyncClient(base_url=base, timeout=120, follow_redirects=False) as client:
+        async with LeanClient(base) as client:
             while take():
                 kind = kinds[int(rng.choice(len(kinds), p=weights))]
                 if kind == "generate":
@@ -324,18 +401,16 @@ asyncio.run(main())
 
 async def fixed_requests(base: str, total: int, clients: int) -> dict:
     """`clients` concurrent clients as `load_test` makes them, GETting one URL `total` times."""
-    import httpx
-
     seconds: list[float] = []
     remaining = total
 
     async def one_client() -> None:
         nonlocal remaining
-        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        async with LeanClient(base) as client:
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                response = await client.get("/")
+                response = await client.request("GET", "/")
                 seconds.append(time.perf_counter() - started)
                 assert response.status_code == 200
 
@@ -418,7 +493,8 @@ def main() -> None:
         root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
     if args.load:
         results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
-        atomic_write_json(out / f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}.json", results)
+        name = f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}-n{args.load}.json"
+        atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return
 

@@ -103,6 +103,19 @@ def test_json_of_the_atlas_is_cached_and_equals_the_validated_model(workspace):
         assert client.get(f"/api/features/{CONFIG.n_features}").status_code == 404  # errors: not cached, not 500
 
 
+def test_thumbnails_are_kept_in_memory_with_an_etag_and_sent_as_stored(workspace):
+    app = create_app(workspace.root)
+    image_id = Atlas.open(workspace).top_images(alive(workspace))[0].image_id
+    stored = Atlas.open(workspace).thumbnail_path(image_id).read_bytes()
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
+        first = client.get(f"/thumbs/{image_id}", headers={"accept-encoding": "gzip"})
+        assert first.status_code == 200 and first.content == stored and "content-encoding" not in first.headers
+        assert first.headers["content-type"] == "image/webp" and "max-age" in first.headers["cache-control"]
+        assert len(app.state.page_cache) == 1
+        held = client.get(f"/thumbs/{image_id}", headers={"if-none-match": first.headers["etag"]})
+        assert held.status_code == 304
+
+
 def test_pages_are_gzipped_and_errors_are_not_cached(workspace):
     app = create_app(workspace.root)
     renders = counting(app, "feature_page")

@@ -9,16 +9,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from clipatlas.web import schemas
-from clipatlas.web.cache import PageCache, page_cache_of
+from clipatlas.web.cache import Cache, PageCache
 from clipatlas.web.context import Context, WebContext, may_compute
 from clipatlas.web.jobs import DONE, QueueFull
 from clipatlas.web.uploads import receive_upload
 from clipatlas.web.views import MAX_QUERY, valid_image_id, valid_upload_id
 
 router = APIRouter(prefix="/api")
-
-
-Cache = Annotated[PageCache, Depends(page_cache_of)]
 
 
 def cached_json(request: Request, ctx: WebContext, cache: PageCache, model: type[BaseModel], make) -> Response:

@@ -16,8 +16,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 # Browsers may keep a page but must ask (If-None-Match) before showing it again.
@@ -36,7 +37,8 @@ class CachedPage:
 
 
 def cached_page(version: str, body: bytes, media_type: str) -> CachedPage:
-    gzipped = gzip.compress(body, compresslevel=6) if len(body) >= GZIP_MIN_BYTES else None
+    text = media_type.startswith("text/") or media_type == "application/json"  # images are compressed already
+    gzipped = gzip.compress(body, compresslevel=6) if text and len(body) >= GZIP_MIN_BYTES else None
     return CachedPage(body, media_type, etag_of(version, body), gzipped)
 
 
@@ -87,7 +89,9 @@ class PageCache:
             while len(self._pages) > self.max_pages:
                 self._pages.popitem(last=False)
 
-    def respond(self, request: Request, atlas, render: Callable[[], Response]) -> Response:
+    def respond(
+        self, request: Request, atlas, render: Callable[[], Response], cache_control: str = CACHE_CONTROL
+    ) -> Response:
         """The page at `request`'s URL for the atlas as it is now: 304 when the client holds it, else
         the cached bytes, else `render()`d and kept (only 200 answers are kept)."""
         version = atlas_version(atlas)
@@ -103,7 +107,7 @@ class PageCache:
                 return response
             page = cached_page(version, bytes(response.body), response.media_type)
             self.put(key, page)
-        headers = {"ETag": page.etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+        headers = {"ETag": page.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
         if etag_matches(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
         if page.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
@@ -115,3 +119,6 @@ class PageCache:
 
 def page_cache_of(request: Request) -> PageCache:
     return request.app.state.page_cache
+
+
+Cache = Annotated[PageCache, Depends(page_cache_of)]
