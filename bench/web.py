@@ -258,6 +258,9 @@ class LeanClient:
             raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
 
     async def _exchange(self, method: str, url: str, body_json, headers: dict) -> Answer:
+        if self.reader is not None and self.reader.at_eof():  # the server closed it while idle (keep-alive timeout)
+            self.writer.close()
+            self.reader = self.writer = None
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         body = b"" if body_json is None else json.dumps(body_json).encode()
