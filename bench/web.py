@@ -1,7 +1,8 @@
 """Web app benchmark: feature-page server time (p95), map load time at the seed's scale, and a load test.
 
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
-    .venv/bin/python bench/web.py --load 10000 [--clients 50]      # the load test only
+    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT]  # load test only
+    .venv/bin/python bench/web.py --client-check 10000 [--clients 50]   # what the load client alone can do
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
 schema, then
@@ -13,16 +14,23 @@ schema, then
 Targets: feature page p95 < 30 ms; map load < 2 s.
 
 `--load N`: `clipatlas serve` in its own process on the same atlas, and `--clients` concurrent
-clients (asyncio + httpx, one process) sending N requests in a fixed mix: HTML pages, JSON,
+clients (asyncio, one keep-alive connection each: `LeanClient`, one process) sending N requests in a
+fixed mix: HTML pages, JSON,
 thumbnails, search, the map, and playground generations (retrieval) polled until done. A client
 told 429 waits its Retry-After and submits again, as the playground does not but any client
 should. Errors: transport failures, 5xx, failed jobs and any status the mix does not expect.
+`--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
+atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
+
+`--client-check N`: the same clients sending N requests to a trivial HTTP server (a fixed 2-byte
+answer, its own process), so the load client's own ceiling is known next to the server's numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import socket
@@ -138,13 +146,18 @@ class LoadPlan:
     """What the clients ask for: alive features, store images with thumbnails, label words, recipes."""
 
     def __init__(self, root: Path, seed: int = 0):
-        from clipatlas.atlas import Atlas
+        from clipatlas.atlas.db import connect
         from clipatlas.atlas.synthetic import WORDS
+        from clipatlas.workspace import Workspace
 
-        atlas = Atlas.open(root)
+        # Read-only SQL, not Atlas.open: opening may add an index, and a before run must meet the atlas as it was.
+        conn = connect(Workspace.of(root).sae(None).atlas_db, readonly=True)
+        alive = [r[0] for r in conn.execute("SELECT feature FROM features WHERE alive = 1 ORDER BY feature")]
         rng = np.random.default_rng(seed)
-        self.features = rng.choice(atlas.map_points().feature, size=2000).tolist()
-        self.images = sorted({e.image_id for f in self.features[:200] for e in atlas.top_images(int(f))[:2]})
+        self.features = rng.choice(alive, size=2000).tolist()
+        top = "SELECT image_id FROM examples WHERE feature = ? AND kind = 'top' ORDER BY rank LIMIT 2"
+        self.images = sorted({r[0] for f in self.features[:200] for r in conn.execute(top, (int(f),))})
+        conn.close()
         self.words = list(WORDS)
         sources, targets = self.images[:20], self.features[:10]
         # 200 distinct recipes: the same recipe sent twice is served from the job cache, as a shared link is.
@@ -202,9 +215,82 @@ def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: 
     raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
 
 
-async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
-    import httpx
+class Answer:
+    """What `LeanClient` read: the parts of an httpx response the load test looks at."""
 
+    def __init__(self, status_code: int, headers: dict[str, str], body: bytes):
+        self.status_code, self.headers, self.content = status_code, headers, body
+
+    @property
+    def text(self) -> str:
+        body = gzip.decompress(self.content) if self.headers.get("content-encoding") == "gzip" else self.content
+        return body.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.text)
+
+
+class LeanClient:
+    """HTTP/1.1 over one keep-alive connection, as little work per request as Python allows: the load
+    test's clients must not be what limits it (httpx cost ~3 ms of CPU a request here; see --client-check).
+    Reads Content-Length and chunked bodies; sends Accept-Encoding: gzip, as browsers do."""
+
+    def __init__(self, base: str, timeout: float = 120):
+        address = base.removeprefix("http://")
+        self.host, port = address.split(":")
+        self.port, self.timeout = int(port), timeout
+        self.reader = self.writer = None
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.writer is not None:
+            self.writer.close()
+
+    async def request(self, method: str, url: str, json: dict | None = None, headers: dict | None = None) -> Answer:
+        try:
+            return await asyncio.wait_for(self._exchange(method, url, json, headers or {}), self.timeout)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
+            if self.writer is not None:
+                self.writer.close()
+            self.reader = self.writer = None  # the next request opens a new connection
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _exchange(self, method: str, url: str, body_json, headers: dict) -> Answer:
+        if self.reader is not None and self.reader.at_eof():  # the server closed it while idle (keep-alive timeout)
+            self.writer.close()
+            self.reader = self.writer = None
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        body = b"" if body_json is None else json.dumps(body_json).encode()
+        lines = [f"{method} {url} HTTP/1.1", f"host: {self.host}:{self.port}", "accept-encoding: gzip"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body_json is not None:
+            lines += ["content-type: application/json", f"content-length: {len(body)}"]
+        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        found = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+        found = {k.lower(): v for k, v in found.items()}
+        if "content-length" in found:
+            content = await self.reader.readexactly(int(found["content-length"]))
+        elif found.get("transfer-encoding") == "chunked":
+            parts = []
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                parts.append(await self.reader.readexactly(size))
+                await self.reader.readexactly(2)
+            await self.reader.readuntil(b"\r\n")
+            content = b"".join(parts)
+        else:
+            content = b""
+        if found.get("connection") == "close":
+            self.writer.close()
+            self.reader = self.writer = None
+        return Answer(status, found, content)
+
+
+async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
     kinds = [k for k, _ in LOAD_MIX]
     weights = np.array([w for _, w in LOAD_MIX], dtype=np.float64)
     weights /= weights.sum()
@@ -222,7 +308,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
         started = time.perf_counter()
         try:
             response = await client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+        except ConnectionError as exc:
             records.append((kind, -1, time.perf_counter() - started))
             failures.append(f"{kind} {url}: {type(exc).__name__} {exc}")
             return None
@@ -256,7 +342,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
 
     async def one_client(index: int) -> None:
         rng = np.random.default_rng([seed, index])
-        async with httpx.AsyncClient(base_url=base, timeout=120, follow_redirects=False) as client:
+        async with LeanClient(base) as client:
             while take():
                 kind = kinds[int(rng.choice(len(kinds), p=weights))]
                 if kind == "generate":
@@ -297,6 +383,66 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
     }
 
 
+TRIVIAL_SERVER = """
+import asyncio, sys
+ANSWER = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\ncontent-type: text/plain\\r\\n\\r\\nok"
+async def answer(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            writer.write(ANSWER)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()  # the client closed its connection
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+async def fixed_requests(base: str, total: int, clients: int) -> dict:
+    """`clients` concurrent clients as `load_test` makes them, GETting one URL `total` times."""
+    seconds: list[float] = []
+    remaining = total
+
+    async def one_client() -> None:
+        nonlocal remaining
+        async with LeanClient(base) as client:
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                response = await client.request("GET", "/")
+                seconds.append(time.perf_counter() - started)
+                assert response.status_code == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    return {
+        "requests": len(seconds),
+        "clients": clients,
+        "requests_per_s": len(seconds) / wall,
+        "p50_ms": float(np.percentile(seconds, 50) * 1000),
+        "p99_ms": float(np.percentile(seconds, 99) * 1000),
+    }
+
+
+def client_check(total: int, clients: int) -> dict:
+    """The load client's ceiling: its requests per second against a server that does nothing."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", TRIVIAL_SERVER, str(port)])
+    try:
+        time.sleep(1.0)
+        load_before = os.getloadavg()
+        results = asyncio.run(fixed_requests(f"http://127.0.0.1:{port}", total, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {**results, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
 def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT) -> dict:
     plan = LoadPlan(root)
     port = free_port()
@@ -326,6 +472,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8192)
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--load", type=int, default=0, help="run only the load test, with this many requests")
+    parser.add_argument(
+        "--client-check", type=int, default=0, help="only measure the load client against a trivial server"
+    )
+    parser.add_argument("--workspace", type=Path, help="load test: this workspace's atlas, not the synthetic one")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
     parser.add_argument("--workers", type=int, default=1, help="server processes of the load test (serve --workers)")
     parser.add_argument(
@@ -335,10 +485,19 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
+    if args.client_check:
+        results = client_check(args.client_check, args.clients)
+        atomic_write_json(out / "web-client-check.json", results)
+        print(json.dumps(results, indent=2))
+        return
+    if args.workspace:
+        root = args.workspace.resolve()
+    else:
+        root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
     if args.load:
         results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
-        atomic_write_json(out / f"web-load-{args.code.resolve().name}-w{args.workers}.json", results)
+        name = f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}-n{args.load}.json"
+        atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return
 
@@ -355,7 +514,7 @@ def main() -> None:
     }
     if Path(CHROMIUM).exists():
         served = create_app(root)
-        served.state.context.views.map_json()  # as `clipatlas serve` does before printing the URL
+        served.state.warmup.join()  # as `clipatlas serve` does before printing the URL
         results.update(map_load(served))
     else:
         print(f"{CHROMIUM} is missing: map load not measured")

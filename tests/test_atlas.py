@@ -401,3 +401,10 @@ def test_newer_atlas_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(AtlasError, match="rebuild it with: clipatlas atlas"):
         Atlas.open(tmp_path, "t")
+
+
+def test_headline_when_labels_of_one_feature_were_scored_by_different_judges():
+    # one label scored only by the captions judge, another only by the VLM judge; both beat their baselines
+    by_captions = Label(3, "captions", "red", scores=(scored(3, 1, 0.9, judge="captions"),), id=1)
+    by_vlm = Label(3, "vlm", "a red ball", scores=(scored(3, 2, 0.7, judge="vlm"),), id=2)
+    assert headline([by_captions, by_vlm]) == by_vlm == headline([by_vlm, by_captions])  # the VLM judge is trusted more

@@ -16,6 +16,7 @@ from clipatlas.atlas.annotations import add_labels
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.web.app import create_app
 from clipatlas.web.server import serving_in_thread as serving
+from clipatlas.web.views import cluster_names
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -118,6 +119,33 @@ def test_feature_page_shows_top_images(page, synthetic):
     page.locator(".top-images a").first.click()
     page.wait_for_url(f"**/images/{atlas.top_images(fid)[0].image_id}")
     assert page.locator("ol.bars li").count() == len(atlas.features_of_image(atlas.top_images(fid)[0].image_id))
+
+
+def test_feature_statistics_read_as_words_and_link_the_map_centred_on_the_feature(page, synthetic):
+    url, atlas = synthetic
+    fid = int(atlas.map_points().feature[1])
+    info, points = atlas.feature(fid), atlas.map_points()
+    page.goto(f"{url}/features/{fid}")
+    stats = page.locator("table.stats")
+    assert [th.strip() for th in stats.locator("th").all_inner_texts()] == [
+        "active on",
+        "max activation",
+        "mean activation",
+        "on the map",
+    ]  # no raw "alive 1", x, y or cluster id
+    assert stats.locator(".active-on").inner_text() == f"{info.count:,} stored images ({100 * info.frequency:.3g}%)"
+    place = stats.locator(".map-place a")
+    named = {c["cluster"]: c["name"] for c in cluster_names(points)}
+    assert place.inner_text() == named.get(info.cluster, f"cluster {info.cluster}")
+    place.click()
+    page.wait_for_selector("body[data-map-ready]")
+    x, y = page.evaluate(f"window.clipatlasMap.screenOf({list(points.feature).index(fid)})")
+    box = page.locator("#map").bounding_box()
+    assert abs(x - box["width"] / 2) < 2 and abs(y - box["height"] / 2) < 2  # the map opens centred on it
+    dead = int(next(f for f in range(atlas.n_features) if not atlas.feature_table().alive[f]))
+    page.goto(f"{url}/features/{dead}")
+    assert page.locator("table.stats .active-on").inner_text() == "0 stored images (0%): dead over the store"
+    assert page.locator("table.stats .map-place").count() == 0
 
 
 def test_map_draws_every_point_hover_and_click(page, synthetic):

@@ -16,7 +16,7 @@ from clipatlas.atlas.annotations import add_labels
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.cli import main
 from clipatlas.errors import UserError
-from clipatlas.web import server
+from clipatlas.web import schemas, server
 from clipatlas.web.app import create_app
 from clipatlas.web.cache import CachedPage, PageCache, etag_matches
 from clipatlas.web.config import ServeConfig, UploadLimits, WebConfig
@@ -76,6 +76,44 @@ def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
             page = client.get(url, headers=HTML)
             assert page.status_code == 200 and "etag" in page.headers, url
             assert client.get(url, headers={**HTML, "if-none-match": page.headers["etag"]}).status_code == 304, url
+
+
+def test_json_of_the_atlas_is_cached_and_equals_the_validated_model(workspace):
+    app = create_app(workspace.root)
+    views = app.state.context.views
+    image_id = Atlas.open(workspace).top_images(alive(workspace))[0].image_id
+    routes = (  # (url, the AtlasViews method that makes it, its wire model, what it is called with)
+        (f"/api/features/{alive(workspace)}", "feature_page", schemas.FeaturePage, alive(workspace)),
+        (f"/api/images/{image_id}", "image_page", schemas.ImagePage, image_id),
+        ("/api/search?q=cat", "search", schemas.SearchResult, "cat"),
+    )
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
+        for url, method, model, argument in routes:
+            expected = model.model_validate(getattr(views, method)(argument)).model_dump(mode="json")
+            renders = counting(app, method)
+            zipped = client.get(url, headers={"accept-encoding": "gzip"})
+            plain = client.get(url, headers={"accept-encoding": "identity"})
+            assert zipped.status_code == plain.status_code == 200 and zipped.json() == plain.json() == expected, url
+            assert zipped.headers["content-type"] == "application/json"
+            assert len(renders) == 1, url  # the second answer came from the cache
+            assert client.get(url, headers={"if-none-match": plain.headers["etag"]}).status_code == 304, url
+        brief = client.get(f"/api/features/{alive(workspace)}/brief").json()
+        assert brief == client.get(f"/api/features/{alive(workspace)}/brief").json()
+        assert brief["max_activation"] == pytest.approx(Atlas.open(workspace).feature(alive(workspace)).max_activation)
+        assert client.get(f"/api/features/{CONFIG.n_features}").status_code == 404  # errors: not cached, not 500
+
+
+def test_thumbnails_are_kept_in_memory_with_an_etag_and_sent_as_stored(workspace):
+    app = create_app(workspace.root)
+    image_id = Atlas.open(workspace).top_images(alive(workspace))[0].image_id
+    stored = Atlas.open(workspace).thumbnail_path(image_id).read_bytes()
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
+        first = client.get(f"/thumbs/{image_id}", headers={"accept-encoding": "gzip"})
+        assert first.status_code == 200 and first.content == stored and "content-encoding" not in first.headers
+        assert first.headers["content-type"] == "image/webp" and "max-age" in first.headers["cache-control"]
+        assert len(app.state.page_cache) == 1
+        held = client.get(f"/thumbs/{image_id}", headers={"if-none-match": first.headers["etag"]})
+        assert held.status_code == 304
 
 
 def test_pages_are_gzipped_and_errors_are_not_cached(workspace):

@@ -308,7 +308,7 @@ def test_missing_part_answers_503_naming_it(breakable, breaks, named, command, u
 
 def test_atlas_damaged_while_serving_answers_503(breakable):
     app = create_app(breakable)
-    app.state.context.views.map_json()  # the start-up warm-up has read the map before the damage
+    app.state.warmup.join()  # the start-up warm-up has read the map and labels before the damage
     db = breakable / "saes/synthetic/atlas/atlas.sqlite"
     db.write_bytes(bytes(range(256)) * 64)  # overwritten in place: the open connection now reads garbage
     with TestClient(base_url=LOCAL, app=app, client=LOOPBACK, raise_server_exceptions=False) as test_client:

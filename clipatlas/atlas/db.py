@@ -25,6 +25,18 @@ HIST_ARRAY = "hist"  # (features, bins) activation histograms
 CODE_ARRAYS = ("codes_indptr", "codes_features", "codes_values")  # every image's sparse code, CSR
 THUMBS_DIR = "thumbs"
 
+# Indexes an atlas of this schema may lack (it was built before they were added): `add_missing_indexes`
+# creates them when the atlas is opened, so reading never depends on them being there, only speed.
+INDEXES_ADDED_IN_PLACE = {
+    # {name: what it indexes}. A label's scores without a scan of every score (feature, image and search pages).
+    "scores_by_label_id": "scores (label_id, scorer)",
+}
+
+
+def _index_sql(name: str) -> str:
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {INDEXES_ADDED_IN_PLACE[name]}"
+
+
 LABEL_TABLES = """
 CREATE TABLE labels (
     id INTEGER PRIMARY KEY,
@@ -53,7 +65,7 @@ CREATE TABLE scores (
     details TEXT NOT NULL        -- JSON object
 );
 CREATE UNIQUE INDEX scores_by_label ON scores (feature, IFNULL(label_id, -1), scorer, judge);
-"""
+""" + "".join(f"{_index_sql(name)};\n" for name in INDEXES_ADDED_IN_PLACE)
 
 SCHEMA = (
     """
@@ -126,6 +138,30 @@ def migrate(path: Path) -> bool:
         if version == 1:
             with conn:
                 conn.executescript("BEGIN;" + _MIGRATE_1_TO_2 + "COMMIT;")
+        return True
+    finally:
+        conn.close()
+
+
+def add_missing_indexes(path: Path) -> bool:
+    """Create the `INDEXES_ADDED_IN_PLACE` an older build lacks; False if some are missing and the
+    file cannot be written (reads stay correct, only slower). Adding an index changes no answer."""
+    names = list(INDEXES_ADDED_IN_PLACE)
+    conn = connect(path, readonly=True)
+    try:
+        marks = ",".join("?" * len(names))
+        found = {r[0] for r in conn.execute(f"SELECT name FROM sqlite_master WHERE name IN ({marks})", names)}
+    finally:
+        conn.close()
+    if len(found) == len(names):
+        return True
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        return False
+    conn = connect(path, readonly=False)
+    try:
+        with conn:
+            for name in names:
+                conn.execute(_index_sql(name))
         return True
     finally:
         conn.close()

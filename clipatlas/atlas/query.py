@@ -5,7 +5,9 @@ It only reads: the build (`build.py`) writes an atlas, `annotations.py` adds ico
 
 from __future__ import annotations
 
+import bisect
 import json
+import string
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,15 @@ import numpy as np
 
 from clipatlas._io import read_json
 from clipatlas.atlas.config import check_feature_selection
-from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect, migrate
+from clipatlas.atlas.db import (
+    ATLAS_SCHEMA_VERSION,
+    CODE_ARRAYS,
+    HIST_ARRAY,
+    add_missing_indexes,
+    array_path,
+    connect,
+    migrate,
+)
 from clipatlas.atlas.types import (
     NAMING_P,
     Activation,
@@ -95,6 +105,7 @@ class Atlas:
                 f"{self.db_path} has atlas schema {version}, this clipatlas reads {ATLAS_SCHEMA_VERSION}; "
                 f"rebuild it with: clipatlas atlas -w {workspace.root}"
             )
+        add_missing_indexes(self.db_path)
         self.n_features = int(self.meta["n_features"])
         self.n_images = int(self.meta["n_images"])
         self.arrays_dir = self.dir / self.meta["arrays_dir"]
@@ -105,6 +116,7 @@ class Atlas:
         self._map: MapPoints | None = None
         self._headlines: tuple[dict[int, Label], dict[int, str]] | None = None
         self._labelled: dict[int, list[Label]] | None = None
+        self._search: LabelSearch | None = None
         self._store = None
         self._sae = None
 
@@ -314,15 +326,19 @@ class Atlas:
 
     # -- search, map, summary ------------------------------------------------------------
     def search_labels(self, text: str, limit: int = 50) -> list[Label]:
-        """Labels containing `text` (case-insensitive), best first (`search_rank`): labels that name
-        their feature, then those that beat their baseline, then other scored ones, then unscored."""
+        """Labels containing `text` (case-insensitive, as SQL LIKE: ASCII letters only), best first
+        (`search_rank`): labels that name their feature, then those that beat their baseline, then other
+        scored ones, then unscored; ties by feature, then in `label_order`."""
         needle = text.strip()
         if not needle:
             return []
-        escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        labels = self._labels_where("text LIKE ? ESCAPE '\\'", (f"%{escaped}%",))
-        labels.sort(key=lambda label: (search_rank(label), label.feature))
-        return labels[:limit]
+        return self.label_search().find(needle, limit)
+
+    def label_search(self) -> LabelSearch:
+        """Every label in search order, for `search_labels` (cached until `refresh`)."""
+        if self._search is None:
+            self._search = LabelSearch(self.labels_by_feature())
+        return self._search
 
     def map_points(self) -> MapPoints:
         """x, y, cluster, feature id, headline label and top image of every alive feature (cached)."""
@@ -385,6 +401,7 @@ class Atlas:
         self._map = None
         self._headlines = None
         self._labelled = None
+        self._search = None
 
     # -- lazily loaded ---------------------------------------------------------------------
     def _histograms(self) -> np.ndarray:
@@ -456,3 +473,35 @@ def search_rank(label: Label) -> tuple:
     if score is None:
         return (3, 0.0)
     return (0 if score.names_feature else 1 if score.beats_baseline else 2, -score.value)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # what SQLite's LIKE folds
+
+
+class LabelSearch:
+    """Every label's text in search order (`search_rank`, feature, `label_order`), lower-cased and
+    joined into one string: a substring search is `str.find` from the best label on, stopping at
+    the limit. A common word stops after a few hundred labels; a rare one is one pass in C over
+    a few MB (163,840 labels), instead of ranking every matching label per search."""
+
+    def __init__(self, labels_by_feature: dict[int, list[Label]]):
+        flat = [label for labels in labels_by_feature.values() for label in labels]
+        self.labels = sorted(flat, key=lambda label: (search_rank(label), label.feature))  # stable: label_order
+        texts = [label.text.translate(_ASCII_LOWER) for label in self.labels]
+        self.starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]]).tolist() if texts else []
+        self.ends = [start + len(t) for start, t in zip(self.starts, texts)]
+        self.text = "\n".join(texts)
+
+    def find(self, needle: str, limit: int) -> list[Label]:
+        needle = needle.translate(_ASCII_LOWER)
+        hits: list[Label] = []
+        at = self.text.find(needle)
+        while at >= 0 and len(hits) < limit:
+            i = bisect.bisect_right(self.starts, at) - 1
+            if at + len(needle) <= self.ends[i]:
+                hits.append(self.labels[i])
+                at = self.ends[i]  # on to the next label
+            else:
+                at += 1  # the match ran past the end of label i: not one label's text
+            at = self.text.find(needle, at)
+        return hits

@@ -6,8 +6,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from clipatlas.web import schemas
+from clipatlas.web.cache import Cache, PageCache
 from clipatlas.web.context import Context, WebContext, may_compute
 from clipatlas.web.jobs import DONE, QueueFull
 from clipatlas.web.uploads import receive_upload
@@ -16,25 +18,38 @@ from clipatlas.web.views import MAX_QUERY, valid_image_id, valid_upload_id
 router = APIRouter(prefix="/api")
 
 
+def cached_json(request: Request, ctx: WebContext, cache: PageCache, model: type[BaseModel], make) -> Response:
+    """The JSON of a GET that reads only the atlas: validated against `model`, serialised and compressed
+    once per atlas version and URL (the page cache), with an ETag."""
+
+    def render() -> Response:
+        return Response(model.model_validate(make()).model_dump_json(), media_type="application/json")
+
+    return cache.respond(request, ctx.views.atlas, render)
+
+
 @router.get("/summary", response_model=schemas.Summary)
 def api_summary(ctx: Context):
-    return ctx.views.summary()
+    return ctx.views.summary()  # not cached: it includes metrics.json, which `clipatlas eval` may rewrite
 
 
 @router.get("/features/{feature_id}", response_model=schemas.FeaturePage)
-def api_feature(feature_id: int, ctx: Context):
-    return ctx.views.feature_page(feature_id)
+def api_feature(request: Request, feature_id: int, ctx: Context, cache: Cache):
+    return cached_json(request, ctx, cache, schemas.FeaturePage, lambda: ctx.views.feature_page(feature_id))
 
 
 @router.get("/features/{feature_id}/brief", response_model=schemas.FeatureBriefOut)
-def api_feature_brief(feature_id: int, ctx: Context):
-    brief = ctx.views.brief(ctx.views.check_feature(feature_id))
-    return {
-        "feature": feature_id,
-        "label": brief.label,
-        "label_note": brief.label_note,
-        "max_activation": brief.max_activation,
-    }
+def api_feature_brief(request: Request, feature_id: int, ctx: Context, cache: Cache):
+    def make():
+        brief = ctx.views.brief(ctx.views.check_feature(feature_id))
+        return {
+            "feature": feature_id,
+            "label": brief.label,
+            "label_note": brief.label_note,
+            "max_activation": brief.max_activation,
+        }
+
+    return cached_json(request, ctx, cache, schemas.FeatureBriefOut, make)
 
 
 @router.get("/features", response_model=schemas.FeatureList)
@@ -61,13 +76,13 @@ def api_map(request: Request, ctx: Context):
 
 
 @router.get("/images/{image_id}", response_model=schemas.ImagePage)
-def api_image(image_id: str, ctx: Context):
-    return ctx.views.image_page(valid_image_id(image_id))
+def api_image(request: Request, image_id: str, ctx: Context, cache: Cache):
+    return cached_json(request, ctx, cache, schemas.ImagePage, lambda: ctx.views.image_page(valid_image_id(image_id)))
 
 
 @router.get("/search", response_model=schemas.SearchResult)
-def api_search(ctx: Context, q: Annotated[str, Query(max_length=MAX_QUERY)] = ""):
-    return ctx.views.search(q)
+def api_search(request: Request, ctx: Context, cache: Cache, q: Annotated[str, Query(max_length=MAX_QUERY)] = ""):
+    return cached_json(request, ctx, cache, schemas.SearchResult, lambda: ctx.views.search(q))
 
 
 @router.get("/samples", response_model=schemas.Samples)

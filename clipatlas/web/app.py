@@ -12,13 +12,15 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipatlas._io import SchemaError
@@ -100,7 +102,7 @@ def create_app(
         app.include_router(router)
     app.router.on_shutdown.append(context.jobs.close)
     _add_error_handlers(app)
-    _add_response_headers(app, token)
+    app.add_middleware(ResponseHeaders, token=token)
     # Added last, so outermost: every request meets the Host check and body limits first.
     app.add_middleware(
         RequestGuard,
@@ -108,8 +110,9 @@ def create_app(
         limits=config.limits,
         body_timeout_s=config.body_timeout_s,
     )
-    # The map of a big atlas takes a second to serialise: do it before anyone asks.
-    threading.Thread(target=context.views.map_json, name="clipatlas-map-warmup", daemon=True).start()
+    # The map and label search of a big atlas take seconds to prepare: do it before anyone asks.
+    app.state.warmup = threading.Thread(target=context.views.warm, name="clipatlas-warmup", daemon=True)
+    app.state.warmup.start()
     return app
 
 
@@ -163,16 +166,39 @@ def validation_summary(exc: RequestValidationError, most: int = 3) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _add_response_headers(app: FastAPI, token: str | None) -> None:
-    @app.middleware("http")
-    async def annotate(request: Request, call_next):
+class ResponseHeaders:
+    """Adds the security headers and Server-Timing to every response, and stores the token in a cookie
+    when the printed ?token= URL is opened. Plain ASGI: a BaseHTTPMiddleware (`@app.middleware`) runs
+    every request's app in a task of its own and passes the body through a stream."""
+
+    def __init__(self, app, token: str | None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
         started = time.perf_counter()
-        response = await call_next(request)
-        # Server-Timing shows the server's own time in the browser's devtools and in bench/web.py.
-        response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.2f}"
-        # Opening the printed ?token= URL once stores the token in a cookie the scripts send back.
-        given = request.query_params.get(security.TOKEN_QUERY)
-        if token is not None and given is not None and secrets.compare_digest(given.encode(), token.encode()):
-            response.set_cookie(security.TOKEN_COOKIE, token, httponly=True, samesite="strict")
-        response.headers.update(SECURITY_HEADERS)
-        return response
+        cookie = self._token_cookie(scope)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                # Server-Timing shows the server's own time in the browser's devtools and in bench/web.py.
+                headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.2f}"
+                headers.update(SECURITY_HEADERS)
+                if cookie:
+                    headers.append("set-cookie", cookie)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _token_cookie(self, scope) -> str | None:
+        """The Set-Cookie value when the request carries the right ?token=, else None."""
+        if self.token is None:
+            return None
+        given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(security.TOKEN_QUERY, [None])[0]
+        if given is None or not secrets.compare_digest(given.encode(), self.token.encode()):
+            return None
+        response = Response()
+        response.set_cookie(security.TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
+        return response.headers["set-cookie"]

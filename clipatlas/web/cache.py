@@ -1,6 +1,7 @@
 """Rendered pages kept in memory, keyed by the atlas's version, with ETags and 304 answers.
 
-A page is a pure function of (atlas version, URL): render it once, then hand out the same bytes.
+A page (HTML, or the JSON of a GET that reads only the atlas) is a pure function of (atlas version,
+URL): render it once, compress it once, then hand out the same bytes.
 The version is the atlas's build id and the identity of its database file (inode, size, mtime), so
 a rebuilt atlas (another build id, a new file) and labels, icons or scores added while serving (a
 write to the file) both make every cached page miss. A browser holding an old ETag is never told
@@ -9,17 +10,22 @@ write to the file) both make every cached page miss. A browser holding an old ET
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import Response
 
 # Browsers may keep a page but must ask (If-None-Match) before showing it again.
 CACHE_CONTROL = "no-cache"
+
+
+GZIP_MIN_BYTES = 2048  # as the app's GZipMiddleware: smaller bodies are sent as they are
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,13 @@ class CachedPage:
     body: bytes
     media_type: str
     etag: str
+    gzipped: bytes | None = None  # the body compressed once, for clients that accept gzip
+
+
+def cached_page(version: str, body: bytes, media_type: str) -> CachedPage:
+    text = media_type.startswith("text/") or media_type == "application/json"  # images are compressed already
+    gzipped = gzip.compress(body, compresslevel=6) if text and len(body) >= GZIP_MIN_BYTES else None
+    return CachedPage(body, media_type, etag_of(version, body), gzipped)
 
 
 def atlas_version(atlas) -> str:
@@ -76,7 +89,9 @@ class PageCache:
             while len(self._pages) > self.max_pages:
                 self._pages.popitem(last=False)
 
-    def respond(self, request: Request, atlas, render: Callable[[], Response]) -> Response:
+    def respond(
+        self, request: Request, atlas, render: Callable[[], Response], cache_control: str = CACHE_CONTROL
+    ) -> Response:
         """The page at `request`'s URL for the atlas as it is now: 304 when the client holds it, else
         the cached bytes, else `render()`d and kept (only 200 answers are kept)."""
         version = atlas_version(atlas)
@@ -90,13 +105,20 @@ class PageCache:
             response = render()
             if response.status_code != 200:
                 return response
-            page = CachedPage(bytes(response.body), response.media_type, etag_of(version, bytes(response.body)))
+            page = cached_page(version, bytes(response.body), response.media_type)
             self.put(key, page)
-        headers = {"ETag": page.etag, "Cache-Control": CACHE_CONTROL}
+        headers = {"ETag": page.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
         if etag_matches(request.headers.get("if-none-match"), page.etag):
             return Response(status_code=304, headers=headers)
+        if page.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
+            # compressed once when cached; the GZipMiddleware leaves a response with an encoding alone
+            headers["Content-Encoding"] = "gzip"
+            return Response(page.gzipped, media_type=page.media_type, headers=headers)
         return Response(page.body, media_type=page.media_type, headers=headers)
 
 
 def page_cache_of(request: Request) -> PageCache:
     return request.app.state.page_cache
+
+
+Cache = Annotated[PageCache, Depends(page_cache_of)]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
+from clipatlas.web.cache import Cache
 from clipatlas.web.context import Context
 from clipatlas.web.jobs import DONE
 from clipatlas.web.views import valid_image_id, valid_upload_id
 
 router = APIRouter()
-LONG_CACHE = {"Cache-Control": "public, max-age=86400"}
+LONG_CACHE_CONTROL = "public, max-age=86400"
+LONG_CACHE = {"Cache-Control": LONG_CACHE_CONTROL}
 
 
 def file_or_404(path: Path | None) -> FileResponse:
@@ -22,11 +25,14 @@ def file_or_404(path: Path | None) -> FileResponse:
 
 
 @router.get("/thumbs/{image_id}")
-def thumbnail(image_id: str, ctx: Context):
+def thumbnail(request: Request, image_id: str, ctx: Context, cache: Cache):
     image_id = valid_image_id(image_id)
     path = ctx.views.thumbnail_file(image_id)
-    if path is not None:
-        return file_or_404(path)
+    if path is not None:  # the atlas's own thumbnails: read once per atlas version, then from memory
+        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return cache.respond(
+            request, ctx.views.atlas, lambda: Response(path.read_bytes(), media_type=media_type), LONG_CACHE_CONTROL
+        )
     webp = ctx.views.store_thumbnail(image_id)
     if webp is None:
         raise HTTPException(404, "no image with this id")

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from clipatlas.web.cache import PageCache, page_cache_of
+from clipatlas.web.cache import Cache
 from clipatlas.web.context import Context, may_compute
 from clipatlas.web.uploads import receive_upload
 from clipatlas.web.views import valid_image_id
 
 router = APIRouter(default_response_class=HTMLResponse)
-Cache = Annotated[PageCache, Depends(page_cache_of)]
 
 
 @router.get("/")

@@ -158,6 +158,7 @@ class FeaturePage(BaseModel):
     x: float | None
     y: float | None
     cluster: int | None
+    cluster_name: str  # "" where no feature of the cluster is named
     labels: list[LabelOut]
     coherence: list[ScoreOut]
     label: str

@@ -55,7 +55,7 @@ def serve(
     check_port_free(config.host, config.port)
     if config.workers == 1:
         app = create_app(workspace, name=name, token=token, config=web, hosts=hosts)
-        app.state.context.views.map_json()  # the map is ready before the URL is printed
+        app.state.warmup.join()  # the map and label search are ready before the URL is printed
     else:
         from clipatlas.atlas import Atlas
 

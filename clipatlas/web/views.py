@@ -73,6 +73,7 @@ class AtlasViews:
         self._map_json: tuple[bytes, bytes] | None = None
         self._briefs: dict[int, FeatureBrief] = {}
         self._icon_checks: dict[int, dict[str, Any]] | None = None
+        self._cluster_names: dict[int, str] | None = None
         # Every page shows these; the full summary counts rows, too slow to repeat per page.
         self._summary_brief = {"encoder": atlas.summary()["encoder"], "n_features": atlas.n_features}
         # Per instance, so the cache goes away with the app that made it.
@@ -121,9 +122,9 @@ class AtlasViews:
     def brief(self, feature_id: int) -> FeatureBrief:
         """Headline label and max activation of a feature, cached: neighbour lists and sliders need many."""
         if feature_id not in self._briefs:
-            info = self.atlas.feature(feature_id)
             label, note = self.name(feature_id)
-            self._briefs[feature_id] = FeatureBrief(label, note, float(info.max_activation))
+            max_activation = float(self.atlas.feature_table().max_activation[feature_id])
+            self._briefs[feature_id] = FeatureBrief(label, note, max_activation)
         return self._briefs[feature_id]
 
     def warm_briefs(self) -> None:
@@ -162,6 +163,7 @@ class AtlasViews:
         feature["similar_decoder"] = self.feature_links(self.atlas.similar(feature_id, by="decoder"))
         feature["similar_encoder"] = self.feature_links(self.atlas.similar(feature_id, by="encoder"))
         feature["histogram_bars"] = histogram_bars(info.hist_counts, info.hist_edges)
+        feature["cluster_name"] = self.cluster_name(info.cluster)
         return feature
 
     def icon_check(self, feature_id: int) -> dict[str, Any] | None:
@@ -263,6 +265,20 @@ class AtlasViews:
         }[sort]
         rows.sort(key=key)
         return {"total": len(rows), "sort": sort, "min_score": min_score, "features": rows[offset : offset + limit]}
+
+    def warm(self) -> None:
+        """What a big atlas takes seconds to prepare, done before anyone asks: the map, the label search,
+        cluster names and the feature table (maxima of listed features)."""
+        self.map_json()
+        self.atlas.label_search()
+        self.cluster_name(None)
+        self.atlas.feature_table()
+
+    def cluster_name(self, cluster: int | None) -> str:
+        """A map cluster's name (see `cluster_names`), "" for a cluster none of whose features is named."""
+        if self._cluster_names is None:
+            self._cluster_names = {c["cluster"]: c["name"] for c in cluster_names(self.atlas.map_points())}
+        return self._cluster_names.get(cluster, "")
 
     # -- map ------------------------------------------------------------------------------------
     def map_json(self) -> tuple[bytes, bytes]:
