@@ -104,6 +104,11 @@ def sheet_sweep(root: Path, n: int, out: Path) -> list[dict]:
     return rows
 
 
+def with_images(pages: dict[str, str]) -> list[str]:
+    """The features of a chunk whose pages show images (a dead feature's page has none to wait for)."""
+    return [feature for feature, html in pages.items() if 'class="sprite' in html]
+
+
 def browse(site: Path, n: int, seed: int = 0) -> dict:
     """Load times of n feature pages of an exported site from a static file server (see the docstring)."""
     from playwright.sync_api import sync_playwright
@@ -111,7 +116,7 @@ def browse(site: Path, n: int, seed: int = 0) -> dict:
     chunks = sorted((site / "data/features").glob("*.json.gz"))
     rng = np.random.default_rng(seed)
     picked = [chunks[i] for i in rng.choice(len(chunks), size=min(n, len(chunks)), replace=False)]
-    features = [int(rng.choice(sorted(read_gzip_json(c)["features"], key=int))) for c in picked]
+    features = [int(rng.choice(sorted(with_images(read_gzip_json(c)["features"]), key=int))) for c in picked]
     port = free_port()
     command = [sys.executable, "-m", "http.server", str(port), "-b", "127.0.0.1", "-d", str(site)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
