@@ -199,6 +199,8 @@ def test_labels_scores_headline_and_search(tmp_path):
     assert [label.text for label in atlas.labels(f) if label.source == "vlm"] == ["a better gadget"]
     assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == "a widget"
     assert atlas.summary()["n_named"] == len(atlas.headlines()) == sum(1 for g in alive if g % 5)
+    # one feature's labels (their scores found through the features' index) equal the ones read all at once
+    assert all(atlas.labels(g) == found for g, found in atlas.labels_by_feature().items())
 
 
 def test_a_label_names_its_feature_only_when_it_beats_its_baseline_clearly():

@@ -3,6 +3,7 @@ served by a plain static file server (python's http.server), with the browser's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -111,6 +112,27 @@ def test_rerun_keeps_finished_chunks_and_rewrites_a_missing_one(synthetic, tmp_p
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
         export_site(root, None, tmp_path / "other", config)
+
+
+def site_files(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_worker_processes_write_the_same_files_and_resume(synthetic, tmp_path):
+    root, _ = synthetic
+    config = SiteConfig(max_images=6, chunk_size=16)
+    export_site(root, None, tmp_path / "one", config)
+    two = export_site(root, None, tmp_path / "two", dataclasses.replace(config, jobs=2))
+    expected = site_files(tmp_path / "one")
+    assert site_files(tmp_path / "two") == expected and len(expected) > two.n_features
+    chunks = sorted((tmp_path / "two" / "data/features").glob("*.json.gz"))
+    kept, lost = chunks[0], chunks[-1]
+    stamp = kept.stat().st_mtime_ns
+    lost.unlink()  # killed while writing it: a re-run with 2 workers writes only that one again
+    export_site(root, None, tmp_path / "two", dataclasses.replace(config, jobs=2))
+    assert kept.stat().st_mtime_ns == stamp and site_files(tmp_path / "two") == expected
+    with pytest.raises(UserError, match="--jobs must be at least 1"):
+        SiteConfig(jobs=0)
 
 
 def test_cli_prints_the_size(synthetic, tmp_path, capsys):

@@ -200,14 +200,13 @@ class Atlas:
     def _labels_where(self, where: str, params: tuple) -> list[Label]:
         rows = self._conn().execute(f"SELECT {_LABEL_COLUMNS} FROM labels WHERE {where} ORDER BY id", params).fetchall()
         scores: dict[int, list[Score]] = {}
-        ids = [r["id"] for r in rows]
-        if where == ALL:  # one query for every score instead of one per 500 labels
+        if where == ALL:
             found = self._scores("label_id IS NOT NULL", ())
-        else:
-            found = []
-            for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
-                chunk = ids[start : start + 500]
-                found += self._scores(f"label_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        else:  # the features first: scores are indexed by feature, a lookup by label_id alone scans them all
+            chosen = f"SELECT {{}} FROM labels WHERE {where}"
+            found = self._scores(
+                f"feature IN ({chosen.format('feature')}) AND label_id IN ({chosen.format('id')})", params + params
+            )
         for score in found:
             scores.setdefault(score.label_id, []).append(score)
         return sorted((_label(r, scores.get(r["id"], [])) for r in rows), key=label_order)

@@ -10,17 +10,22 @@ one chunk it needs (`static/site.js`). A feature's thumbnails are packed into on
 The map is one gzipped JSON file; label search runs in the browser over `data/search/<k>.json.gz`.
 
 A killed export re-run with the same settings keeps the chunks already written (a chunk's JSON is
-written last, after its sprite sheets).
+written last, after its sprite sheets). The pages, map and search index are written first, so a site
+being exported already opens the features whose chunks are done. `jobs` worker processes render the
+chunks in parallel; the files are the same for any number of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
 import json
 import math
+import multiprocessing
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,8 @@ SITE_MANIFEST = "site.json"
 SHEET_COLS = 8  # tiles per sprite-sheet row
 IMAGES_PER_CHUNK = 256  # image pages per chunk, on average
 LABELS_PER_CHUNK = 20_000  # search index entries per file
+WEBP_METHOD = 2  # libwebp effort: 4 saves ~4% of the bytes for twice the time, 0 costs ~35% more (bench/RESULTS.md)
+TILE_CACHE_BYTES = 512 * 2**20  # decoded tiles kept: images repeat across features, decoding is most of a sheet's cost
 
 
 class SiteLinks(Links):
@@ -127,7 +134,8 @@ class SiteWriter:
         self.links = SiteLinks(config.chunk_size, image_chunks)
         self.env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape())
         self.env.globals["links"] = self.links
-        self.tile = functools.lru_cache(maxsize=8192)(self._tile)
+        tiles_cached = max(1024, TILE_CACHE_BYTES // (3 * config.tile_size**2))
+        self.tile = functools.lru_cache(maxsize=tiles_cached)(self._tile)
 
     # -- rendering --------------------------------------------------------------------------------
     def page(self, template: str, **context: Any) -> str:
@@ -174,41 +182,49 @@ class SiteWriter:
         tiles = [self.tile(i) for i in image_ids] + ([thumbnail_image(Image.open(icon), size)] if icon else [])
         if not tiles:
             return
-        rows = math.ceil(len(tiles) / SHEET_COLS)
-        sheet = Image.new("RGB", (SHEET_COLS * size, rows * size), (221, 221, 221))
-        for index, tile in enumerate(tiles):
-            row, col = divmod(index, SHEET_COLS)
-            sheet.paste(tile, (col * size + (size - tile.width) // 2, row * size + (size - tile.height) // 2))
+        sheet = sprite_sheet(tiles, size)
         path = self.out / self.links.sheet(feature)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:  # a killed run rewrites the whole chunk, sheets first
-            sheet.save(handle, format="WEBP", quality=self.config.quality, method=2)
+            sheet.save(handle, format="WEBP", quality=self.config.quality, method=WEBP_METHOD)
 
     # -- the files --------------------------------------------------------------------------------
-    def write_chunks(self) -> dict[str, tuple[int, int]]:
-        """Every feature chunk (kept when already written); returns image id -> (feature, tile) of all images."""
-        tiles: dict[str, tuple[int, int]] = {}
+    def write_chunks(self, pool=None) -> dict[str, tuple[int, int]]:
+        """Every feature chunk (kept when already written); returns image id -> (feature, tile) of all images,
+        each image's tile the first one showing it in feature order."""
         chunks = np.unique(self.features // self.config.chunk_size)
         by_chunk = np.split(self.features, np.searchsorted(self.features // self.config.chunk_size, chunks[1:]))
-        for chunk, members in tqdm(list(zip(chunks, by_chunk)), desc="feature pages", unit="chunk"):
-            path = self.out / self.links.feature_chunk(int(chunk))
+        done: dict[int, dict[str, tuple[int, int]]] = {}
+        todo = []
+        for chunk, members in zip(chunks.tolist(), by_chunk):
+            path = self.out / self.links.feature_chunk(chunk)
             if path.is_file():
-                done = read_gzip_json(path)
-                tiles.update({k: tuple(v) for k, v in done["tiles"].items() if k not in tiles})
-                continue
-            chunk_tiles: dict[str, tuple[int, int]] = {}
-            pages = {str(int(f)): self.feature_main(int(f), chunk_tiles) for f in members}
-            write_gzip_json(path, {"features": pages, "tiles": chunk_tiles})
-            tiles.update({k: v for k, v in chunk_tiles.items() if k not in tiles})
+                done[chunk] = {k: tuple(v) for k, v in read_gzip_json(path)["tiles"].items()}
+            else:
+                todo.append((chunk, members.tolist()))
+        made = each_job(self, pool, "write_feature_chunk", todo, desc="feature pages")
+        done.update(zip((chunk for chunk, _ in todo), made))
+        tiles: dict[str, tuple[int, int]] = {}
+        for chunk in sorted(done):
+            tiles.update({k: v for k, v in done[chunk].items() if k not in tiles})
         return tiles
 
-    def write_image_chunks(self, tiles: dict[str, tuple[int, int]]) -> None:
-        by_chunk: dict[int, list[str]] = {}
-        for image_id in tiles:
-            by_chunk.setdefault(self.links.image_chunk_of(image_id), []).append(image_id)
-        for chunk, image_ids in tqdm(sorted(by_chunk.items()), desc="image pages", unit="chunk"):
-            pages = {i: self.image_main(i, tiles[i]) for i in image_ids}
-            write_gzip_json(self.out / self.links.image_chunk(chunk), {"images": pages})
+    def write_feature_chunk(self, chunk: int, members: list[int]) -> dict[str, tuple[int, int]]:
+        """One chunk's sprite sheets, then its JSON; returns image id -> (feature, tile) of its images."""
+        chunk_tiles: dict[str, tuple[int, int]] = {}
+        pages = {str(f): self.feature_main(f, chunk_tiles) for f in members}
+        write_gzip_json(self.out / self.links.feature_chunk(chunk), {"features": pages, "tiles": chunk_tiles})
+        return chunk_tiles
+
+    def write_image_chunks(self, tiles: dict[str, tuple[int, int]], pool=None) -> None:
+        by_chunk: dict[int, dict[str, tuple[int, int]]] = {}
+        for image_id, tile in tiles.items():
+            by_chunk.setdefault(self.links.image_chunk_of(image_id), {})[image_id] = tile
+        each_job(self, pool, "write_image_chunk", sorted(by_chunk.items()), desc="image pages")
+
+    def write_image_chunk(self, chunk: int, tiles: dict[str, tuple[int, int]]) -> None:
+        pages = {i: self.image_main(i, tile) for i, tile in tiles.items()}
+        write_gzip_json(self.out / self.links.image_chunk(chunk), {"images": pages})
 
     def write_map(self) -> None:
         points = self.atlas.map_points()
@@ -292,13 +308,57 @@ def export_site(workspace, name: str | None, out: str | Path, config: SiteConfig
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(manifest, {**identity, "complete": False})
     writer = SiteWriter(atlas, out, config, features)
-    tiles = writer.write_chunks()
-    writer.write_image_chunks(tiles)
     writer.write_map()
     search_parts, n_labels = writer.write_search()
     writer.write_pages(search_parts)
+    with worker_pool(config.jobs, (workspace, atlas.name, out, config, features)) as pool:
+        tiles = writer.write_chunks(pool)
+        writer.write_image_chunks(tiles, pool)
     atomic_write_json(manifest, {**identity, "complete": True, "n_features": len(features), "n_images": len(tiles)})
     return SiteExport(out, len(features), len(tiles), n_labels, folder_bytes(out))
+
+
+def sprite_sheet(tiles: list[Image.Image], size: int) -> Image.Image:
+    """The tiles SHEET_COLS to a row, each centred in its size x size cell on a light grey ground."""
+    rows = math.ceil(len(tiles) / SHEET_COLS)
+    sheet = Image.new("RGB", (SHEET_COLS * size, rows * size), (221, 221, 221))
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, SHEET_COLS)
+        sheet.paste(tile, (col * size + (size - tile.width) // 2, row * size + (size - tile.height) // 2))
+    return sheet
+
+
+# -- worker processes: each opens the atlas and renders whole chunks with its own SiteWriter -----------
+_worker: SiteWriter | None = None
+
+
+def _start_worker(workspace, name: str, out: Path, config: SiteConfig, features: np.ndarray) -> None:
+    global _worker
+    _worker = SiteWriter(Atlas.open(workspace, name), out, config, features)
+
+
+def _run_in_worker(method: str, job: tuple) -> Any:
+    return getattr(_worker, method)(*job)
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int, writer_args: tuple) -> Iterator[Any]:
+    """None for one job (everything runs here), else a pool of `jobs` processes (spawned: a forked SQLite
+    connection or tqdm thread is not safe to use in the child)."""
+    if jobs <= 1:
+        yield None
+        return
+    with multiprocessing.get_context("spawn").Pool(jobs, _start_worker, writer_args) as pool:
+        yield pool
+
+
+def each_job(writer: SiteWriter, pool, method: str, jobs: list[tuple], desc: str) -> list[Any]:
+    """`writer.method(*job)` for every job, in order: here, or in the pool's workers (a chunk at a time)."""
+    if pool is None:
+        results = (getattr(writer, method)(*job) for job in jobs)
+    else:
+        results = pool.imap(functools.partial(_run_in_worker, method), jobs)
+    return list(tqdm(results, total=len(jobs), desc=desc, unit="chunk"))
 
 
 def folder_bytes(folder: Path) -> int:
