@@ -302,7 +302,8 @@ def test_causal_check_ranks_against_brute_force():
 
 def _assigned(workspace, name="t") -> dict[int, int]:
     manifest = json.loads((workspace / "saes" / name / "icons" / "icons.json").read_text())
-    return dict(zip(manifest["features"], manifest["rows"]))
+    assert all(len(rows) == 1 for rows in manifest["rows"])  # a retrieval icon shows one store image
+    return {f: rows[0] for f, rows in zip(manifest["features"], manifest["rows"])}
 
 
 def test_icons_are_written_recorded_resumed_remade_when_inputs_change_and_verified(steer_workspace, tmp_path):
