@@ -77,18 +77,18 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
     )
     _step("evaluating it on held-out images", lambda: _metrics_line(evaluate(workspace, config.name)))
     _step("building the atlas", lambda: _atlas_line(build_atlas(workspace, config.name)))
-    _step(
+    for labeller in DEMO_LABELLERS:
+        _step(
+            f"labelling features: {labeller}", lambda labeller=labeller: _label_line(workspace, config.name, labeller)
+        )
+    _step("scoring the labels on held-out images (captions judge)", lambda: _score_line(workspace, config.name))
+    _step(  # after scoring: the example edit sets a feature named by a scored label
         "retrieval icons and an example steering recipe",
         lambda: (
             f"replay with: clipatlas steer --recipe {write_demo_steering(workspace, config.name)} "
             f"-w {workspace} -o out.png"
         ),
     )
-    for labeller in DEMO_LABELLERS:
-        _step(
-            f"labelling features: {labeller}", lambda labeller=labeller: _label_line(workspace, config.name, labeller)
-        )
-    _step("scoring the labels on held-out images (captions judge)", lambda: _score_line(workspace, config.name))
     _step(
         "the evaluation suite, against PCA, k-means, random and raw baselines", lambda: _suite(workspace, config.name)
     )
