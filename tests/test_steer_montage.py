@@ -110,6 +110,22 @@ def test_a_collage_loses_where_its_other_tiles_carry_a_stronger_feature(mean_col
     assert rank_of(report, RED) == 0 and report["distinct_share"] == 1.0
 
 
+def test_the_feature_page_says_the_icon_is_a_collage(mean_colour_encoder, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from clipatlas.steer.config import IconConfig
+    from clipatlas.steer.icons import make_icons, verify_icons
+    from clipatlas.web.app import create_app
+
+    root = colour_workspace(tmp_path, [(0.8, 1, 0), (0.75, 0, 1), (0.7, 1, 0), (0.65, 0, 1)])
+    make_icons(root, "c", IconConfig(features=str(RED), decoder="montage"))
+    verify_icons(root, "c", str(RED))
+    with TestClient(base_url="http://127.0.0.1", app=create_app(root, "c"), client=("127.0.0.1", 5000)) as client:
+        page = client.get(f"/features/{RED}").text
+    assert "a collage of its top store images, montage decoder" in page and "<strong>#1</strong>" in page
+    assert "max activation), re-embedded" not in page  # no edit strength to show
+
+
 def test_verify_re_encodes_the_icon_file_itself(mean_colour_encoder, tmp_path):
     from clipatlas.steer.config import IconConfig
     from clipatlas.steer.icons import ICON_KEY, _save_icon, make_icons, verify_icons
