@@ -85,15 +85,14 @@ def test_a_collage_wins_where_its_tiles_share_only_the_feature(mean_colour_encod
     make_icons(root, "c", single)
     assert plan_of(root)[RED] == [0] and rank_of(verify_icons(root, "c", str(RED)), RED) == 1
     run = make_icons(root, "c", IconConfig(features=str(RED), decoder="montage"))
-    # 2x2 of the four: mean (0.725, 0.5, 0.5); 3x3 of them cycled: (0.733, 0.556, 0.444). Both rank red first;
-    # the tie goes to the larger activation: the 3x3 grid.
-    assert run.made == [RED] and plan_of(root)[RED] == [0, 1, 2, 3, 0, 1, 2, 3, 0]
+    # The 2x2 grid of the four: mean colour (0.725, 0.5, 0.5), red first.
+    assert run.made == [RED] and plan_of(root)[RED] == [0, 1, 2, 3]
     report = verify_icons(root, "c", str(RED))
     check = report["checks"][0]
-    assert check["after_rank"] == 0 and check["after_activation"] == pytest.approx(6.6 / 9, abs=0.01)
+    assert check["after_rank"] == 0 and check["after_activation"] == pytest.approx(0.725, abs=0.01)
     assert report["top1_share"] == 1.0 and report["top1_ceiling"] is None  # no store-image cap on a collage
     with Image.open(root / "saes" / "c" / "icons" / f"{RED}.png") as icon:
-        assert icon.size == (222, 222)  # 3 tiles of 224 // 3 pixels
+        assert icon.size == (224, 224)  # 2 tiles of 112 pixels
 
 
 def test_a_collage_loses_where_its_other_tiles_carry_a_stronger_feature(mean_colour_encoder, tmp_path):
@@ -103,11 +102,24 @@ def test_a_collage_loses_where_its_other_tiles_carry_a_stronger_feature(mean_col
     # Red's strongest image is almost pure red; the next three are greener than red.
     root = colour_workspace(tmp_path, [(1, 0.2, 0), (0.5, 1, 0), (0.45, 1, 0), (0.4, 1, 0)])
     make_icons(root, "c", IconConfig(features=f"{RED},{GREEN}", decoder="montage"))
-    # 2x2: mean (0.59, 0.8, 0): green first; 3x3 cycled: (0.63, 0.73, 0): green first. The single image wins.
+    # The 2x2 grid: mean colour (0.59, 0.8, 0), green first. The single image wins.
     plan = plan_of(root)
     assert plan[RED] == [0]
     report = verify_icons(root, "c", f"{RED},{GREEN}")
     assert rank_of(report, RED) == 0 and report["distinct_share"] == 1.0
+
+
+def test_the_image_the_feature_dominates_wins_over_its_strongest(mean_colour_encoder, tmp_path):
+    from clipatlas.steer.config import IconConfig
+    from clipatlas.steer.icons import make_icons, verify_icons
+
+    # Red fires most in the three greenish images, but is the strongest latent only in the weak fourth one.
+    root = colour_workspace(tmp_path, [(0.9, 1, 0), (0.85, 1, 0), (0.8, 1, 0), (0.5, 0.1, 0)])
+    make_icons(root, "c", IconConfig(features=str(RED), decoder="montage"))
+    # Strongest single: green first; either 2x2 of the four: (0.76, 0.78, 0), green first; the dominant single wins.
+    assert plan_of(root)[RED] == [3]
+    check = verify_icons(root, "c", str(RED))["checks"][0]
+    assert check["after_rank"] == 0 and check["after_activation"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_the_feature_page_says_the_icon_is_a_collage(mean_colour_encoder, tmp_path):
@@ -152,7 +164,7 @@ def test_montage_icons_resume_from_the_saved_choices(mean_colour_encoder, tmp_pa
 
     def draw_then_fail(store, rows, size):
         calls.append(rows)
-        if len(calls) > 3:  # the second feature's first candidate: the run is killed
+        if len(calls) > 3:  # the second feature's second candidate (each has two): the run is killed
             raise KeyboardInterrupt
         return real(store, rows, size)
 
@@ -163,7 +175,7 @@ def test_montage_icons_resume_from_the_saved_choices(mean_colour_encoder, tmp_pa
     assert set(plan_of(root)) == {RED}  # the first feature's choice was saved
     calls.clear()
     run = make_icons(root, "c", config)
-    assert run.made == [RED, GREEN] and len(calls) == 3  # only the second feature's candidates drawn again
+    assert run.made == [RED, GREEN] and len(calls) == 2  # only the second feature's candidates drawn again
 
 
 def test_montage_needs_the_stores_encoder(tmp_path, capsys):
@@ -183,3 +195,14 @@ def test_montage_needs_the_stores_encoder(tmp_path, capsys):
     assert "store's encoder 'synthetic', which cannot be loaded" in err and "use --decoder retrieval" in err
     with pytest.raises(UserError, match="takes no path"):
         store_image_icons("montage:/x")
+
+
+def test_the_demo_can_make_montage_icons(mean_colour_encoder, tmp_path):
+    from clipatlas.atlas import Atlas
+    from clipatlas.steer.demo import write_demo_steering
+
+    root = colour_workspace(tmp_path, [(0.8, 1, 0), (0.75, 0, 1), (0.7, 1, 0), (0.65, 0, 1)])
+    assert write_demo_steering(root, "c", icons="montage").is_file()
+    alive = Atlas.open(root, "c").map_points().feature.tolist()
+    assert sorted(plan_of(root)) == sorted(alive) and plan_of(root)[RED] == [0, 1, 2, 3]
+    assert all((root / "saes" / "c" / "icons" / f"{f}.png").is_file() for f in alive)

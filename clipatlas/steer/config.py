@@ -93,14 +93,15 @@ class RetrievalConfig:
 @dataclass(frozen=True)
 class MontageConfig:
     """Settings of the montage icon decoder (`clipatlas icons --decoder montage --set KEY=VALUE`). A feature's
-    candidates are g x g grids of its g*g strongest activating store images (cycled when it fires on fewer),
-    for g = 1 .. max_grid; each is drawn at `size` pixels, re-encoded by the store's encoder and coded by the
-    SAE, and the candidate ranking the feature highest (ties: its larger activation) is the icon."""
+    candidates are g x g grids (g = 1 .. max_grid) of its top activating store images, taken strongest first
+    and, separately, most dominant first (its rank in each image's code, then activation); each is drawn at
+    `size` pixels, re-encoded by the store's encoder and coded by the SAE, and the candidate ranking the
+    feature highest (ties: its larger activation) is the icon. Measured in bench/RESULTS.md ("Icons")."""
 
     size: int = 224
     """Side of the icon in pixels (the EfficientNet and CLIP encoders see 224)."""
-    max_grid: int = 3
-    """Largest grid tried: 1 = the single strongest image only, 3 = also 2x2 and 3x3 collages."""
+    max_grid: int = 2
+    """Largest grid tried: 1 = single images only, 2 = also 2x2 collages (3x3 tiles were too small to help)."""
 
     def __post_init__(self):
         for name in ("size", "max_grid"):

@@ -1,4 +1,4 @@
-"""The steering part of `clipatlas demo`: retrieval icons for the atlas and one replayable recipe."""
+"""The steering part of `clipatlas demo`: icons for the atlas and one replayable recipe."""
 
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ def example_recipe(workspace, name: str | None = None) -> Recipe:
     return Recipe(image=image, edits=(Edit("set", feature=feature, value=strength, relative=True),), sae=atlas.name)
 
 
-def write_demo_steering(workspace, name: str | None = None, template: str = "mean") -> Path:
-    """Retrieval icons for every alive feature (measuring the steering success curve that sets their
-    strength), and `recipes/example.json` + its PNG; returns the recipe path.
-    Replay it with: clipatlas steer --recipe W/recipes/example.json -w W -o out.png"""
-    make_icons(workspace, name, IconConfig(features="alive", decoder="retrieval", template=template))
+def write_demo_steering(workspace, name: str | None = None, template: str = "mean", icons: str = "retrieval") -> Path:
+    """Icons for every alive feature by the `icons` decoder (retrieval measures the steering success curve that
+    sets their strength; montage re-encodes collages), and `recipes/example.json` + its PNG; returns the recipe
+    path. Replay it with: clipatlas steer --recipe W/recipes/example.json -w W -o out.png"""
+    make_icons(workspace, name, IconConfig(features="alive", decoder=icons, template=template))
     recipe = example_recipe(workspace, name)
     recipes_dir = Workspace.of(workspace).recipes_dir
     recipe.save(recipes_dir / "example.json")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,14 @@ from clipatlas.steer.config import IconConfig
 from clipatlas.steer.decoders import DECODERS, contact_sheet, retrieval_config
 from clipatlas.steer.edits import set_embeddings
 from clipatlas.steer.engine import Steerer, steerer_for
-from clipatlas.steer.montage import choose_montages, icon_encoder, montage_config, own_ranks
+from clipatlas.steer.montage import choose_montages, draw_montage, icon_encoder, montage_config, own_ranks
 from clipatlas.steer.ranking import Guide
 from clipatlas.steer.success import DefaultStrength, strength_for
 
 ICON_RANKING = {"k": 1, "dominant_weight": 2.0}  # retrieval settings of icons, under the user's own
 ASSIGNMENT = "maximum matching, strongest-latent rows kept, v1"  # part of the retrieval icons' identity
-MONTAGE_CHOICE = "best re-encoded rank of g x g grids of the top images, v1"  # part of the montage icons' identity
+# part of the montage icons' identity
+MONTAGE_CHOICE = "best re-encoded rank of g x g grids of the top images, strongest and most dominant first, v2"
 NO_EDIT = DefaultStrength(0.0, "none: montage icons are collages of each feature's top store images, not edits", False)
 FREQUENT_IMAGES = 10  # verify also reports the icons of features firing on at least this many images
 ICON_KEY = "clipatlas-icon"  # PNG text chunk: the hash of what the icon was made from
@@ -82,13 +82,15 @@ Plan = dict[int, tuple[int, ...]]  # {feature: the store rows its icon shows, ro
 class StoreImageIcons:
     """An icon decoder whose icons show store images: `resolve` gives its full settings (part of the identity),
     `plan(steerer, config, template, strength, features, planned, save) -> Plan` chooses the rows of every icon
-    not in `planned` (`save(plan)` checkpoints), `tile(settings, n_rows)` is the tile size of an icon of n rows.
+    not in `planned` (`save(plan)` checkpoints), `draw(store, rows, settings)` draws one icon and `picture(settings)`
+    is what its drawing depends on besides the rows.
     `steered`: the icons depend on the template and strength (an edit chooses them); `exact`: an icon is one
     store image whose stored embedding verify may read instead of re-encoding the file."""
 
     resolve: Callable[[dict], dict]
     plan: Callable[..., Plan]
-    tile: Callable[[dict, int], int]
+    draw: Callable[[object, tuple[int, ...], dict], Image.Image]
+    picture: Callable[[dict], list]
     version: str
     steered: bool
     exact: bool
@@ -114,7 +116,8 @@ STORE_IMAGE_ICONS: dict[str, StoreImageIcons] = {
     "retrieval": StoreImageIcons(
         resolve=lambda settings: dataclasses.asdict(retrieval_config({**ICON_RANKING, **settings})),
         plan=_retrieval_plan,
-        tile=lambda settings, n_rows: settings["tile"],
+        draw=lambda store, rows, settings: contact_sheet(store, rows, settings["tile"]),
+        picture=lambda settings: [settings["tile"]],
         version=ASSIGNMENT,
         steered=True,
         exact=True,
@@ -122,7 +125,8 @@ STORE_IMAGE_ICONS: dict[str, StoreImageIcons] = {
     "montage": StoreImageIcons(
         resolve=lambda settings: dataclasses.asdict(montage_config(settings)),
         plan=_montage_plan,
-        tile=lambda settings, n_rows: settings["size"] // math.isqrt(n_rows),
+        draw=lambda store, rows, settings: draw_montage(store, rows, settings["size"]),
+        picture=lambda settings: ["centre-cropped tiles", settings["size"]],
         version=MONTAGE_CHOICE,
         steered=False,
         exact=False,
@@ -167,7 +171,7 @@ def _icon_input(steerer: Steerer, identity: dict, maker, planned: Plan, feature:
     if maker is not None and feature in planned:
         ids = steerer.store.metadata.column("image_id")
         rows = planned[feature]
-        item = [maker.tile(identity["settings"], len(rows)), *(str(ids[r]) for r in rows)]
+        item = [*maker.picture(identity["settings"]), *(str(ids[r]) for r in rows)]
     else:
         item = [identity, feature]
     return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:32]
@@ -281,7 +285,7 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
         batch = todo[start : start + config.batch_size]
         if maker is not None:
             settings = identity["settings"]
-            images = [contact_sheet(steerer.store, planned[f], maker.tile(settings, len(planned[f]))) for f in batch]
+            images = [maker.draw(steerer.store, planned[f], settings) for f in batch]
         else:
             values = strength.value * atlas.feature_table().max_activation[batch]
             steered = set_embeddings(steerer.sae, x, batch, values)

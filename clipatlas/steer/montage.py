@@ -3,9 +3,11 @@ generated picture, chosen by re-encoding candidates with the store's own encoder
 
 Why a collage can show a feature better than any one image: the encoders pool over the picture, so a grid of
 images that all carry feature f keeps f while each tile's other features, which the tiles do not share, are
-diluted. Whether it does is measured, not assumed: every candidate (g x g grids of the feature's g*g
-strongest images, g = 1 .. `MontageConfig.max_grid`) is drawn, re-encoded and coded by the SAE, and the one
-ranking f highest (ties: f's larger activation) is kept. A single image (g = 1) is always a candidate, so a
+diluted. Whether it does is measured, not assumed: every candidate is drawn, re-encoded and coded by the SAE,
+and the one ranking f highest (ties: f's larger activation) is kept. The candidates are g x g grids
+(g = 1 .. `MontageConfig.max_grid`) of the feature's top images in two orders: strongest activation first, and
+most dominant first (f's rank in the image's stored code, then activation). Each tile is the image centre-cropped
+to a square, as the encoder saw it when the store was embedded. A single image is always a candidate, so a
 collage wins only where it ranks the feature higher.
 """
 
@@ -16,12 +18,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from clipatlas.errors import UserError
 from clipatlas.steer.config import MontageConfig
-from clipatlas.steer.decoders import contact_sheet, settings_config
+from clipatlas.steer.decoders import settings_config
 
 
 def montage_config(settings: dict | None) -> MontageConfig:
@@ -29,15 +31,35 @@ def montage_config(settings: dict | None) -> MontageConfig:
     return settings_config(MontageConfig, settings, "montage")
 
 
-def candidate_rows(top_rows: Sequence[int], max_grid: int) -> list[tuple[int, ...]]:
-    """The store rows of each candidate, row-major: a g x g grid of the g*g strongest images (strongest
-    first; cycled when there are fewer) for g = 1 .. max_grid."""
-    return [tuple(int(top_rows[i % len(top_rows)]) for i in range(g * g)) for g in range(1, max_grid + 1)]
+def candidate_rows(orders: Sequence[Sequence[int]], max_grid: int) -> list[tuple[int, ...]]:
+    """The store rows of each distinct candidate, row-major: for g = 1 .. max_grid and each order of the
+    feature's top images, a g x g grid of the first g*g of them (cycled when there are fewer)."""
+    candidates = [
+        tuple(int(order[i % len(order)]) for i in range(g * g)) for g in range(1, max_grid + 1) for order in orders
+    ]
+    return list(dict.fromkeys(candidates))
+
+
+def top_orders(atlas, codes, feature: int) -> tuple[list[int], list[int]]:
+    """The feature's top images (atlas.top_images) strongest first, and most dominant first: by the feature's
+    rank in each image's stored code, then activation."""
+    top = atlas.top_images(int(feature))
+    strongest = [example.row for example in top]
+    activations, ranks = codes.stats(np.array(strongest, dtype=np.int64), np.array([feature]))
+    dominant = np.lexsort((-activations[:, 0], ranks[:, 0]))
+    return strongest, [strongest[i] for i in dominant]
 
 
 def draw_montage(store, rows: Sequence[int], size: int) -> Image.Image:
-    """The collage of `rows` (a square number of them) in a grid about `size` pixels wide."""
-    return contact_sheet(store, rows, size // math.isqrt(len(rows)))
+    """The collage of `rows` (a square number of them) in a grid about `size` pixels wide, each tile the image
+    centre-cropped to a square (what the encoders see of it)."""
+    grid = math.isqrt(len(rows))
+    tile = size // grid
+    sheet = Image.new("RGB", (grid * tile, grid * tile), (255, 255, 255))
+    for i, row in enumerate(rows):
+        image = ImageOps.fit(store.open_image(int(row)).convert("RGB"), (tile, tile), Image.Resampling.BICUBIC)
+        sheet.paste(image, ((i % grid) * tile, (i // grid) * tile))
+    return sheet
 
 
 def icon_encoder(steerer):
@@ -69,12 +91,13 @@ def choose_montages(
     choices made so far after every batch of `batch_size` features (a killed run resumes from them)."""
     cfg = montage_config(settings)
     encoder, store, atlas = icon_encoder(steerer), steerer.store, steerer.atlas
+    codes = atlas.image_codes()
     chosen: dict[int, tuple[int, ...]] = {}
     for start in tqdm(range(0, len(features), batch_size), desc="montage candidates", unit="batch"):
         owners, candidates = [], []
         for f in features[start : start + batch_size]:
-            top = [example.row for example in atlas.top_images(int(f))]
-            for rows in candidate_rows(top, cfg.max_grid) if top else []:
+            orders = top_orders(atlas, codes, int(f))
+            for rows in candidate_rows(orders, cfg.max_grid) if orders[0] else []:
                 owners.append(int(f))
                 candidates.append(rows)
         if candidates:
