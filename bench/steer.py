@@ -13,9 +13,10 @@
 - icons (--demo): the icon causal check for templates (store mean, the store image nearest it, a flat
   grey image, --template-file images) x (plain cosine icons as before, the edit-aware ranking with one
   image per feature), at the default strength and at 7.5x.
-- montage (--demo): montage icons: every alive feature's candidate collages (1x1, 2x2, 3x3 grids of its top
-  images) drawn, re-encoded by the store's encoder and coded by the SAE; rank-0 and top-5 shares per grid and
-  for the best candidate, over all alive features and over those firing on >= 10 images.
+- montage (--demo [--sample N]): montage icons: every alive feature's candidates (single image and 2x2 grid of
+  its top images, strongest first and most dominant first) drawn, re-encoded by the store's encoder and coded
+  by the SAE; rank-0 and top-5 shares per candidate kind and for the best one (the icon), over all alive
+  features and over those firing on >= 10 images.
 - queries (--demo): time per edit-aware query and per plain cosine scan at the demo's size.
 - scale (--demo): the same at --rows rows: a float16 store of the demo's rows plus noise, their codes tiled.
 
@@ -233,47 +234,56 @@ def bench_icons(args) -> None:
 def bench_montage(args) -> None:
     from clipatlas.steer.engine import steerer_for
     from clipatlas.steer.icons import FREQUENT_IMAGES
-    from clipatlas.steer.montage import candidate_rows, draw_montage, icon_encoder, montage_config, own_ranks
+    from clipatlas.steer.montage import draw_montage, icon_encoder, montage_config, own_ranks, top_orders
 
     steerer = steerer_for(args.demo, args.name)
     atlas, store, cfg = steerer.atlas, steerer.store, montage_config({})
-    encoder = icon_encoder(steerer)
-    table = atlas.feature_table()
+    encoder, codes, table = icon_encoder(steerer), atlas.image_codes(), atlas.feature_table()
     features = np.flatnonzero(table.alive)
-    tops = {f: [e.row for e in atlas.top_images(int(f))] for f in features}
-    ranks, activations = [], []
+    if args.sample:
+        features = np.sort(np.random.default_rng(args.seed).choice(features, min(args.sample, len(features)), False))
+    kinds = {
+        "single image, strongest": lambda strongest, dominant: strongest[:1],
+        "single image, most dominant": lambda strongest, dominant: dominant[:1],
+        "2x2 grid, strongest first": lambda strongest, dominant: [strongest[i % len(strongest)] for i in range(4)],
+        "2x2 grid, most dominant first": lambda strongest, dominant: [dominant[i % len(dominant)] for i in range(4)],
+    }
+    candidates = {f: [tuple(kind(*top_orders(atlas, codes, int(f)))) for kind in kinds.values()] for f in features}
+    unique = sorted({rows for rows_of in candidates.values() for rows in rows_of})
+    owner = {rows: i for i, rows in enumerate(unique)}
     started = time.perf_counter()
-    for g in range(1, cfg.max_grid + 1):
-        grid_ranks, grid_acts = [], []
-        for start in range(0, len(features), 64):
-            batch = features[start : start + 64]
-            images = [draw_montage(store, candidate_rows(tops[f], g)[g - 1], cfg.size) for f in batch]
-            with torch.no_grad():
-                z = steerer.sae.encode(torch.from_numpy(encoder.encode_images(images))).numpy()
-            rank, act = own_ranks(z, batch)
-            grid_ranks.append(rank)
-            grid_acts.append(act)
-        ranks.append(np.concatenate(grid_ranks))
-        activations.append(np.concatenate(grid_acts))
+    embeddings = np.concatenate(
+        [
+            encoder.encode_images([draw_montage(store, rows, cfg.size) for rows in unique[s : s + 64]])
+            for s in range(0, len(unique), 64)
+        ]
+    )
     seconds = time.perf_counter() - started
+    with torch.no_grad():
+        z_unique = steerer.sae.encode(torch.from_numpy(embeddings)).numpy()
+    ranks, activations = [], []
+    for k in range(len(kinds)):
+        z = z_unique[[owner[candidates[f][k]] for f in features]]
+        rank, act = own_ranks(z, features)
+        ranks.append(rank)
+        activations.append(act)
     ranks, activations = np.stack(ranks), np.stack(activations)
     best = np.lexsort((-activations, ranks), axis=0)[0]  # per feature: lowest rank, then largest activation
     chosen = ranks[best, np.arange(len(features))]
     frequent = table.count[features] >= FREQUENT_IMAGES
     print(
-        f"\nmontage candidates for {len(features)} alive features ({frequent.sum()} firing on >= "
-        f"{FREQUENT_IMAGES} images): {ranks.size} re-encoded in {seconds:.0f} s"
+        f"\nmontage candidates for {len(features)} alive features ({frequent.sum()} firing on >= {FREQUENT_IMAGES} "
+        f"images): {len(unique)} distinct collages re-encoded in {seconds:.0f} s"
     )
     at_least = f">= {FREQUENT_IMAGES} images"
     print(f"| candidate | rank 0 (all) | top 5 (all) | rank 0 ({at_least}) | top 5 ({at_least}) |")
     print("|---|---|---|---|---|")
-    rows = [(f"{g}x{g} grid of the top {g * g}", ranks[g - 1]) for g in range(1, cfg.max_grid + 1)]
-    for label, r in [*rows, ("best of them (the montage icon)", chosen)]:
+    for label, r in [*zip(kinds, ranks), ("best of them (the montage icon)", chosen)]:
         print(
             f"| {label} | {(r == 0).mean():.1%} | {(r < 5).mean():.1%} | {(r[frequent] == 0).mean():.1%} "
             f"| {(r[frequent] < 5).mean():.1%} |"
         )
-    print("chosen grid: " + ", ".join(f"{g + 1}x{g + 1} {np.mean(best == g):.1%}" for g in range(cfg.max_grid)))
+    print("chosen: " + ", ".join(f"{label} {np.mean(best == k):.1%}" for k, label in enumerate(kinds)))
 
 
 def time_queries(ranker, x, decoder_rows, features, max_activation) -> dict[str, list[float]]:
@@ -390,6 +400,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=1280)
     parser.add_argument("--d-sae", type=int, default=163_840)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sample", type=int, help="montage: a seeded sample of this many alive features")
+    parser.add_argument("--seed", type=int, default=0, help="montage: the sample's seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--store-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipatlas-steer-bench")
     args = parser.parse_args()
