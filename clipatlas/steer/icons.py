@@ -370,7 +370,7 @@ def verify_icons(workspace, name: str | None = None, features: str = "alive") ->
         produced = np.concatenate(
             [
                 encoder.encode_images([_read_rgb(files.icon(f)) for f in chosen[s : s + 64]])
-                for s in range(0, len(chosen), 64)
+                for s in tqdm(range(0, len(chosen), 64), desc="re-encoding icons", unit="batch")
             ]
         )
     distinct = _distinct_share([files.icon(f) for f in chosen])
