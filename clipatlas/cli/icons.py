@@ -63,7 +63,7 @@ def verify_summary(report: dict) -> str:
     )
     frequent = report["frequent"]
     lines = [
-        f"{report['n_icons']} icons, re-embedded: {report['top1_share']:.1%} activate their own feature most "
+        f"{report['n_icons']} icons checked: {report['top1_share']:.1%} activate their own feature most "
         f"(target {report['top1_target']:.0%}{cap}), {report['top5_share']:.1%} have it among their 5 strongest "
         f"latents, {report['distinct_share']:.1%} are distinct",
         f"  other measures: {report['normalised_top1_share']:.1%} fire it at the largest fraction of its max "
