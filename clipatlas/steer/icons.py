@@ -6,8 +6,9 @@ when the feature is the image's strongest latent) and assigned one image per fea
 allows it, for all alive features at once (`assign_images`): every feature that is the strongest latent
 of some image gets such an image, as many features as possible get an image of their own among those
 where they are in the top `top_latents`, and any feature left keeps its own best image. The assignment
-is saved in icons.json, so resumed runs and `verify_icons` use the very images shown. Each icon records
-what it was made from, and a re-run remakes exactly the icons whose inputs changed.
+is saved in icons.json, so resumed runs and `verify_icons` use the very images shown. Montage icons
+(`montage.py`) are collages of each feature's top store images, chosen by re-encoding candidates; no edit.
+Each icon records what it was made from, and a re-run remakes exactly the icons whose inputs changed.
 """
 
 from __future__ import annotations
