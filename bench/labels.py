@@ -86,13 +86,15 @@ class Lens(labellers.Labeller):
 LEVERS = (CaptionsThree, Combo, Lens)
 
 
-def three(values, baselines) -> dict:
-    values, baselines = np.asarray(values), np.asarray(baselines)
+def three(scores) -> dict:
+    """The issue's three numbers, and the share clear enough to name the feature (p <= 0.05)."""
+    values, baselines = np.array([s.value for s in scores]), np.array([s.baseline for s in scores])
     return {
         "n": int(len(values)),
         "median_auroc": round(float(np.median(values)), 3),
         "median_baseline": round(float(np.median(baselines)), 3),
         "beats_own_baseline": round(float(np.mean(values > baselines)), 3),
+        "names_feature": round(float(np.mean([s.names_feature for s in scores])), 3),
     }
 
 
@@ -106,7 +108,7 @@ def measure(root: Path, name: str, sources: list[str]) -> dict:
         for source in sources:
             scores = [lab.score(judge=judge) for labs in per_feature.values() for lab in labs if lab.source == source]
             scores = [s for s in scores if s is not None]
-            rows[source] = three([s.value for s in scores], [s.baseline for s in scores])
+            rows[source] = three(scores)
             rows[source]["median_validation"] = round(
                 float(np.median([s.validation for s in scores if s.validation is not None])), 3
             )
@@ -114,19 +116,25 @@ def measure(root: Path, name: str, sources: list[str]) -> dict:
         for policy, pool in (("headline (product labellers)", product), ("headline (all labellers)", sources)):
             chosen = [preferred([lab for lab in labs if lab.source in pool], judge) for labs in per_feature.values()]
             chosen = [s for _, s in filter(None, chosen)]
-            rows[policy] = three([s.value for s in chosen], [s.baseline for s in chosen])
+            rows[policy] = three(chosen)
         own = [
             max((lab.score(judge=judge) for lab in labs if lab.source in product), key=lambda s: s.validation or 0.0)
             for labs in per_feature.values()
         ]
-        rows["per-feature validation (product labellers)"] = three([s.value for s in own], [s.baseline for s in own])
+        rows["per-feature validation (product labellers)"] = three(own)
         oracle = [
             max((lab.score(judge=judge) for lab in labs if lab.source in product), key=lambda s: s.value)
             for labs in per_feature.values()
         ]
-        rows["best held-out (not honest)"] = three([s.value for s in oracle], [s.baseline for s in oracle])
+        rows["best held-out (not honest)"] = three(oracle)
         out[judge] = rows
     return out
+
+
+def _number(text: str) -> int | float:
+    """'2' -> 2, '0.5' -> 0.5 (expansion may be a fraction)."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
 
 
 def main() -> None:
@@ -153,7 +161,7 @@ def main() -> None:
 
         changes = dict(item.split("=") for item in args.train.split(","))
         name = "variant"
-        settings = {**DEMO_SAE, **{k: type(DEMO_SAE.get(k, 1))(v) for k, v in changes.items()}}
+        settings = {**DEMO_SAE, **{k: _number(v) for k, v in changes.items()}}
         base = _demo_train_config(root, name)
         train(root, TrainConfig.from_settings({**settings, "name": name, "steps": base.steps}))
         build_atlas(root, name)

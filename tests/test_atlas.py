@@ -19,7 +19,9 @@ from PIL import Image
 
 from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, Score, build_atlas
 from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
+from clipatlas.atlas.query import NO_LABEL_BEATS_BASELINE
 from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
+from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, headline
 from clipatlas.errors import UserError
 from clipatlas.sae import SAE, make_config
 from clipatlas.sae.model import ARCHITECTURES
@@ -192,11 +194,33 @@ def test_labels_scores_headline_and_search(tmp_path):
     # the most trusted judge failed the vlm label: the name falls back to the best label that beat its baseline
     assert atlas.feature(f).label == "a widget"
     tied = next(g for g in alive if g % 5 == 0)
-    assert atlas.naming_note(tied) == "no label beats its baseline" and atlas.naming_note(DEAD[0]) == "unlabelled"
+    assert atlas.naming_note(tied) == NO_LABEL_BEATS_BASELINE and atlas.naming_note(DEAD[0]) == "unlabelled"
     add_labels(atlas, [Label(f, "vlm", "a better gadget", model="m", prompt_version="label-v1")])  # replaces it
     assert [label.text for label in atlas.labels(f) if label.source == "vlm"] == ["a better gadget"]
     assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == "a widget"
     assert atlas.summary()["n_named"] == len(atlas.headlines()) == sum(1 for g in alive if g % 5)
+
+
+def test_a_label_names_its_feature_only_when_it_beats_its_baseline_clearly():
+    def label(text, value, p_chance, p_shuffled=None, validation=0.9):
+        details = {P_AGAINST_CHANCE: p_chance, **({} if p_shuffled is None else {P_AGAINST_SHUFFLED: p_shuffled})}
+        score = Score(1, 0, "detection", "captions", "auroc", value, 0.5, 8, value > 0.5, validation=validation)
+        return Label(1, "captions", text, scores=(dataclasses.replace(score, details=details),))
+
+    lucky = label("lucky", 0.9, 0.057, validation=0.99)  # 4 + 4 images, one out of place: could be chance
+    assert lucky.scores[0].beats_baseline and lucky.scores[0].evidence_p == 0.057 and not lucky.scores[0].names_feature
+    assert headline([lucky]) is None
+    clear = label("clear", 0.8, 0.001, 0.03)
+    assert clear.scores[0].evidence_p == 0.03 and headline([lucky, clear]) is clear
+    # clears chance, but a tenth of the other features' labels do as well on these images: not the name
+    assert headline([label("generic", 0.8, 0.001, 0.1)]) is None
+    legacy = Label(1, "captions", "old", scores=(Score(1, 0, "detection", "captions", "auroc", 0.7, 0.5, 8, True),))
+    assert legacy.scores[0].evidence_p is None and headline([legacy]) is legacy  # scored before p-values
+    # labels scored by different judges: the most trusted judge's labels compete, the others do not crash it
+    by_classes = dataclasses.replace(
+        clear, text="by classes", scores=(dataclasses.replace(clear.scores[0], judge="classes"),)
+    )
+    assert headline([by_classes, clear]) is clear and headline([by_classes]) is by_classes
 
 
 def test_summary(built):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import TOPICS
+from scipy.stats import mannwhitneyu
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from clipatlas.atlas import Atlas
@@ -14,7 +15,15 @@ from clipatlas.cli import main
 from clipatlas.errors import UserError
 from clipatlas.interp.config import LabelConfig, ScoreConfig, SplitConfig
 from clipatlas.interp.labellers import CaptionsLabeller, ClassifierLabeller
-from clipatlas.interp.metrics import auroc, balanced_accuracy, derangement, top_half_predictions
+from clipatlas.interp.metrics import (
+    auroc,
+    aurocs,
+    balanced_accuracy,
+    p_above_chance,
+    p_against_shuffled,
+    shuffled_partners,
+    top_half_predictions,
+)
 from clipatlas.interp.run import label, open_data, score
 from clipatlas.interp.text import choose_terms, fightin_words, terms
 from clipatlas.interp.types import LABELLING, VALIDATION, LeakError
@@ -61,8 +70,31 @@ def test_auroc_and_balanced_accuracy_equal_scikit_learn():
         assert predicted.sum() == len(pos) and scores[predicted].min() >= scores[~predicted].max()
         assert balanced_accuracy(truth, predicted) == pytest.approx(balanced_accuracy_score(truth, predicted))
     assert auroc(np.array([]), np.array([1.0])) == 0.5
-    perm = derangement(7, np.random.default_rng(1))
-    assert sorted(perm) == list(range(7)) and not np.any(perm == np.arange(7))
+    partners = shuffled_partners(7, 4, np.random.default_rng(1))
+    assert partners.shape == (7, 4) and not np.any(partners == np.arange(7)[:, None])
+    assert all(len(set(row)) == 4 and set(row) <= set(range(7)) for row in partners.tolist())
+    assert shuffled_partners(3, 32, np.random.default_rng(1)).shape == (3, 2)  # at most the n - 1 others
+
+
+def test_aurocs_and_p_values_equal_brute_force():
+    from itertools import combinations
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n_pos, n_neg = rng.integers(2, 8, size=2)
+        fits = rng.normal(size=(3, n_pos + n_neg)) + np.r_[np.ones(n_pos), np.zeros(n_neg)] * rng.uniform(0, 2)
+        assert aurocs(fits, n_pos) == pytest.approx([auroc(f[:n_pos], f[n_pos:]) for f in fits], abs=1e-12)
+        own = fits[0]
+        # every way of calling n_pos of these images "activating": how often does it separate at least as well?
+        observed = auroc(own[:n_pos], own[n_pos:])
+        at_least = [
+            auroc(own[list(pick)], np.delete(own, list(pick))) >= observed - 1e-12
+            for pick in combinations(range(n_pos + n_neg), n_pos)
+        ]
+        assert p_above_chance(own[:n_pos], own[n_pos:]) == pytest.approx(np.mean(at_least), abs=1e-9)
+    assert p_above_chance(np.array([]), np.array([1.0])) == 1.0
+    assert p_against_shuffled(0.9, np.array([0.5, 0.95, 0.9, 0.1])) == pytest.approx(3 / 5)
+    assert p_against_shuffled(0.9, np.full(31, 0.5)) == pytest.approx(1 / 32)
 
 
 # ---- the split --------------------------------------------------------------------------------
@@ -161,7 +193,9 @@ def test_captions_labels_name_the_topic_and_beat_their_baseline(labelled):
         s = lab.score()
         assert s.judge == "captions" and s.judge_model == "all-MiniLM-L6-v2" and s.scorer == "detection"
         assert s.value > 0.85 and s.beats_baseline and s.value > s.baseline and s.validation > 0.85
-        assert s.n == s.details["positives"] + s.details["negatives"] and s.details["baseline_label_of"] != feature
+        assert s.n == s.details["positives"] + s.details["negatives"] and feature not in s.details["baseline_labels_of"]
+        assert len(s.details["baseline_labels_of"]) == 13  # the judge's 32 shuffled labels, capped by the 13 others
+        assert s.evidence_p <= 0.05 and s.names_feature
         assert atlas.feature(feature).label == lab.text
     summary = scored.summary_lines()
     assert len(summary) == 1 and "captions: median auroc" in summary[0]
@@ -181,13 +215,68 @@ def test_detection_auroc_equals_a_brute_force_recomputation(labelled, data):
         truth = np.arange(len(rows)) < len(split.positives)
         fit = captions @ model.encode(lab.text, normalize_embeddings=True)
         assert s.value == pytest.approx(roc_auc_score(truth, fit), abs=1e-6)
-        other = atlas.labels(s.details["baseline_label_of"])[0]
-        assert s.baseline == pytest.approx(
-            roc_auc_score(truth, captions @ model.encode(other.text, normalize_embeddings=True)), abs=1e-6
+        others = [atlas.labels(f)[0].text for f in s.details["baseline_labels_of"]]
+        shuffled = [roc_auc_score(truth, captions @ v) for v in model.encode(others, normalize_embeddings=True)]
+        assert s.baseline == pytest.approx(np.median(shuffled), abs=1e-6)
+        assert "p_against_shuffled" not in s.details  # 13 other labels: too few for a permutation p-value
+        assert s.details["p_against_chance"] == pytest.approx(
+            mannwhitneyu(fit[truth], fit[~truth], alternative="greater").pvalue
         )
         assert s.details["balanced_accuracy"] == pytest.approx(
             balanced_accuracy_score(truth, top_half_predictions(fit, len(split.positives)))
         )
+
+
+def test_detection_p_values_and_the_median_baseline_from_many_shuffled_labels():
+    """25 features; label f rates images by a fixed row x text table: its own feature's positives high for
+    the 'clear' labels, and features 0-4 only weakly (their labels should not clear the permutation test)."""
+    from clipatlas.atlas.types import Label
+    from clipatlas.interp.judges import Judge
+    from clipatlas.interp.scorers import ScoringTask, make_scorer
+    from clipatlas.interp.types import FeatureSplit
+
+    n_features, rng = 25, np.random.default_rng(3)
+    table = rng.normal(size=(n_features * 20, n_features))  # (store row, label's feature) -> fit
+    for f in range(n_features):
+        table[f * 20 : f * 20 + 10, f] += 0.3 if f < 5 else 4.0  # rows f*20..f*20+9 are feature f's positives
+
+    class TableJudge(Judge):
+        name, shuffled_labels = "table", 24
+
+        def __call__(self, items):
+            return [table[rows, int(text.split()[1])] for text, rows in items]
+
+        def odd_one_out(self, trials):
+            return [0 for _ in trials]
+
+    empty = np.array([], dtype=int)
+    splits = {
+        f: FeatureSplit(
+            f, empty, empty, empty, empty, np.arange(f * 20, f * 20 + 10), np.arange(f * 20 + 10, f * 20 + 20), empty
+        )
+        for f in range(n_features)
+    }
+    labels = [Label(f, "t", f"label {f}", id=f) for f in range(n_features)]
+    scores = make_scorer("detection")(ScoringTask(labels, splits, TableJudge()))
+    for s in scores:
+        rows = np.arange(s.feature * 20, s.feature * 20 + 20)
+        truth = np.arange(20) < 10
+        own = roc_auc_score(truth, table[rows, s.feature])
+        shuffled = [roc_auc_score(truth, table[rows, g]) for g in s.details["baseline_labels_of"]]
+        assert len(set(s.details["baseline_labels_of"])) == 24 and s.feature not in s.details["baseline_labels_of"]
+        assert s.value == pytest.approx(own) and s.baseline == pytest.approx(np.median(shuffled))
+        assert s.details["p_against_shuffled"] == pytest.approx(
+            (1 + sum(v >= own - 1e-9 for v in shuffled)) / 25
+        )  # ties count
+        assert s.details["p_against_chance"] == pytest.approx(
+            mannwhitneyu(table[rows[:10], s.feature], table[rows[10:], s.feature], alternative="greater").pvalue
+        )
+        assert s.evidence_p == max(s.details["p_against_chance"], s.details["p_against_shuffled"])
+    clear = [s for s in scores if s.feature >= 5]
+    assert [
+        s.details for s in clear if not s.names_feature
+    ] == []  # +4 sigma on every positive: AUROC 1, p = 1/184756 and 1/25
+    assert sum(s.names_feature for s in scores if s.feature < 5) <= 1  # +0.3 sigma: mostly indistinguishable
 
 
 def test_intruder_scores_the_features_against_chance(captioned_workspace, labelled):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from clipatlas.atlas import Atlas, Label
 from clipatlas.atlas.annotations import add_labels, set_icon
+from clipatlas.atlas.query import NO_LABEL_BEATS_BASELINE
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas
 from clipatlas.errors import UserError
 from clipatlas.web.app import create_app
@@ -217,7 +218,7 @@ def test_search_by_label_and_by_id(client, atlas):
     names = atlas.headlines()
     for r in body["results"]:
         assert r["label"] == (names[r["feature"]].text if r["feature"] in names else "")
-        assert r["label"] or r["label_note"] == "no label beats its baseline"
+        assert r["label"] or r["label_note"] == NO_LABEL_BEATS_BASELINE
     assert client.get("/api/search", params={"q": "#12"}).json()["exact_feature"] == 12
     redirect = client.get("/search", params={"q": "12"}, follow_redirects=False)
     assert redirect.status_code == 303 and redirect.headers["location"] == "/features/12"

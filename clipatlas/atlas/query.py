@@ -16,6 +16,7 @@ from clipatlas._io import read_json
 from clipatlas.atlas.config import check_feature_selection
 from clipatlas.atlas.db import ATLAS_SCHEMA_VERSION, CODE_ARRAYS, HIST_ARRAY, array_path, connect, migrate
 from clipatlas.atlas.types import (
+    NAMING_P,
     Activation,
     AtlasError,
     Example,
@@ -32,7 +33,8 @@ from clipatlas.atlas.types import (
 from clipatlas.workspace import SAEFiles, Workspace
 
 # Why a feature has no name (shown in its place).
-UNLABELLED, NOT_SCORED, NO_LABEL_BEATS_BASELINE = "unlabelled", "not yet scored", "no label beats its baseline"
+UNLABELLED, NOT_SCORED = "unlabelled", "not yet scored"
+NO_LABEL_BEATS_BASELINE = f"no label beats its baseline with p <= {NAMING_P}"
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
 ALL = "1"  # the WHERE clause of every row
 
@@ -312,8 +314,8 @@ class Atlas:
 
     # -- search, map, summary ------------------------------------------------------------
     def search_labels(self, text: str, limit: int = 50) -> list[Label]:
-        """Labels containing `text` (case-insensitive), best first: labels that beat their baseline
-        (highest score first), then scored labels that did not, then labels never scored."""
+        """Labels containing `text` (case-insensitive), best first (`search_rank`): labels that name
+        their feature, then those that beat their baseline, then other scored ones, then unscored."""
         needle = text.strip()
         if not needle:
             return []
@@ -448,8 +450,9 @@ class Atlas:
 
 
 def search_rank(label: Label) -> tuple:
-    """Search order: labels that beat their baseline (best score first), other scored labels, unscored."""
+    """Search order: labels good enough to name their feature, then others that beat their baseline,
+    then other scored labels (best score first within each), then unscored ones."""
     score = label.score()
     if score is None:
-        return (2, 0.0)
-    return (0 if score.beats_baseline else 1, -score.value)
+        return (3, 0.0)
+    return (0 if score.names_feature else 1 if score.beats_baseline else 2, -score.value)

@@ -91,7 +91,7 @@ def sae_lines(report: dict[str, Any]) -> list[str]:
             f"interpretability: headline labels of the {summary['labels']} labelled features active on at least "
             f"{interp.get('headline_min_activating')} images, {key}: median {summary['median']:.3f} (shuffled "
             f"baseline {summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own); "
-            f"{interp.get('features_named')} features named"
+            f"{interp.get('features_named')} features named over the whole atlas (any number of images)"
         )
     steer = sections.get("steering", {})
     if "icons" in steer:

@@ -139,14 +139,18 @@ class ScoreConfig:
     """Activating images per intruder trial (plus one non-activating)."""
     intruder_trials: int = 5
     """Intruder trials per feature."""
+    shuffled_labels: int | None = None
+    """Other features' labels each label is compared with on the same images (the shuffled baseline is
+    their median; 19 or more also give a permutation p-value). Default: 32 for the embedding judges,
+    1 for vlm (each costs the vlm a call per image batch)."""
     report: bool = False
     """Also write the Markdown summary and the AUROC plot (saes/NAME/interp/)."""
     report_min_activating: int = 10
     """The report's summary counts features active on at least this many images."""
 
     def __post_init__(self):
-        for name in ("intruder_k", "intruder_trials"):
-            if getattr(self, name) < 1:
+        for name in ("intruder_k", "intruder_trials", "shuffled_labels"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
     def labeller_names(self) -> list[str] | None:

@@ -35,10 +35,22 @@ SHARED_SOURCE = {"captions": {"captions"}, "clip-text": {"clip-text"}, "classes"
 class Judge(ABC):
     name: ClassVar[str]
     model: str = ""
+    # Other features' labels each label is compared with on its images (the shuffled baseline): judges
+    # that rate a label by a dot product afford many (a steady baseline and a p-value), a VLM one.
+    shuffled_labels: ClassVar[int] = 1
 
     @abstractmethod
     def __call__(self, items: Sequence[tuple[str, np.ndarray]]) -> list[np.ndarray]:
         """For each (label, rows): how well each image fits the label."""
+
+    def rate(self, items: Sequence[tuple[Sequence[str], np.ndarray]]) -> list[np.ndarray]:
+        """For each (labels, rows): a (labels x images) array of fits, all items asked at once."""
+        flat = [(text, rows) for texts, rows in items for text in texts]
+        fits, out, start = self(flat), [], 0
+        for texts, rows in items:
+            out.append(np.stack(fits[start : start + len(texts)]).reshape(len(texts), len(rows)))
+            start += len(texts)
+        return out
 
     @abstractmethod
     def odd_one_out(self, trials: Sequence[np.ndarray]) -> list[int]:
@@ -73,6 +85,8 @@ def embed_sentences(model, texts: list[str]) -> np.ndarray:
 class EmbeddingJudge(Judge):
     """A judge whose images and labels are vectors: fit = cosine, odd one = least like the rest."""
 
+    shuffled_labels = 32
+
     def __init__(self):
         self._texts: dict[str, np.ndarray] = {}
 
@@ -102,6 +116,13 @@ class EmbeddingJudge(Judge):
 
     def fit(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return self.image_vectors(rows) @ text_vector
+
+    def rate(self, items):
+        if not items:
+            return []
+        self.prepare(np.concatenate([rows for _, rows in items]))
+        self.text_vectors(sorted({text for texts, _ in items for text in texts}))  # one batch for the model
+        return [self.fit(self.text_vectors(list(texts)).T, rows).T for texts, rows in items]
 
     def odd_one_out(self, trials):
         if trials:
@@ -175,6 +196,7 @@ class ClassesJudge(EmbeddingJudge):
         return embed_sentences(self.sentences, texts)
 
     def fit(self, text_vector, rows):
+        # class_vectors @ text_vector first: (classes x d) @ (d x labels) is far smaller than the images' side
         return self.data.class_probabilities(rows) @ (self.class_vectors @ text_vector)
 
     def image_vectors(self, rows):

@@ -11,7 +11,7 @@ import numpy as np
 
 from clipatlas._io import atomic_path
 from clipatlas.atlas.query import Atlas
-from clipatlas.atlas.types import Label, Score, headline, preferred_by_judge
+from clipatlas.atlas.types import NAMING_P, Label, Score, headline, preferred_by_judge
 from clipatlas.interp.data import StoreData
 from clipatlas.interp.judges import SHARED_SOURCE
 
@@ -47,7 +47,8 @@ def labeller_key(label: Label) -> str:
 
 
 def stats(scores: list[Score]) -> dict[str, float]:
-    """Median value, median baseline, share beating the baseline, median balanced accuracy."""
+    """Median value, median baseline, share beating the baseline (at all, and clearly enough to name the
+    feature: `Score.names_feature`), median balanced accuracy."""
     values = np.array([s.value for s in scores])
     baselines = np.array([s.baseline for s in scores])
     bacc = [s.details["balanced_accuracy"] for s in scores if "balanced_accuracy" in s.details]
@@ -56,6 +57,7 @@ def stats(scores: list[Score]) -> dict[str, float]:
         "median": float(np.median(values)),
         "median_baseline": float(np.median(baselines)),
         "share_beating": float(np.mean(values > baselines)),
+        "share_naming": float(np.mean([s.names_feature for s in scores])),
         "median_balanced_accuracy": float(np.median(bacc)) if bacc else float("nan"),
     }
 
@@ -69,7 +71,8 @@ def headline_line(found: dict, judge: str, min_activating: int) -> str:
     return (
         f"headline labels of the {st['n']} features active on at least {min_activating} images, {judge} judge: "
         f"median detection AUROC {st['median']:.3f} against {st['median_baseline']:.3f} for shuffled labels, "
-        f"{st['share_beating']:.0%} beat their own baseline; {found['named']} features named"
+        f"{st['share_beating']:.0%} beat their own baseline ({st['share_naming']:.0%} with p <= {NAMING_P}); "
+        f"{found['named']} of them named"
     )
 
 
@@ -82,11 +85,14 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Pa
         f"# Label scores: SAE {atlas.name}",
         "",
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Features active on at least {min_activating} "
-        f"images: {found['features']:,}; named (a scored label beat its baseline): {found['named']:,}.",
+        f"images: {found['features']:,}; named (a scored label beat its baseline with p <= {NAMING_P}): "
+        f"{found['named']:,}.",
         "",
         "Detection: a judge rates the feature's held-out images (activating ones spread over the activation range, "
         "as many silent ones) against the label; AUROC 0.5 is chance. The baseline scores the same images with "
-        "another feature's label from the same labeller. No image that scores a label was shown to its labeller.",
+        "other features' labels from the same labeller (their median). p: the larger of the p-values against "
+        "chance (Mann-Whitney) and against those shuffled labels (permutation, where 19 or more were judged). "
+        "No image that scores a label was shown to its labeller.",
         "The headline row takes, per feature, the label of the labeller with the best median score on the "
         "labelling half (its own labelling-half score breaking ties): no scoring image picks it.",
         "",
@@ -95,8 +101,9 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Pa
         lines += [
             f"## Detection, {judge} judge",
             "",
-            "| labels | features | median AUROC | median baseline | beat their baseline | median balanced accuracy |",
-            "|---|---|---|---|---|---|",
+            f"| labels | features | median AUROC | median baseline | beat their baseline | with p <= {NAMING_P} "
+            "| median balanced accuracy |",
+            "|---|---|---|---|---|---|---|",
         ]
         for key, scores in sorted(rows.items(), key=lambda item: item[0] == HEADLINE_ROW):
             st = stats(scores)
@@ -105,7 +112,7 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Pa
             )
             lines.append(
                 f"| {key}{shared} | {st['n']:,} | {st['median']:.3f} | {st['median_baseline']:.3f} | "
-                f"{st['share_beating']:.1%} | {st['median_balanced_accuracy']:.3f} |"
+                f"{st['share_beating']:.1%} | {st['share_naming']:.1%} | {st['median_balanced_accuracy']:.3f} |"
             )
         lines.append("")
     if found["intruder"]:

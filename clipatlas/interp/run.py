@@ -171,7 +171,9 @@ def score(
     judge = make_judge(config.judge, data, vlm)
     for labels in tasks:
         task_splits = splits if not labels else {label.feature: splits[label.feature] for label in labels}
-        task = ScoringTask(labels, task_splits, judge, split.seed, config.intruder_k, config.intruder_trials)
+        task = ScoringTask(
+            labels, task_splits, judge, split.seed, config.intruder_k, config.intruder_trials, config.shuffled_labels
+        )
         try:
             run.scores += scorer(task)
         except DryRun:

@@ -2,10 +2,13 @@
 
 * `detection`: the judge sees a label and the feature's held-out, balanced sample (activating
   images spread over the activation range, as many silent ones) and rates each image; AUROC and
-  balanced accuracy of those ratings. The baseline is the same feature scored with the label
-  another feature got from the same labeller (a fixed derangement): what a label that says
-  nothing about this feature scores. The labelling-half (validation) score rides along, with the
-  labeller's median of it over the features scored together (what ranks labellers for the name).
+  balanced accuracy of those ratings. The baseline is the same images rated with labels other
+  features got from the same labeller (the judge's `shuffled_labels` of them, fixed by the seed):
+  what a label that says nothing about this feature scores, their median. Two p-values say how
+  sure the comparison is (`atlas.types.Score.evidence_p`): against chance (Mann-Whitney) and,
+  with enough shuffled labels, against them (a permutation test); a feature is named only by a
+  label that clears both. The labelling-half (validation) score rides along, with the labeller's
+  median of it over the features scored together (what ranks labellers for the name).
 * `intruder`: k activating images and one silent one, no label; the judge picks the odd one.
   Accuracy over a few trials against chance, 1/(k+1). It scores the feature, not a label.
 """
@@ -18,9 +21,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from clipatlas.atlas.types import LABELLER_VALIDATION, Label, Score
+from clipatlas.atlas.types import LABELLER_VALIDATION, P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, Label, Score
 from clipatlas.interp.judges import Judge
-from clipatlas.interp.metrics import auroc, balanced_accuracy, derangement, top_half_predictions
+from clipatlas.interp.metrics import (
+    auroc,
+    aurocs,
+    balanced_accuracy,
+    p_above_chance,
+    p_against_shuffled,
+    shuffled_partners,
+    top_half_predictions,
+)
 from clipatlas.interp.types import FeatureSplit
 
 VALIDATION_TEXT = "validation_text"  # the evidence key of the label made from part of the labelling half
@@ -36,6 +47,7 @@ class ScoringTask:
     seed: int = 0
     intruder_k: int = 4
     intruder_trials: int = 5
+    shuffled_labels: int | None = None  # None: the judge's own default (Judge.shuffled_labels)
 
 
 class Scorer(ABC):
@@ -61,25 +73,13 @@ class DetectionScorer(Scorer):
         labels = task.labels
         if len(labels) < 2:
             return []  # no other feature's label to make a baseline from
-        other = derangement(len(labels), np.random.default_rng([task.seed, 12345]))
-        items, validation_items = [], []
-        for i, label in enumerate(labels):
-            split = task.splits[label.feature]
-            rows = np.concatenate([split.positives, split.negatives])
-            items += [(label.text, rows), (labels[other[i]].text, rows)]
-            validation_text = label.evidence.get(VALIDATION_TEXT)
-            if validation_text and len(split.validation_positives) and len(split.validation_negatives):
-                validation_items.append((i, validation_text, split))
-        judged = task.judge(items)
-        validation = task.judge(
-            [
-                (text, np.concatenate([s.validation_positives, s.validation_negatives]))
-                for _, text, s in validation_items
-            ]
+        per_label = task.shuffled_labels or task.judge.shuffled_labels
+        partners = shuffled_partners(len(labels), per_label, np.random.default_rng([task.seed, 12345]))
+        rows_of = [_judged_rows(task.splits[label.feature]) for label in labels]
+        rated = task.judge.rate(
+            [([label.text, *(labels[j].text for j in partners[i])], rows_of[i]) for i, label in enumerate(labels)]
         )
-        validation_of = {
-            i: auroc(*_sides(fit, len(s.validation_positives))) for (i, _, s), fit in zip(validation_items, validation)
-        }
+        validation_of = self._validation(labels, task)
         labeller_validation = (
             {LABELLER_VALIDATION: float(np.median(list(validation_of.values())))} if validation_of else {}
         )
@@ -87,9 +87,14 @@ class DetectionScorer(Scorer):
         for i, label in enumerate(labels):
             split = task.splits[label.feature]
             n_pos = len(split.positives)
-            own, shuffled = judged[2 * i], judged[2 * i + 1]
-            value, baseline = auroc(*_sides(own, n_pos)), auroc(*_sides(shuffled, n_pos))
-            truth = np.arange(len(own)) < n_pos
+            fits = rated[i]
+            values = aurocs(fits, n_pos)
+            value, shuffled = float(values[0]), values[1:]
+            baseline = float(np.median(shuffled))
+            truth = np.arange(fits.shape[1]) < n_pos
+            p_values = {P_AGAINST_CHANCE: p_above_chance(*_sides(fits[0], n_pos))}
+            if len(shuffled) >= MIN_SHUFFLED_FOR_P:
+                p_values[P_AGAINST_SHUFFLED] = p_against_shuffled(value, shuffled)
             scores.append(
                 Score(
                     feature=label.feature,
@@ -100,20 +105,44 @@ class DetectionScorer(Scorer):
                     metric="auroc",
                     value=value,
                     baseline=baseline,
-                    n=len(own),
+                    n=fits.shape[1],
                     beats_baseline=value > baseline,
                     validation=validation_of.get(i),
                     details={
-                        "balanced_accuracy": balanced_accuracy(truth, top_half_predictions(own, n_pos)),
-                        "baseline_balanced_accuracy": balanced_accuracy(truth, top_half_predictions(shuffled, n_pos)),
+                        "balanced_accuracy": balanced_accuracy(truth, top_half_predictions(fits[0], n_pos)),
+                        "baseline_balanced_accuracy": float(
+                            np.median([balanced_accuracy(truth, top_half_predictions(f, n_pos)) for f in fits[1:]])
+                        ),
                         "positives": n_pos,
                         "negatives": len(split.negatives),
-                        "baseline_label_of": labels[other[i]].feature,
+                        "baseline_labels_of": [labels[j].feature for j in partners[i]],
+                        **p_values,
                         **labeller_validation,
                     },
                 )
             )
         return scores
+
+    @staticmethod
+    def _validation(labels: list[Label], task: ScoringTask) -> dict[int, float]:
+        """{label index: AUROC of its validation label on the other part of the labelling half}."""
+        items = []
+        for i, label in enumerate(labels):
+            split, text = task.splits[label.feature], label.evidence.get(VALIDATION_TEXT)
+            if text and len(split.validation_positives) and len(split.validation_negatives):
+                items.append((i, text, split))
+        fits = task.judge(
+            [(text, np.concatenate([s.validation_positives, s.validation_negatives])) for _, text, s in items]
+        )
+        return {i: auroc(*_sides(fit, len(s.validation_positives))) for (i, _, s), fit in zip(items, fits)}
+
+
+# Below this many shuffled labels a permutation p-value cannot reach 0.05, so none is reported.
+MIN_SHUFFLED_FOR_P = 19
+
+
+def _judged_rows(split) -> np.ndarray:
+    return np.concatenate([split.positives, split.negatives])
 
 
 def _sides(fit: np.ndarray, n_pos: int) -> tuple[np.ndarray, np.ndarray]:

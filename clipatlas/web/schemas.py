@@ -82,6 +82,8 @@ class ScoreOut(BaseModel):
     beats_baseline: bool
     validation: float | None
     details: dict[str, Any]
+    evidence_p: float | None  # see atlas.types.Score.evidence_p; null for intruder scores and older atlases
+    names_feature: bool  # beats the baseline with evidence_p <= 0.05: may name the feature
 
 
 class LabelOut(BaseModel):
@@ -212,6 +214,8 @@ class ScoredHit(Named):
     score: float | None
     baseline: float | None
     beats_baseline: bool | None
+    evidence_p: float | None
+    names_feature: bool | None
     judge: str | None
 
 

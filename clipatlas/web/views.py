@@ -38,7 +38,8 @@ THUMBNAIL_SIZE = 256
 def plain(obj: Any) -> Any:
     """Recursively convert Atlas results into JSON-ready dicts, lists and scalars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        names = [f.name for f in dataclasses.fields(obj)] + list(getattr(obj, "derived", ()))
+        return {name: plain(getattr(obj, name)) for name in names}
     if isinstance(obj, Mapping):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, np.ndarray):
@@ -299,6 +300,8 @@ def score_fields(label) -> dict[str, Any]:
         "score": None if score is None else float(score.value),
         "baseline": None if score is None else float(score.baseline),
         "beats_baseline": None if score is None else bool(score.beats_baseline),
+        "evidence_p": None if score is None else score.evidence_p,
+        "names_feature": None if score is None else score.names_feature,
         "judge": None if score is None else score.judge,
     }
 
