@@ -13,6 +13,10 @@
 - icons (--demo): the icon causal check for templates (store mean, the store image nearest it, a flat
   grey image, --template-file images) x (plain cosine icons as before, the edit-aware ranking with one
   image per feature), at the default strength and at 7.5x.
+- montage (--demo [--sample N]): montage icons: every alive feature's candidates (single image and 2x2 grid of
+  its top images, strongest first and most dominant first) drawn, re-encoded by the store's encoder and coded
+  by the SAE; rank-0 and top-5 shares per candidate kind and for the best one (the icon), over all alive
+  features and over those firing on >= 10 images.
 - queries (--demo): time per edit-aware query and per plain cosine scan at the demo's size.
 - scale (--demo): the same at --rows rows: a float16 store of the demo's rows plus noise, their codes tiled.
 
@@ -227,6 +231,61 @@ def bench_icons(args) -> None:
                 )
 
 
+def bench_montage(args) -> None:
+    from clipatlas.steer.engine import steerer_for
+    from clipatlas.steer.icons import FREQUENT_IMAGES
+    from clipatlas.steer.montage import draw_montage, icon_encoder, montage_config, own_ranks, top_orders
+
+    steerer = steerer_for(args.demo, args.name)
+    atlas, store, cfg = steerer.atlas, steerer.store, montage_config({})
+    encoder, codes, table = icon_encoder(steerer), atlas.image_codes(), atlas.feature_table()
+    features = np.flatnonzero(table.alive)
+    if args.sample:
+        features = np.sort(np.random.default_rng(args.seed).choice(features, min(args.sample, len(features)), False))
+    kinds = {
+        "single image, strongest": lambda strongest, dominant: strongest[:1],
+        "single image, most dominant": lambda strongest, dominant: dominant[:1],
+        "2x2 grid, strongest first": lambda strongest, dominant: [strongest[i % len(strongest)] for i in range(4)],
+        "2x2 grid, most dominant first": lambda strongest, dominant: [dominant[i % len(dominant)] for i in range(4)],
+    }
+    candidates = {f: [tuple(kind(*top_orders(atlas, codes, int(f)))) for kind in kinds.values()] for f in features}
+    unique = sorted({rows for rows_of in candidates.values() for rows in rows_of})
+    owner = {rows: i for i, rows in enumerate(unique)}
+    started = time.perf_counter()
+    embeddings = np.concatenate(
+        [
+            encoder.encode_images([draw_montage(store, rows, cfg.size) for rows in unique[s : s + 64]])
+            for s in range(0, len(unique), 64)
+        ]
+    )
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        z_unique = steerer.sae.encode(torch.from_numpy(embeddings)).numpy()
+    ranks, activations = [], []
+    for k in range(len(kinds)):
+        z = z_unique[[owner[candidates[f][k]] for f in features]]
+        rank, act = own_ranks(z, features)
+        ranks.append(rank)
+        activations.append(act)
+    ranks, activations = np.stack(ranks), np.stack(activations)
+    best = np.lexsort((-activations, ranks), axis=0)[0]  # per feature: lowest rank, then largest activation
+    chosen = ranks[best, np.arange(len(features))]
+    frequent = table.count[features] >= FREQUENT_IMAGES
+    print(
+        f"\nmontage candidates for {len(features)} alive features ({frequent.sum()} firing on >= {FREQUENT_IMAGES} "
+        f"images): {len(unique)} distinct collages re-encoded in {seconds:.0f} s"
+    )
+    at_least = f">= {FREQUENT_IMAGES} images"
+    print(f"| candidate | rank 0 (all) | top 5 (all) | rank 0 ({at_least}) | top 5 ({at_least}) |")
+    print("|---|---|---|---|---|")
+    for label, r in [*zip(kinds, ranks), ("best of them (the montage icon)", chosen)]:
+        print(
+            f"| {label} | {(r == 0).mean():.1%} | {(r < 5).mean():.1%} | {(r[frequent] == 0).mean():.1%} "
+            f"| {(r[frequent] < 5).mean():.1%} |"
+        )
+    print("chosen: " + ", ".join(f"{label} {np.mean(best == k):.1%}" for k, label in enumerate(kinds)))
+
+
 def time_queries(ranker, x, decoder_rows, features, max_activation) -> dict[str, list[float]]:
     """Per query: the edit-aware rank (k=16, source left out) of a 2x set edit on a random source, and a
     plain cosine scan for the same embedding."""
@@ -332,7 +391,7 @@ def bench_scale(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", default="edits,retrieval", help="comma-separated: edits,retrieval,success,icons,queries,scale"
+        "--only", default="edits,retrieval", help="comma-separated: edits,retrieval,success,icons,montage,queries,scale"
     )
     parser.add_argument("--demo", type=Path, help="a workspace with an atlas (success, icons, queries, scale)")
     parser.add_argument("--name", help="its SAE (default: the only one)")
@@ -341,6 +400,8 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=1280)
     parser.add_argument("--d-sae", type=int, default=163_840)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sample", type=int, help="montage: a seeded sample of this many alive features")
+    parser.add_argument("--seed", type=int, default=0, help="montage: the sample's seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--store-dir", type=Path, default=Path(tempfile.gettempdir()) / "clipatlas-steer-bench")
     args = parser.parse_args()
@@ -350,6 +411,7 @@ def main() -> None:
         "retrieval": bench_retrieval,
         "success": bench_success,
         "icons": bench_icons,
+        "montage": bench_montage,
         "queries": bench_queries,
         "scale": bench_scale,
     }

@@ -1,8 +1,8 @@
 """`clipatlas demo`: the whole pipeline, offline, on the demo images this machine has.
 
-embed (efficientnet-lite0) -> train a TopK SAE -> evaluate -> build the atlas -> retrieval icons and
-an example steering recipe -> offline labels (captions, classifier) scored by the captions judge -> the
-evaluation suite against its baselines (a short table) -> serve.
+embed (efficientnet-lite0) -> train a TopK SAE -> evaluate -> build the atlas -> offline labels (captions,
+classifier) scored by the captions judge -> icons (retrieval, or --icons montage) and an example steering
+recipe on a named feature -> the evaluation suite against its baselines (a short table) -> serve.
 Every step resumes or reuses finished work, so running the demo again after an interruption (or to
 serve again) only does what is missing.
 """
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from clipatlas.errors import UserError
 from clipatlas.sources import available_demo_sets
@@ -42,6 +43,9 @@ class DemoConfig:
     """Address to serve on."""
     port: int = 8000
     """Port to serve on."""
+    icons: Literal["retrieval", "montage"] = "retrieval"
+    """Icon decoder: retrieval (one store image per feature, seconds) or montage (collages of each feature's top
+    images, re-encoded: more icons show their own feature first, about three encoder passes per feature)."""
 
 
 def _step(title: str, action: Callable[[], str | None]) -> None:
@@ -77,18 +81,18 @@ def run_demo(config: DemoConfig = DemoConfig()) -> Path:
     )
     _step("evaluating it on held-out images", lambda: _metrics_line(evaluate(workspace, config.name)))
     _step("building the atlas", lambda: _atlas_line(build_atlas(workspace, config.name)))
-    _step(
-        "retrieval icons and an example steering recipe",
-        lambda: (
-            f"replay with: clipatlas steer --recipe {write_demo_steering(workspace, config.name)} "
-            f"-w {workspace} -o out.png"
-        ),
-    )
     for labeller in DEMO_LABELLERS:
         _step(
             f"labelling features: {labeller}", lambda labeller=labeller: _label_line(workspace, config.name, labeller)
         )
     _step("scoring the labels on held-out images (captions judge)", lambda: _score_line(workspace, config.name))
+    _step(  # after scoring: the example edit sets a feature named by a scored label
+        f"{config.icons} icons and an example steering recipe",
+        lambda: (
+            f"replay with: clipatlas steer --recipe {write_demo_steering(workspace, config.name, icons=config.icons)} "
+            f"-w {workspace} -o out.png"
+        ),
+    )
     _step(
         "the evaluation suite, against PCA, k-means, random and raw baselines", lambda: _suite(workspace, config.name)
     )

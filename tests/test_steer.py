@@ -302,7 +302,8 @@ def test_causal_check_ranks_against_brute_force():
 
 def _assigned(workspace, name="t") -> dict[int, int]:
     manifest = json.loads((workspace / "saes" / name / "icons" / "icons.json").read_text())
-    return dict(zip(manifest["features"], manifest["rows"]))
+    assert all(len(rows) == 1 for rows in manifest["rows"])  # a retrieval icon shows one store image
+    return {f: rows[0] for f, rows in zip(manifest["features"], manifest["rows"])}
 
 
 def test_icons_are_written_recorded_resumed_remade_when_inputs_change_and_verified(steer_workspace, tmp_path):
@@ -480,6 +481,34 @@ def test_demo_steering_writes_icons_and_a_replayable_recipe(steer_workspace, tmp
     replay = tmp_path / "replay.png"
     assert main(["steer", "--recipe", str(recipe_path), "-w", str(workspace), "-o", str(replay)]) == 0
     assert replay.read_bytes() == (workspace / "recipes" / "example.png").read_bytes()
+
+
+def test_demo_example_sets_the_most_frequent_named_feature(steer_workspace, tmp_path, scored_label):
+    import shutil
+
+    from clipatlas.atlas import Atlas, Label
+    from clipatlas.atlas.annotations import add_labels
+    from clipatlas.steer.demo import example_feature, example_recipe
+
+    workspace = shutil.copytree(steer_workspace, tmp_path / "ws")
+    atlas = Atlas.open(workspace, "t")
+    table = atlas.feature_table()
+    alive = np.flatnonzero(table.alive)
+    by_count = alive[np.argsort(-table.count[alive], kind="stable")]
+    assert example_feature(atlas) == by_count[0]  # nothing named: the most frequent alive feature
+    strongest = int(alive[np.argmax(table.max_activation[alive])])
+    named = [int(f) for f in by_count[1:] if f != strongest][::3][:3]  # neither the most frequent nor the strongest
+    for f in named:
+        scored_label(atlas, f, f"concept {f}")
+    add_labels(atlas, [Label(int(by_count[0]), "captions", "never scored")])  # a label that names nothing
+    recipe = example_recipe(workspace, "t")
+    expected = max(named, key=lambda f: (table.count[f], -f))
+    (edit,) = recipe.edits
+    assert edit.op == "set" and edit.feature == expected and edit.relative
+    assert expected in Atlas.open(workspace, "t").headlines()
+    store_row = atlas.store.row_of(recipe.image)
+    z = atlas.sae.encode(torch.from_numpy(atlas.store.rows(np.array([store_row])))).detach().numpy()[0]
+    assert z[expected] == 0  # the edit sets the feature on an image that lacks it
 
 
 def test_cli_steer_verify_reports_the_retrieved_images_activation(steer_workspace, tmp_path, capsys):

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="re-embed the icons made and report how often their own feature fires most, and how many are distinct",
+        help="check the icons made (montage and generated ones: the icon files re-encoded by the store's encoder) and "
+        "report how often their own feature fires most, is in their top 5, and how many are distinct",
     )
     parser.set_defaults(func=run, reads=("store", "sae", "atlas"))
 
@@ -43,16 +44,35 @@ def run(args: argparse.Namespace) -> int:
     warnings = icons.warnings
     if args.verify:
         report = verify_icons(args.workspace, args.name, config.features)
-        print(
-            f"{report['n_icons']} icons: {report['top1_share']:.1%} activate their own feature most "
-            f"(target {report['top1_target']:.0%}; at most {report['top1_ceiling']:.1%} can with retrieval on "
-            "this store: the share of these features that is the strongest latent of some store image)\n"
-            f"  other measures: {report['top5_share']:.1%} have it among their 5 strongest latents, "
-            f"{report['normalised_top1_share']:.1%} fire it at the largest fraction of its max activation; "
-            f"median rank {report['median_rank_before']:.0f} in the template -> {report['median_rank_after']:.0f} "
-            "in the icon"
-        )
+        print(verify_summary(report))
         warnings = report["warnings"]  # the same distinct share, plus the causal check's
     for warning in warnings:
         print(warning)
     return 0
+
+
+def verify_summary(report: dict) -> str:
+    """The causal check's lines: rank 0 (with the store's cap for single-image icons), top 5, distinct, and the
+    same for the features firing on many images."""
+    ceiling = report["top1_ceiling"]
+    cap = (
+        f"; at most {ceiling:.1%} can with single store images on this store: the share of these features that "
+        "is the strongest latent of some store image"
+        if ceiling is not None
+        else ""
+    )
+    frequent = report["frequent"]
+    lines = [
+        f"{report['n_icons']} icons checked: {report['top1_share']:.1%} activate their own feature most "
+        f"(target {report['top1_target']:.0%}{cap}), {report['top5_share']:.1%} have it among their 5 strongest "
+        f"latents, {report['distinct_share']:.1%} are distinct",
+        f"  other measures: {report['normalised_top1_share']:.1%} fire it at the largest fraction of its max "
+        f"activation; median rank {report['median_rank_before']:.0f} in the template -> "
+        f"{report['median_rank_after']:.0f} in the icon",
+    ]
+    if frequent["n_icons"]:
+        lines.append(
+            f"  the {frequent['n_icons']} features firing on at least {frequent['min_images']} images: "
+            f"{frequent['top1_share']:.1%} most, {frequent['top5_share']:.1%} in the top 5"
+        )
+    return "\n".join(lines)

@@ -91,11 +91,35 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class MontageConfig:
+    """Settings of the montage icon decoder (`clipatlas icons --decoder montage --set KEY=VALUE`). A feature's
+    candidates are g x g grids (g = 1 .. max_grid) of its top activating store images, taken strongest first
+    and, separately, most dominant first (its rank in each image's code, then activation); each is drawn at
+    `size` pixels, re-encoded by the store's encoder and coded by the SAE, and the candidate ranking the
+    feature highest (ties: its larger activation) is the icon. Measured in bench/RESULTS.md ("Icons")."""
+
+    size: int = 224
+    """Side of the icon in pixels (the EfficientNet and CLIP encoders see 224)."""
+    max_grid: int = 2
+    """Largest grid tried: 1 = single images only, 2 = also 2x2 collages (3x3 tiles were too small to help)."""
+
+    def __post_init__(self):
+        for name in ("size", "max_grid"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1 or int(value) != value:
+                raise UserError(f"montage setting {name!r} is a whole number >= 1, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.size < 8 * self.max_grid:
+            raise UserError(f"montage size {self.size} is too small for {self.max_grid}x{self.max_grid} grids")
+
+
+@dataclass(frozen=True)
 class IconConfig:
     features: str = "alive"
     """Which features get an icon: all, alive, top:N (the N most frequent alive ones) or ids (1,5,10-20)."""
     decoder: str = "retrieval"
-    """retrieval (a store image, no GPU) or kandinsky[:PATH_OR_ID]."""
+    """retrieval (a store image, no GPU), montage (a collage of the feature's top store images, checked by
+    re-encoding it; needs the store's encoder) or kandinsky[:PATH_OR_ID]."""
     strength: float | None = None
     """The feature is set to this many times its max activation (default: the smallest strength at which
     this SAE's measured steering success reaches its target; measured on first use)."""

@@ -92,14 +92,19 @@ def contact_sheet(store, rows: Sequence[int], tile: int) -> Image.Image:
     return sheet
 
 
-def retrieval_config(settings: dict[str, Any] | None) -> RetrievalConfig:
-    """The retrieval decoder's settings from a recipe's `settings` (unknown keys refused in one line)."""
+def settings_config(cls, settings: dict[str, Any] | None, decoder: str):
+    """A decoder's settings dataclass `cls` from `settings` (unknown keys refused in one line)."""
     settings = dict(settings or {})
-    known = [f.name for f in dataclasses.fields(RetrievalConfig)]
+    known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(settings) - set(known))
     if unknown:
-        raise UserError(f"decoder 'retrieval' has no settings {unknown}; it takes {known}")
-    return RetrievalConfig(**settings)
+        raise UserError(f"decoder {decoder!r} has no settings {unknown}; it takes {known}")
+    return cls(**settings)
+
+
+def retrieval_config(settings: dict[str, Any] | None) -> RetrievalConfig:
+    """The retrieval decoder's settings from a recipe's `settings`."""
+    return settings_config(RetrievalConfig, settings, "retrieval")
 
 
 class RetrievalDecoder:

@@ -6,8 +6,9 @@ when the feature is the image's strongest latent) and assigned one image per fea
 allows it, for all alive features at once (`assign_images`): every feature that is the strongest latent
 of some image gets such an image, as many features as possible get an image of their own among those
 where they are in the top `top_latents`, and any feature left keeps its own best image. The assignment
-is saved in icons.json, so resumed runs and `verify_icons` use the very images shown. Each icon records
-what it was made from, and a re-run remakes exactly the icons whose inputs changed.
+is saved in icons.json, so resumed runs and `verify_icons` use the very images shown. Montage icons
+(`montage.py`) are collages of each feature's top store images, chosen by re-encoding candidates; no edit.
+Each icon records what it was made from, and a re-run remakes exactly the icons whose inputs changed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +30,19 @@ from clipatlas.atlas.annotations import set_icon
 from clipatlas.errors import UserError
 from clipatlas.steer.causal import CausalCheck
 from clipatlas.steer.config import IconConfig
-from clipatlas.steer.decoders import contact_sheet, retrieval_config, split_decoder_name
+from clipatlas.steer.decoders import DECODERS, contact_sheet, retrieval_config
 from clipatlas.steer.edits import set_embeddings
 from clipatlas.steer.engine import Steerer, steerer_for
+from clipatlas.steer.montage import choose_montages, draw_montage, icon_encoder, montage_config, own_ranks
 from clipatlas.steer.ranking import Guide
 from clipatlas.steer.success import DefaultStrength, strength_for
 
 ICON_RANKING = {"k": 1, "dominant_weight": 2.0}  # retrieval settings of icons, under the user's own
-ASSIGNMENT = "maximum matching, strongest-latent rows kept, v1"  # part of the icons' identity
+ASSIGNMENT = "maximum matching, strongest-latent rows kept, v1"  # part of the retrieval icons' identity
+# part of the montage icons' identity
+MONTAGE_CHOICE = "best re-encoded rank of g x g grids of the top images, strongest and most dominant first, v2"
+NO_EDIT = DefaultStrength(0.0, "none: montage icons are collages of each feature's top store images, not edits", False)
+FREQUENT_IMAGES = 10  # verify also reports the icons of features firing on at least this many images
 ICON_KEY = "clipatlas-icon"  # PNG text chunk: the hash of what the icon was made from
 MEAN_TEMPLATE = "mean"
 TOP1_TARGET = 0.9  # share of icons whose own feature fires most
@@ -69,29 +76,103 @@ def template_embedding(steerer: Steerer, ref: str) -> tuple[np.ndarray, str]:
     return steerer.embedding_of(ref), f"store:{ref}"
 
 
-def _identity(steerer: Steerer, config: IconConfig, strength: float, template: str) -> dict:
-    """What every icon depends on; icons made under another identity are remade."""
-    base, _ = split_decoder_name(config.decoder)
+Plan = dict[int, tuple[int, ...]]  # {feature: the store rows its icon shows, row-major}
+
+
+@dataclass(frozen=True)
+class StoreImageIcons:
+    """An icon decoder whose icons show store images: `resolve` gives its full settings (part of the identity),
+    `plan(steerer, config, template, strength, features, planned, save) -> Plan` chooses the rows of every icon
+    not in `planned` (`save(plan)` checkpoints), `draw(store, rows, settings)` draws one icon and `picture(settings)`
+    is what its drawing depends on besides the rows.
+    `steered`: the icons depend on the template and strength (an edit chooses them); `exact`: an icon is one
+    store image whose stored embedding verify may read instead of re-encoding the file."""
+
+    resolve: Callable[[dict], dict]
+    plan: Callable[..., Plan]
+    draw: Callable[[object, tuple[int, ...], dict], Image.Image]
+    picture: Callable[[dict], list]
+    version: str
+    steered: bool
+    exact: bool
+
+
+def _retrieval_plan(steerer, config, x, strength, features, planned: Plan, save) -> Plan:
+    if all(f in planned for f in features):
+        return planned
+    return {**planned, **{f: (row,) for f, row in _assignment(steerer, config, x, strength, features).items()}}
+
+
+def _montage_plan(steerer, config, x, strength, features, planned: Plan, save) -> Plan:
+    counts = steerer.atlas.feature_table().count
+    todo = [f for f in features if f not in planned and counts[f] > 0]  # a silent feature has no image to show
+    if not todo:
+        return planned
     settings = dict(config.settings)
-    if base == "retrieval":
-        settings = dataclasses.asdict(retrieval_config({**ICON_RANKING, **settings}))
+    chosen = choose_montages(steerer, todo, settings, config.batch_size, save=lambda done: save({**planned, **done}))
+    return {**planned, **chosen}
+
+
+STORE_IMAGE_ICONS: dict[str, StoreImageIcons] = {
+    "retrieval": StoreImageIcons(
+        resolve=lambda settings: dataclasses.asdict(retrieval_config({**ICON_RANKING, **settings})),
+        plan=_retrieval_plan,
+        draw=lambda store, rows, settings: contact_sheet(store, rows, settings["tile"]),
+        picture=lambda settings: [settings["tile"]],
+        version=ASSIGNMENT,
+        steered=True,
+        exact=True,
+    ),
+    "montage": StoreImageIcons(
+        resolve=lambda settings: dataclasses.asdict(montage_config(settings)),
+        plan=_montage_plan,
+        draw=lambda store, rows, settings: draw_montage(store, rows, settings["size"]),
+        picture=lambda settings: ["centre-cropped tiles", settings["size"]],
+        version=MONTAGE_CHOICE,
+        steered=False,
+        exact=False,
+    ),
+}
+
+
+def store_image_icons(decoder: str) -> StoreImageIcons | None:
+    """The icon decoder showing store images named `decoder`, or None for a generator (refuses unknown names)."""
+    base, sep, _ = decoder.partition(":")
+    if base in STORE_IMAGE_ICONS:
+        if sep:
+            raise UserError(f"the {base} icon decoder takes no path; write --decoder {base}")
+        return STORE_IMAGE_ICONS[base]
+    if base not in DECODERS:
+        raise UserError(f"unknown icon decoder {decoder!r}; choose one of: {', '.join(STORE_IMAGE_ICONS)}, kandinsky")
+    return None
+
+
+def _identity(steerer: Steerer, config: IconConfig, maker, strength: float, template: str | None) -> dict:
+    """What every icon depends on; icons made under another identity are remade."""
+    steered = maker is None or maker.steered
     return {
         "decoder": config.decoder,
-        "strength": strength,
-        "template": template,
-        "template_ref": config.template,
-        "seed": config.seed,
-        "settings": settings,
+        **({"strength": strength, "template": template, "template_ref": config.template} if steered else {}),
+        **({"seed": config.seed} if steered else {}),
+        "settings": maker.resolve(dict(config.settings)) if maker else dict(config.settings),
         "atlas_build": steerer.atlas.build_id,
-        **({"assignment": ASSIGNMENT} if base == "retrieval" else {}),
+        **({"assignment": maker.version} if maker else {}),
     }
 
 
-def _icon_input(steerer: Steerer, identity: dict, assigned: dict[int, int], feature: int) -> str:
-    """A hash of what one icon's picture is made from: a retrieval icon is a tile of its assigned store
-    image (whatever chose it); a generated one depends on everything in the identity and its feature."""
-    if feature in assigned:
-        item = [identity["settings"]["tile"], str(steerer.store.metadata.column("image_id")[assigned[feature]])]
+def _planned(manifest: dict) -> Plan:
+    """The manifest's {feature: rows} (one row per feature, as written before montages, reads as itself)."""
+    rows = manifest.get("rows", [])
+    return {f: tuple(r) if isinstance(r, list) else (r,) for f, r in zip(manifest.get("features", []), rows)}
+
+
+def _icon_input(steerer: Steerer, identity: dict, maker, planned: Plan, feature: int) -> str:
+    """A hash of what one icon's picture is made from: an icon of store images is their tiles (whatever chose
+    them); a generated one depends on everything in the identity and its feature."""
+    if maker is not None and feature in planned:
+        ids = steerer.store.metadata.column("image_id")
+        rows = planned[feature]
+        item = [*maker.picture(identity["settings"]), *(str(ids[r]) for r in rows)]
     else:
         item = [identity, feature]
     return hashlib.sha256(json.dumps(item, sort_keys=True).encode()).hexdigest()[:32]
@@ -180,33 +261,32 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
     steerer = steerer_for(workspace, name)
     atlas, files = steerer.atlas, steerer.atlas.files
     features = atlas.select_features(config.features).tolist()
-    strength = strength_for(steerer, config.decoder, config.strength)
-    x, template = template_embedding(steerer, config.template)
-    identity = _identity(steerer, config, strength.value, template)
-    retrieval = split_decoder_name(config.decoder)[0] == "retrieval"
+    maker = store_image_icons(config.decoder)
+    if maker is None or maker.steered:
+        strength = strength_for(steerer, config.decoder, config.strength)
+        x, template = template_embedding(steerer, config.template)
+    else:
+        strength, x, template = NO_EDIT, None, None
+    identity = _identity(steerer, config, maker, strength.value, template)
     manifest = read_json(files.icon_manifest) if files.icon_manifest.is_file() else {}
-    assigned = dict(zip(manifest.get("features", []), manifest.get("rows", [])))
-    if manifest.get("identity") != identity:
-        assigned = {}
-    if retrieval and any(f not in assigned for f in features):
-        assigned.update(_assignment(steerer, config, x, strength.value, features))
-    atomic_write_json(
-        files.icon_manifest,
-        {
-            "schema_version": SCHEMA_VERSION,
-            "identity": identity,
-            "features": list(assigned),
-            "rows": list(assigned.values()),
-        },
-    )
-    keys = {f: _icon_input(steerer, identity, assigned, f) for f in features}
-    todo = [f for f in features if _icon_key(files.icon(f)) != keys[f]]
+    planned = _planned(manifest) if manifest.get("identity") == identity else {}
+
+    def save(plan: Plan) -> None:
+        rows = [list(r) for r in plan.values()]
+        content = {"schema_version": SCHEMA_VERSION, "identity": identity, "features": list(plan), "rows": rows}
+        atomic_write_json(files.icon_manifest, content)
+
+    if maker is not None:
+        planned = maker.plan(steerer, config, x, strength.value, features, planned, save)
+    save(planned)
+    keys = {f: _icon_input(steerer, identity, maker, planned, f) for f in features if maker is None or f in planned}
+    todo = [f for f in keys if _icon_key(files.icon(f)) != keys[f]]
     made = []
     for start in tqdm(range(0, len(todo), config.batch_size), desc="icons", unit="batch", disable=not todo):
         batch = todo[start : start + config.batch_size]
-        if retrieval:
-            tile = identity["settings"]["tile"]
-            images = [contact_sheet(steerer.store, [assigned[f]], tile) for f in batch]
+        if maker is not None:
+            settings = identity["settings"]
+            images = [maker.draw(steerer.store, planned[f], settings) for f in batch]
         else:
             values = strength.value * atlas.feature_table().max_activation[batch]
             steered = set_embeddings(steerer.sae, x, batch, values)
@@ -217,9 +297,14 @@ def make_icons(workspace, name: str | None = None, config: IconConfig = IconConf
             _save_icon(files.icon(feature), image, keys[feature])
             set_icon(atlas, feature, files.icon(feature))
             made.append(feature)
-    alive = [f for f in features if atlas.feature_table().alive[f]]
+    alive = [f for f in keys if atlas.feature_table().alive[f]]
     distinct = _distinct_share([files.icon(f) for f in alive])
-    return IconRun(made, len(features) - len(todo), strength, len(alive), distinct, icon_warnings(distinct, len(alive)))
+    return IconRun(made, len(keys) - len(todo), strength, len(alive), distinct, icon_warnings(distinct, len(alive)))
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _distinct_share(paths: list[Path]) -> float:
@@ -267,23 +352,26 @@ def verify_icons(workspace, name: str | None = None, features: str = "alive") ->
         raise UserError(f"no icons to verify in {files.icons_dir}; {hint}")
     manifest = read_json(files.icon_manifest)
     identity = manifest["identity"]
-    retrieval = split_decoder_name(identity["decoder"])[0] == "retrieval"
-    assigned = dict(zip(manifest["features"], manifest["rows"]))
+    maker = store_image_icons(identity["decoder"])
+    planned = _planned(manifest)
     chosen = [
         f
         for f in atlas.select_features(features).tolist()
-        if (not retrieval or f in assigned) and _icon_key(files.icon(f)) == _icon_input(steerer, identity, assigned, f)
+        if (maker is None or f in planned)
+        and _icon_key(files.icon(f)) == _icon_input(steerer, identity, maker, planned, f)
     ]
     if not chosen:
         raise UserError(f"no up-to-date icons to verify in {files.icons_dir}; {hint}")
-    x, _ = template_embedding(steerer, identity["template_ref"])
-    if retrieval:  # a retrieval icon is a store image: its store embedding is exact, no encoder needed
-        produced = steerer.store.rows(np.array([assigned[f] for f in chosen]))
-    else:
+    # Icons made without an edit are compared with the store's mean embedding.
+    x, _ = template_embedding(steerer, identity.get("template_ref", MEAN_TEMPLATE))
+    if maker is not None and maker.exact:  # the icon is one store image: its store embedding is exact
+        produced = steerer.store.rows(np.array([planned[f][0] for f in chosen]))
+    else:  # the very files written, re-encoded
+        encoder = icon_encoder(steerer)
         produced = np.concatenate(
             [
-                steerer.encoder.encode_images([Image.open(files.icon(f)).convert("RGB") for f in chosen[s : s + 64]])
-                for s in range(0, len(chosen), 64)
+                encoder.encode_images([_read_rgb(files.icon(f)) for f in chosen[s : s + 64]])
+                for s in tqdm(range(0, len(chosen), 64), desc="re-encoding icons", unit="batch")
             ]
         )
     distinct = _distinct_share([files.icon(f) for f in chosen])
@@ -304,23 +392,26 @@ def icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produ
             ]
         )
     rows = np.arange(len(features))
-    own = z[rows, features]
-    rank = np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1])
+    rank, own = own_ranks(z, features)
     before = np.where(
         z_template[features] > 0, (z_template[None] > z_template[features][:, None]).sum(axis=1), z.shape[1]
     )
     level = z / np.where(table.max_activation > 0, table.max_activation, np.inf)[None]
     normalised_rank = np.where(own > 0, (level > level[rows, features][:, None]).sum(axis=1), z.shape[1])
-    ceiling = float(np.isin(features, steerer.atlas.image_codes().strongest()).mean())
+    maker = store_image_icons(identity["decoder"])
+    # Only icons that are single store images are capped by the store's strongest latents.
+    exact = maker is not None and maker.exact
+    ceiling = float(np.isin(features, steerer.atlas.image_codes().strongest()).mean()) if exact else None
     top1 = float((rank == 0).mean())
+    frequent = table.count[features] >= FREQUENT_IMAGES
     checks = [
         CausalCheck(int(f), float(z_template[f]), float(own[i]), int(before[i]), int(rank[i]))
         for i, f in enumerate(features)
     ]
     return {
         "decoder": identity["decoder"],
-        "strength": identity["strength"],
-        "template": identity["template_ref"],
+        "strength": identity.get("strength"),
+        "template": identity.get("template_ref"),
         "n_icons": len(features),
         "top1_share": top1,
         "top1_target": TOP1_TARGET,
@@ -332,6 +423,12 @@ def icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produ
         "distinct_target": DISTINCT_TARGET,
         "median_rank_before": float(np.median(before)),
         "median_rank_after": float(np.median(rank)),
+        "frequent": {
+            "min_images": FREQUENT_IMAGES,
+            "n_icons": int(frequent.sum()),
+            "top1_share": float((rank[frequent] == 0).mean()) if frequent.any() else None,
+            "top5_share": float((rank[frequent] < 5).mean()) if frequent.any() else None,
+        },
         "warnings": icon_warnings(distinct, len(features), top1, ceiling),
         "checks": [dataclasses.asdict(c) for c in checks],
     }
