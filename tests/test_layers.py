@@ -6,7 +6,7 @@ from pathlib import Path
 import clipatlas
 
 STAGES = ["sources", "encoders", "store", "sae", "atlas", "steer", "interp", "evaluate", "web", "share"]
-BASE = {"_io", "_config", "_ray", "_serve", "devices", "errors", "workspace"}  # shared by all stages
+BASE = {"_alloc", "_io", "_config", "_ray", "_serve", "devices", "errors", "workspace"}  # shared by all stages
 ABOVE = {"cli", "demo", "info", "__main__"}  # drive the stages; nothing imports them but each other
 PACKAGE = Path(clipatlas.__file__).parent
 

@@ -62,6 +62,7 @@ ENCODERS: dict[str, Callable[[str | None, EncoderOptions], Encoder]] = {
 
 def load_encoder(spec: str = DEFAULT_ENCODER, *, device: str = "auto", dtype: str = "auto") -> Encoder:
     """The encoder named `spec` (`NAME` or `NAME:ARG`), on `device` in `dtype`."""
+    from clipatlas._alloc import tune_cpu_allocator
     from clipatlas.encoders.base import EncoderOptions
 
     name, _, arg = spec.partition(":")
@@ -69,6 +70,7 @@ def load_encoder(spec: str = DEFAULT_ENCODER, *, device: str = "auto", dtype: st
         raise UserError(
             f"unknown encoder {spec!r}; choose one of kandinsky-clip[:PATH], hf:PATH_OR_ID, efficientnet-lite0"
         )
+    tune_cpu_allocator()  # for callers of the Python API too (the CLI sets it at start)
     return ENCODERS[name](arg or None, EncoderOptions(device=device, dtype=dtype))
 
 
