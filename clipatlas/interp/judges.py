@@ -108,11 +108,7 @@ class EmbeddingJudge(Judge):
         """Compute what `image_vectors` needs for all these rows at once (default: nothing)."""
 
     def __call__(self, items):
-        if not items:
-            return []
-        self.prepare(np.concatenate([rows for _, rows in items]))
-        texts = self.text_vectors([text for text, _ in items])
-        return [self.fit(text, rows) for text, (_, rows) in zip(texts, items)]
+        return [fits[0] for fits in self.rate([([text], rows) for text, rows in items])]
 
     def fit(self, text_vector: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return self.image_vectors(rows) @ text_vector

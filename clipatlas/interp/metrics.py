@@ -10,11 +10,7 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """Area under the ROC curve of scores for activating vs silent images: the Mann-Whitney U
     statistic from mid-ranks (ties count half) over n_pos * n_neg. 0.5 when either side is empty.
     (scipy's mannwhitneyu gives the same U but computes an exact p-value too: 2.7 ms a call.)"""
-    n_pos, n_neg = len(positives), len(negatives)
-    if n_pos == 0 or n_neg == 0:
-        return 0.5
-    ranks = rankdata(np.concatenate([positives, negatives]))
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(aurocs(np.concatenate([positives, negatives]), len(positives))[0])
 
 
 def aurocs(fits: np.ndarray, n_pos: int) -> np.ndarray:

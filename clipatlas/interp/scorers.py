@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from clipatlas.atlas.types import LABELLER_VALIDATION, P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, Label, Score
+from clipatlas.atlas.types import LABELLER_VALIDATION, NAMING_P, P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, Label, Score
 from clipatlas.interp.judges import Judge
 from clipatlas.interp.metrics import (
     auroc,
@@ -137,8 +137,8 @@ class DetectionScorer(Scorer):
         return {i: auroc(*_sides(fit, len(s.validation_positives))) for (i, _, s), fit in zip(items, fits)}
 
 
-# Below this many shuffled labels a permutation p-value cannot reach 0.05, so none is reported.
-MIN_SHUFFLED_FOR_P = 19
+# Below this many shuffled labels a permutation p-value, at best 1 / (1 + S), cannot reach NAMING_P: none is reported.
+MIN_SHUFFLED_FOR_P = round(1 / NAMING_P) - 1
 
 
 def _judged_rows(split) -> np.ndarray:
