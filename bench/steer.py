@@ -234,7 +234,8 @@ def bench_icons(args) -> None:
 def bench_montage(args) -> None:
     from clipatlas.steer.engine import steerer_for
     from clipatlas.steer.icons import FREQUENT_IMAGES
-    from clipatlas.steer.montage import draw_montage, icon_encoder, montage_config, own_ranks, top_orders
+    from clipatlas.steer.montage import draw_montage, icon_encoder, montage_config, top_orders
+    from clipatlas.steer.success import own_ranks
 
     steerer = steerer_for(args.demo, args.name)
     atlas, store, cfg = steerer.atlas, steerer.store, montage_config({})

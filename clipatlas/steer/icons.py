@@ -33,9 +33,9 @@ from clipatlas.steer.config import IconConfig
 from clipatlas.steer.decoders import DECODERS, contact_sheet, retrieval_config
 from clipatlas.steer.edits import set_embeddings
 from clipatlas.steer.engine import Steerer, steerer_for
-from clipatlas.steer.montage import choose_montages, draw_montage, icon_encoder, montage_config, own_ranks
+from clipatlas.steer.montage import choose_montages, draw_montage, icon_encoder, montage_config
 from clipatlas.steer.ranking import Guide
-from clipatlas.steer.success import DefaultStrength, strength_for
+from clipatlas.steer.success import DefaultStrength, own_ranks, strength_for
 
 ICON_RANKING = {"k": 1, "dominant_weight": 2.0}  # retrieval settings of icons, under the user's own
 ASSIGNMENT = "maximum matching, strongest-latent rows kept, v1"  # part of the retrieval icons' identity
@@ -393,9 +393,7 @@ def icon_report(steerer: Steerer, identity: dict, x, features: np.ndarray, produ
         )
     rows = np.arange(len(features))
     rank, own = own_ranks(z, features)
-    before = np.where(
-        z_template[features] > 0, (z_template[None] > z_template[features][:, None]).sum(axis=1), z.shape[1]
-    )
+    before, _ = own_ranks(np.broadcast_to(z_template, z.shape), features)
     level = z / np.where(table.max_activation > 0, table.max_activation, np.inf)[None]
     normalised_rank = np.where(own > 0, (level > level[rows, features][:, None]).sum(axis=1), z.shape[1])
     maker = store_image_icons(identity["decoder"])

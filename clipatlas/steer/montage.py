@@ -17,13 +17,13 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from clipatlas.errors import UserError
 from clipatlas.steer.config import MontageConfig
 from clipatlas.steer.decoders import settings_config
+from clipatlas.steer.success import own_ranks, sae_codes
 
 
 def montage_config(settings: dict | None) -> MontageConfig:
@@ -73,12 +73,6 @@ def icon_encoder(steerer):
         ) from exc
 
 
-def own_ranks(z: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rank, activation) of features[i] in code z[i]: rank 0 = the strongest latent; z.shape[1] = silent."""
-    own = z[np.arange(len(features)), features]
-    return np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1]), own
-
-
 def choose_montages(
     steerer,
     features: Sequence[int],
@@ -102,9 +96,7 @@ def choose_montages(
                 candidates.append(rows)
         if candidates:
             embeddings = encoder.encode_images([draw_montage(store, rows, cfg.size) for rows in candidates])
-            with torch.no_grad():
-                z = steerer.sae.encode(torch.from_numpy(np.asarray(embeddings, np.float32))).float().numpy()
-            ranks, activations = own_ranks(z, np.asarray(owners))
+            ranks, activations = own_ranks(sae_codes(steerer.sae, embeddings), np.asarray(owners))
             best: dict[int, tuple[int, float, tuple[int, ...]]] = {}
             for f, rank, activation, rows in zip(owners, ranks, activations, candidates):
                 if f not in best or (rank, -activation) < (best[f][0], -best[f][1]):

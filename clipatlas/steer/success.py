@@ -64,15 +64,16 @@ class EditCheck(CausalCheck):
         return self.differs and self.shown
 
 
-def _codes(sae, embeddings: np.ndarray) -> np.ndarray:
+def sae_codes(sae, embeddings: np.ndarray) -> np.ndarray:
+    """The SAE's codes of these embeddings, as a float32 numpy array."""
     with torch.no_grad():
         return sae.encode(torch.from_numpy(np.asarray(embeddings, dtype=np.float32))).float().cpu().numpy()
 
 
-def _ranks(z: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Rank of features[i] in z[i] (0 = strongest), len(z[i]) when it does not fire."""
-    own = z[np.arange(len(z)), features]
-    return np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1])
+def own_ranks(z: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, activation) of features[i] in code z[i]: rank 0 = the strongest latent; z.shape[1] = silent."""
+    own = z[np.arange(len(features)), features]
+    return np.where(own > 0, (z > own[:, None]).sum(axis=1), z.shape[1]), own
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,9 +97,9 @@ def check_edits(
     `features[i]` the edited feature, `edited[i]` a (d_sae,) mask of every feature the edits changed."""
     before, after = np.atleast_2d(before), np.atleast_2d(after)
     features = np.asarray(features, dtype=np.int64)
-    z_before, z_after = _codes(sae, before), _codes(sae, after)
+    z_before, z_after = sae_codes(sae, before), sae_codes(sae, after)
     rows = np.arange(len(features))
-    rank_before, rank_after = _ranks(z_before, features), _ranks(z_after, features)
+    (rank_before, _), (rank_after, _) = own_ranks(z_before, features), own_ranks(z_after, features)
     source_cosine = _cosines(before, after)
     keep = ~np.asarray(edited, dtype=bool)
     unedited = _cosines(np.where(keep, z_before, 0.0), np.where(keep, z_after, 0.0))
