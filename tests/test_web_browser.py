@@ -260,6 +260,15 @@ def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
     assert [int(s) for s in sliders.evaluate_all("els => els.map(e => e.dataset.feature)")] == [
         a.feature for a in active
     ]
+    # each slider names its feature as the atlas pages do: its headline, or why it has none
+    headlines = atlas.headlines()
+    names = page.locator("#features .slider-row .feature-link").all_inner_texts()
+    assert names == [
+        f"#{a.feature} {headlines[a.feature].text}"
+        if a.feature in headlines
+        else f"#{a.feature} feature #{a.feature}, {atlas.naming_note(a.feature)}"
+        for a in active
+    ]
 
     set_slider(page, active[0].feature, 0.5)
     page.locator(f'.slider-row:has(input[data-feature="{active[1].feature}"]) button.ban').click()

@@ -24,9 +24,13 @@
     return body;
   }
   function say(text) { $("job-status").textContent = text; }
-  function featureLink(feature, label) {
+  // A feature without a name says why, in the server's words (`label_note`: "not yet scored", ...),
+  // as the atlas pages do: a scored label that does not name its feature is not shown as its name.
+  function featureLink(feature, label, note) {
     const link = el("a", { href: "/features/" + feature, className: "feature-link", target: "_blank" });
-    link.append(el("span", { className: "fid", textContent: "#" + feature }), " " + (label || "(unlabelled)"));
+    const name = label ? el("span", { textContent: label })
+      : el("span", { className: "unnamed", textContent: "feature #" + feature + ", " + (note || "unlabelled") });
+    link.append(el("span", { className: "fid", textContent: "#" + feature }), " ", name);
     return link;
   }
 
@@ -65,7 +69,7 @@
       const ban = el("button", { type: "button", className: "ban", textContent: "×", title: "ban this feature" });
       ban.addEventListener("click", () => banFeature(f));
       const row = el("div", { className: "slider-row" + (f.value !== f.activation ? " changed" : "") },
-        featureLink(f.feature, f.label), slider, value, ban);
+        featureLink(f.feature, f.label, f.label_note), slider, value, ban);
       box.append(row);
     }
   }
@@ -107,7 +111,7 @@
   async function addFeature(feature) {
     if (state.features.some(f => f.feature === feature)) return;
     const brief = await api("/api/features/" + feature + "/brief");
-    const f = { feature, label: brief.label, activation: 0, max_activation: brief.max_activation, value: 0 };
+    const f = { feature, label: brief.label, label_note: brief.label_note, activation: 0, max_activation: brief.max_activation, value: 0 };
     state.features.unshift(f);
     setEdit(f, DEFAULT_STRENGTH * brief.max_activation);
   }
@@ -122,12 +126,12 @@
       if (!query) return;
       const body = await api("/api/search?q=" + encodeURIComponent(query));
       const hits = body.results.slice(0, 12);
-      if (body.exact_feature !== null && !hits.some(h => h.feature === body.exact_feature)) hits.unshift({ feature: body.exact_feature, label: "" });
+      if (body.exact_feature !== null && !hits.some(h => h.feature === body.exact_feature)) hits.unshift({ feature: body.exact_feature, label: "", label_note: "found by its number" });
       for (const hit of hits) {
         const add = el("button", { type: "button", textContent: "add" });
         add.dataset.feature = hit.feature;
         add.addEventListener("click", () => { addFeature(hit.feature).catch(e => say(e.message)); list.replaceChildren(); });
-        list.append(el("li", {}, featureLink(hit.feature, hit.label), " ", add));
+        list.append(el("li", {}, featureLink(hit.feature, hit.label, hit.label_note), " ", add));
       }
       if (!hits.length) list.append(el("li", { className: "muted", textContent: "no match" }));
     }, 200);
