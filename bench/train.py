@@ -456,7 +456,7 @@ def seed_size_memory(args) -> None:
     x = torch.randn(args.batch_size, 1280)
     samples_since_fired = torch.zeros(163_840)
     times = []
-    for _ in range(args.steps):
+    for _ in range(args.steps[-1]):
         start = time.perf_counter()
         parts = sae.training_loss(x, samples_since_fired >= 0, 1.0)  # every latent "dead": AuxK on
         optimizer.zero_grad()
@@ -471,7 +471,7 @@ def seed_size_memory(args) -> None:
             {
                 "latents": 163_840,
                 "batch_size": args.batch_size,
-                "steps": args.steps,
+                "steps": args.steps[-1],
                 "peak_rss_gib": peak_gib,
                 "seconds_per_step": times[1:] or times,
                 "samples_per_s": args.batch_size / min(times),
