@@ -1,7 +1,7 @@
 """SAE training benchmark: clipatlas against the peers' own trainers, each configured fairly, two tables.
 
     make bench/.venv-peers/bin/python                   # the peers, pinned, beside the same torch
-    .venv/bin/python bench/train.py --steps 25 50 100   # both tables on stdout; raw in bench/out/
+    .venv/bin/python bench/train.py --steps 25 50       # the tables on stdout; raw in bench/out/
 
 Every trainer sees the same real embeddings (EfficientNet-lite0 features of the tuxpaint stamps
 and scikit-image samples, with random crops and flips; cached per `--n-embeddings` in bench/out/),
@@ -598,7 +598,7 @@ def print_tables(report: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100], help="the equal-steps table's step counts")
+    p.add_argument("--steps", type=int, nargs="+", default=[25, 50], help="the equal-steps table's step counts")
     p.add_argument(
         "--seconds", type=float, help="equal wall time (default: the fastest trainer's time to the last step)"
     )
