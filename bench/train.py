@@ -198,13 +198,14 @@ class Feed:
 
         self.data = torch.from_numpy(x_train)
         self.batches = [torch.from_numpy(b) for b in batches]
-        self.evaluate = evaluate  # (step, with_dead) -> dict
+        self.evaluate = evaluate  # (with_dead) -> {fvu, l0[, dead_fraction]}
         self.table_steps = set(args.steps)
         self.eval_every = args.eval_every
         self.curve: list[dict] = []
         self.table: dict[int, dict] = {}
         self.paused_wall = self.paused_cpu = 0.0
         self.start_wall = self.start_cpu = None
+        self._iterator = None  # for next(): SAELens pulls batches one by one
 
     def __iter__(self):
         for t, rows in enumerate(self.batches):
@@ -214,9 +215,8 @@ class Feed:
             yield self.data[rows]
         self.record(len(self.batches))
 
-    def __next__(self):  # SAELens pulls batches with next()
-        if not hasattr(self, "_iterator"):
-            self._iterator = iter(self)
+    def __next__(self):
+        self._iterator = self._iterator or iter(self)
         return next(self._iterator)
 
     def clock(self) -> tuple[float, float]:
