@@ -511,6 +511,8 @@ TRAINERS = {
 def run_trainer(name: str, args, embeddings: Path, rows_per_image: int) -> dict:
     worker_name, extra = TRAINERS[name]
     python = MAIN_PYTHON if worker_name == "clipatlas" else PEER_PYTHON
+    if not python.exists():
+        raise SystemExit(f"{name} runs in {python.parents[1]}: make it with `make {python.relative_to(HERE.parent)}`")
     flags = [
         "--steps",
         *map(str, args.steps),
