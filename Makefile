@@ -53,11 +53,19 @@ test: lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 PEERS_VENV := bench/.venv-peers
-# The peers' own trainers, in their own environment (bench/train.py runs them side by side).
+# The peers' own trainers, pinned, in their own environment (bench/train.py runs them side by side).
+PEERS := overcomplete==0.3.0 sae-lens==6.54.12
+# The constraint keeps the peers' dependencies from replacing the torch the bench states (and
+# bench/train.py checks in every worker); without it sae-lens's dependencies pulled torch 2.14.1.
+# PyPI's torchvision wheel does not load beside the CPU torch build ("operator torchvision::nms does
+# not exist") and no trainer uses it, so it goes: transformers then sees no torchvision at all.
 $(PEERS_VENV)/bin/python:
 	$(PYTHON) -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
-	$(PEERS_VENV)/bin/pip install --quiet overcomplete sae-lens
+	echo "$(TORCH_SPEC)" > $(PEERS_VENV)/torch-constraint.txt
+	$(PEERS_VENV)/bin/pip install --quiet "$(TORCH_SPEC)" \
+	  && $(PEERS_VENV)/bin/pip install --quiet --constraint $(PEERS_VENV)/torch-constraint.txt $(PEERS) \
+	  && $(PEERS_VENV)/bin/pip uninstall --quiet --yes torchvision \
+	  || { rm -rf $(PEERS_VENV); exit 1; }
 
 bench: install bench-data $(PEERS_VENV)/bin/python
 	$(PY) bench/embed.py && $(PY) bench/train.py && $(PY) bench/atlas.py && $(PY) bench/steer.py && $(PY) bench/web.py && $(PY) bench/evaluate.py && $(PY) bench/scale.py

@@ -51,10 +51,11 @@ def synthetic(n: int, d: int = 1280, seed: int = 0) -> tuple[np.ndarray, np.ndar
 
 
 def fashion_mnist(n: int) -> tuple[np.ndarray, np.ndarray]:
-    embeddings = OUT / "fmnist_embeddings.npy"
+    embeddings = OUT / "fmnist_embeddings-70000.npy"  # the cache bench/train.py writes for all 70,000 images
     if not embeddings.is_file():
         raise SystemExit(
-            "embed Fashion-MNIST first: .venv/bin/python bench/train.py --data fashion-mnist --trainers ''"
+            "embed Fashion-MNIST first: "
+            ".venv/bin/python bench/train.py --data fashion-mnist --n-embeddings 70000 --trainers ''"
         )
     labels = [
         gzip.decompress((FASHION_MNIST / f"{p}-labels-idx1-ubyte.gz").read_bytes())[8:] for p in ("train", "t10k")

@@ -1,20 +1,27 @@
-"""SAE training benchmark: clipatlas against the peers' own trainers, same data, same settings.
+"""SAE training benchmark: clipatlas against the peers' own trainers, each configured fairly, two tables.
 
-    .venv/bin/python bench/train.py --steps 30            # table in bench/out/train.json + stdout
+    make bench/.venv-peers/bin/python                   # the peers, pinned, beside the same torch
+    .venv/bin/python bench/train.py --steps 25 50       # the tables on stdout; raw in bench/out/
 
-Every trainer sees the same real embeddings (EfficientNet-lite0 features of the tuxpaint
-stamps and scikit-image samples, with random crops and flips; cached per `--n-embeddings` in
-bench/out/), the same batches in the same order, and runs TopK (k=32, exactly 16,384 latents,
-d=1280, batch 4096, Adam, the same steps). The held-out tenth is split by source image: no
-held-out row is a crop of a stamp seen in training. The load average before and after is recorded. Each
-trainer runs in its own process; peers run in bench/.venv-peers (make it with:
-python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install torch==2.13.0 overcomplete sae-lens).
-FVU, L0 and dead fraction are computed by one shared function on the same held-out rows.
+Every trainer sees the same real embeddings (EfficientNet-lite0 features of the tuxpaint stamps
+and scikit-image samples, with random crops and flips; cached per `--n-embeddings` in bench/out/),
+the same batches in the same order, and trains TopK (k=32, exactly 16,384 latents, d=1280, batch
+4,096) from the same starting point under the same schedule (`SHARED_SETUP`); each peer otherwise
+runs as its own docs say (its worker's docstring cites the lines). The held-out tenth is split by
+source image: no held-out row is a crop of a stamp seen in training. Each trainer runs in its own
+process (peers in bench/.venv-peers, which must run the same torch: the worker checks), with the
+load average before and after. Held-out FVU and L0 are measured every `--eval-every` steps outside
+the training clock, dead latents at the table's steps, all by one shared function.
+
+Table 1 (equal steps): FVU, L0, dead fraction and samples/s after each of `--steps`.
+Table 2 (equal wall time): the FVU each trainer reached within the same seconds of training.
+Table 3 (equal FVU): the seconds each needs to reach the best FVU all of them reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -152,54 +159,170 @@ def metrics(x: np.ndarray, x_hat: np.ndarray, z: np.ndarray) -> dict:
     return {"fvu": fvu, "l0": float(active.sum(1).mean()), "dead_fraction": float((active.sum(0) == 0).mean())}
 
 
-# -- workers (one per process) ---------------------------------------------------------------
-def run_clipatlas(args, x_train, batches):
+# -- the fair set-up every trainer shares --------------------------------------------------------
+# Each entry is applied to every trainer (how, per peer, is in its worker); RESULTS.md cites the lines.
+SHARED_SETUP = {
+    "inputs": "multiplied by sqrt(d / mean ||x||^2) over the training rows (clipatlas build_sae)",
+    "decoder": "the same unit-norm random rows for all (torch.randn(F, d) seeded 0, rows normalised)",
+    "encoder": "the decoder's transpose, encoder bias 0",
+    "decoder bias": "the mean of the scaled training rows (overcomplete has none: inputs centred on it instead)",
+    "optimizer": "Adam, betas (0.9, 0.999), --lr",
+    "schedule": "linear warm-up over --warmup steps, then constant (no decay: a run cut at T s is a T-second run)",
+    "aux window": "a latent is dead when it did not fire on the previous batch (4,096 inputs >= one epoch)",
+}
 
-    from clipatlas.sae import SAE, TopKConfig, TrainConfig, train
-    from clipatlas.sae import training as training_module
-    from clipatlas.store import write_store
+
+def initial_decoder(latents: int, d: int):
+    """The decoder every trainer starts from: clipatlas's `SAE.reset_parameters` with seed 0."""
+    import torch
+
+    w = torch.randn(latents, d, generator=torch.Generator().manual_seed(0))
+    return w / w.norm(dim=1, keepdim=True)
+
+
+def input_scale(x_train: np.ndarray) -> float:
+    """clipatlas's rule (`build_sae`): the scaled rows' mean squared norm is d."""
+    return float(np.sqrt(x_train.shape[1] / np.mean(np.sum(x_train.astype(np.float64) ** 2, axis=1))))
+
+
+class Feed:
+    """The shared batches in order, with a training clock that stops while the model is evaluated.
+
+    A trainer asks for batch t only when step t-1 is done, so before handing out batch t the feed
+    evaluates the model after t steps (every `eval_every` steps and at each table step). The
+    clock counts wall and CPU seconds from the first batch, less the evaluations.
+    """
+
+    def __init__(self, x_train: np.ndarray, batches: list[np.ndarray], evaluate, args):
+        import torch
+
+        self.data = torch.from_numpy(x_train)
+        self.batches = [torch.from_numpy(b) for b in batches]
+        self.evaluate = evaluate  # (with_dead) -> {fvu, l0[, dead_fraction]}
+        self.table_steps = set(args.steps)
+        self.eval_every = args.eval_every
+        self.curve: list[dict] = []
+        self.table: dict[int, dict] = {}
+        self.paused_wall = self.paused_cpu = 0.0
+        self.start_wall = self.start_cpu = None
+        self._iterator = None  # for next(): SAELens pulls batches one by one
+
+    def __iter__(self):
+        for t, rows in enumerate(self.batches):
+            self.record(t)
+            if self.start_wall is None:
+                self.start_wall, self.start_cpu = time.perf_counter(), time.process_time()
+            yield self.data[rows]
+        self.record(len(self.batches))
+
+    def __next__(self):
+        self._iterator = self._iterator or iter(self)
+        return next(self._iterator)
+
+    def clock(self) -> tuple[float, float]:
+        if self.start_wall is None:
+            return 0.0, 0.0
+        return (
+            time.perf_counter() - self.start_wall - self.paused_wall,
+            time.process_time() - self.start_cpu - self.paused_cpu,
+        )
+
+    def record(self, step: int) -> None:
+        """Evaluate after `step` steps (once per step), outside the training clock."""
+        if step == 0 or any(point["step"] == step for point in self.curve):
+            return
+        if step % self.eval_every and step not in self.table_steps and step != len(self.batches):
+            return
+        seconds, cpu_seconds = self.clock()
+        paused_wall, paused_cpu = time.perf_counter(), time.process_time()
+        at_table = step in self.table_steps
+        found = self.evaluate(at_table)
+        self.curve.append({"step": step, "seconds": seconds, "cpu_seconds": cpu_seconds, "fvu": found["fvu"]})
+        if at_table:
+            self.table[step] = {**found, "seconds": seconds, "cpu_seconds": cpu_seconds}
+        self.paused_wall += time.perf_counter() - paused_wall
+        self.paused_cpu += time.process_time() - paused_cpu
+
+
+def evaluator(reconstruct, x_eval: np.ndarray, x_all: np.ndarray):
+    """Held-out FVU and L0 (and, when asked, the share of latents dead over every row) in the
+    trainer's own input space: FVU does not change under the shared scaling and centring."""
+
+    def evaluate(with_dead: bool) -> dict:
+        x_hat, z = reconstruct(x_eval)
+        found = metrics(x_eval, x_hat, z)
+        del found["dead_fraction"]  # the held-out tenth is too small to see 16,384 latents fire
+        if with_dead:
+            _, z_all = reconstruct(x_all)
+            found["dead_fraction"] = float(((z_all != 0).sum(0) == 0).mean())
+        return found
+
+    return evaluate
+
+
+def _no_grad(encode, decode):
+    import torch
+
+    def reconstruct(x: np.ndarray):
+        with torch.no_grad():
+            z = encode(torch.from_numpy(x))
+            z = z.to_dense() if z.is_sparse else z
+            return decode(z).numpy(), z.numpy()
+
+    return reconstruct
+
+
+# -- workers (one per process) ---------------------------------------------------------------
+def run_clipatlas(args, x_train, x_eval, x_all, batches):
+    """clipatlas's trainer step (`Run.train_step`: the step `clipatlas train` runs) with its defaults:
+    TopK + AuxK (k_aux 512, weight 1/32, normalised by the residual's energy, on 512 rows of each batch)."""
+    import torch
+
+    from clipatlas.sae import TopKConfig, TrainConfig
+    from clipatlas.sae.training import Run, build_sae
     from clipatlas.workspace import SAEFiles
 
-    ws = Path(tempfile.mkdtemp(prefix="bench-sae-"))
-    write_store(ws, x_train, encoder="efficientnet-lite0")
-    # Feed exactly the shared batches (positions in x_train; the store holds x_train in order).
-    training_module.split_rows = lambda n, frac, seed: (np.arange(n), np.arange(n)[-1:])
-    training_module.BatchStream.positions = lambda self, step: batches[step]
     cfg = TrainConfig(
         name="bench",
         sae=TopKConfig(k=args.k, aux_rows=args.aux_rows),
         expansion=args.latents / x_train.shape[1],  # exactly --latents (12.8 x 1280 = 16,384)
         lr=args.lr,
         batch_size=args.batch_size,
-        steps=args.steps,
-        warmup_steps=min(100, args.steps // 10),
-        checkpoint_every=10**9,
-        log_every=1,
+        steps=len(batches),
+        warmup_steps=args.warmup,
+        decay_fraction=0.0,
     )
-    sae_dir = train(ws, cfg)
-    # The training loop's own time (every step is logged with its rate), like the peers' fit calls.
-    log = [json.loads(line) for line in SAEFiles(sae_dir).train_log.read_text().splitlines()]
-    seconds = sum(args.batch_size / record["samples_per_s"] for record in log)
-    sae = SAE.from_pretrained(sae_dir)
-    return seconds, lambda x: _encode_decode(sae.encode, sae.decode, x)
+
+    class _Store:  # build_sae reads only these two
+        dir, encoder = Path(tempfile.gettempdir()), "bench"
+
+    sae = build_sae(cfg, x_train, _Store)
+    if not torch.equal(sae.W_dec.detach(), initial_decoder(args.latents, x_train.shape[1])):
+        raise SystemExit("clipatlas's initial decoder differs from the one the peers are given")
+    # clipatlas's default window: min(training rows, 10M) inputs, less than one batch here.
+    dead_window = min(len(x_train), 10_000_000)
+    run = Run(cfg, SAEFiles(Path(tempfile.mkdtemp(prefix="bench-sae-"))), sae, len(batches), dead_window, meta={})
+    feed = Feed(x_train, batches, evaluator(_no_grad(lambda t: run.sae.encode(t), run.sae.decode), x_eval, x_all), args)
+    for x in feed:
+        run.train_step(x, autocast=False)
+    return feed, {"clipatlas": "this checkout"}
 
 
-def _encode_decode(encode, decode, x):
-    import torch
-
-    with torch.no_grad():
-        z = encode(torch.from_numpy(x))
-        return decode(z).numpy(), z.numpy()
-
-
-def run_overcomplete(args, x_train, batches):
+def run_overcomplete(args, x_train, x_eval, x_all, batches):
+    """overcomplete's `TopKSAE` and `train_sae` as its README shows them (README.md at a1781af, the
+    0.3.0 release: Adam, the plain MSE criterion, `train_sae`), the encoder replaced by
+    `untied(bias=True)` (sae/base.py:200-225: a linear encoder initialised from the dictionary);
+    `--overcomplete-loss auxk` uses its `top_k_auxiliary_loss` (sae/losses.py:112-162) instead."""
+    import importlib.machinery
     import types
 
     import torch
 
-    # overcomplete's package __init__ imports its vision backbones, which need torchvision; no
-    # CPU torchvision wheel for torch 2.13 is reachable here, and the SAE trainer never uses it.
-    sys.modules.setdefault("torchvision", types.SimpleNamespace(transforms=None))
+    # overcomplete's package __init__ imports its vision backbones (torchvision), which the SAE
+    # trainer never uses; PyPI's torchvision does not load with the CPU torch build.
+    stub = types.ModuleType("torchvision")
+    stub.__spec__, stub.transforms = importlib.machinery.ModuleSpec("torchvision", None), None
+    sys.modules["torchvision"] = stub
     import matplotlib
     import matplotlib.cm
 
@@ -208,44 +331,85 @@ def run_overcomplete(args, x_train, batches):
     from overcomplete.sae import TopKSAE, train_sae
     from overcomplete.sae.losses import top_k_auxiliary_loss
 
-    torch.manual_seed(0)
-    model = TopKSAE(x_train.shape[1], nb_concepts=args.latents, top_k=args.k, device="cpu")
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    data = torch.from_numpy(x_train)
-    loader = [data[torch.from_numpy(b)] for b in batches]
-    start = time.perf_counter()
-    train_sae(model, loader, top_k_auxiliary_loss, optimizer, nb_epochs=1, monitoring=0, device="cpu")
-    seconds = time.perf_counter() - start
-    model.eval()
-    return seconds, lambda x: _encode_decode(lambda t: model.encode(t)[1], model.decode, x)
+    d = x_train.shape[1]
+    scale = input_scale(x_train)
+    centre = (x_train.astype(np.float64) * scale).mean(0)
+
+    def prepare(x: np.ndarray) -> np.ndarray:  # overcomplete has no decoder bias: centre the inputs
+        return np.ascontiguousarray((x.astype(np.float64) * scale - centre).astype(np.float32))
+
+    model = TopKSAE(
+        d, nb_concepts=args.latents, top_k=args.k, dictionary_params={"initializer": initial_decoder(args.latents, d)}
+    )
+    model.untied(bias=True, copy_from_dictionary=True)
+
+    def mse(x, x_hat, pre_codes, codes, dictionary):  # README.md, "Usage"
+        return (x - x_hat).square().mean()
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: min(1.0, (t + 1) / args.warmup))
+    x_eval, x_all = prepare(x_eval), prepare(x_all)
+    reconstruct = _no_grad(lambda t: model.encode(t)[1], model.decode)
+    feed = Feed(prepare(x_train), batches, evaluator(reconstruct, x_eval, x_all), args)
+    criterion = top_k_auxiliary_loss if args.overcomplete_loss == "auxk" else mse
+    # clip_grad=1.0 and monitoring are train_sae's defaults (sae/train.py:107-108); monitoring 0 skips
+    # its per-step R2 and logs, which cost time and are not part of training.
+    train_sae(model, feed, criterion, optimizer, scheduler=scheduler, nb_epochs=1, monitoring=0, device="cpu")
+    return feed, {"overcomplete": importlib.metadata.version("overcomplete"), "loss": args.overcomplete_loss}
 
 
-def run_saelens(args, x_train, batches):
+def run_saelens(args, x_train, x_eval, x_all, batches):
+    """SAELens's `TopKTrainingSAE` and `SAETrainer` with its TopK defaults (saes/topk_sae.py:351-354:
+    AuxK over k_aux = d/2 dead latents, coefficient 1, activations rescaled by decoder norm, dense
+    activations), b_dec applied to the input (its default, saes/sae.py:157). Its sparse activations
+    (topk_sae.py:321-324: "worthwhile if using float32") fail in the backward pass on CPU torch 2.13
+    (`aten::view` has no SparseCPU kernel), so they stay off."""
     import torch
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    torch.manual_seed(0)
+    d = x_train.shape[1]
+    scale = input_scale(x_train)
+
+    def prepare(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((x.astype(np.float64) * scale).astype(np.float32))
+
     sae = TopKTrainingSAE(
-        TopKTrainingSAEConfig(d_in=x_train.shape[1], d_sae=args.latents, k=args.k, device="cpu", dtype="float32")
+        TopKTrainingSAEConfig(
+            d_in=d,
+            d_sae=args.latents,
+            k=args.k,
+            device="cpu",
+            dtype="float32",
+            # The inputs come scaled by clipatlas's rule; its own "expected_average_only_in" (the docs'
+            # choice) scales by sqrt(d) / mean ||x|| from batches it draws from the data provider.
+            normalize_activations="none",
+            decoder_init_norm=1.0,  # unit rows like the others (its default 0.1: saes/sae.py:901)
+        )
     )
+    w = initial_decoder(args.latents, d)
+    with torch.no_grad():  # its initialize_weights already sets W_enc = W_dec^T (saes/sae.py:1053-1059)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.t())
+        sae.b_dec.copy_(torch.from_numpy((x_train.astype(np.float64) * scale).mean(0)).float())
     cfg = SAETrainerConfig(
-        total_training_samples=args.steps * args.batch_size,
+        total_training_samples=len(batches) * args.batch_size,
         train_batch_size_samples=args.batch_size,
         lr=args.lr,
-        lr_end=args.lr,
+        lr_end=args.lr,  # the constant scheduler ignores it; SAETrainer asserts it is set
+        lr_scheduler_name="constant",
+        lr_warm_up_steps=args.warmup,
         device="cpu",
-        n_batches_for_norm_estimate=1,
+        # dead = not fired for more than this many steps (training/sae_trainer.py:156-157): 0 = the
+        # previous batch, clipatlas's window here; its default 1,000 steps never fires in this bench.
+        dead_feature_window=0,
     )
-    data = torch.from_numpy(x_train)
-    provider = iter([data[torch.from_numpy(b)] for b in batches])
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=provider)
-    start = time.perf_counter()
-    trainer.fit()
-    seconds = time.perf_counter() - start
-    sae.eval()
-    return seconds, lambda x: _encode_decode(sae.encode, sae.decode, x)
+    x_eval, x_all = prepare(x_eval), prepare(x_all)
+    feed = Feed(prepare(x_train), batches, evaluator(_no_grad(sae.encode, sae.decode), x_eval, x_all), args)
+    SAETrainer(cfg=cfg, sae=sae, data_provider=feed).fit()
+    feed.record(len(batches))  # fit() stops without asking for a batch after the last step
+    return feed, {"sae-lens": importlib.metadata.version("sae-lens")}
 
 
 WORKERS = {"clipatlas": run_clipatlas, "overcomplete": run_overcomplete, "saelens": run_saelens}
@@ -254,24 +418,26 @@ WORKERS = {"clipatlas": run_clipatlas, "overcomplete": run_overcomplete, "saelen
 def worker(args) -> None:
     import torch
 
+    if torch.__version__ != args.torch:
+        raise SystemExit(
+            f"{args.worker} runs torch {torch.__version__}, the bench states {args.torch}: rebuild its environment "
+            "(rm -rf bench/.venv-peers && make bench/.venv-peers/bin/python)"
+        )
     torch.set_num_threads(args.threads)
     x = np.load(args.embeddings)
     train_rows, eval_rows = split(len(x), args.rows_per_image)
-    batches = batch_positions(len(train_rows), args.batch_size, args.steps)
+    batches = batch_positions(len(train_rows), args.batch_size, max(args.steps))
     peak = matmul_gflops(args)  # in this process, just before training: the same machine load
-    seconds, reconstruct = WORKERS[args.worker](args, np.ascontiguousarray(x[train_rows]), batches)
-    x_eval = x[eval_rows]
-    x_hat, z = reconstruct(x_eval)
-    # Dead latents over every embedding: the held-out tenth alone is too small to see 16,384 latents fire.
-    _, z_all = reconstruct(x)
+    torch.manual_seed(0)
+    feed, versions = WORKERS[args.worker](args, np.ascontiguousarray(x[train_rows]), x[eval_rows], x, batches)
     result = {
         "trainer": args.worker,
         "torch": torch.__version__,
-        "seconds": seconds,
+        "versions": versions,
         "matmul_gflops": peak,
-        "samples_per_s": args.steps * args.batch_size / seconds,
-        **metrics(x_eval, x_hat, z),
-        "dead_fraction": float(((z_all != 0).sum(0) == 0).mean()),
+        "d": int(x.shape[1]),
+        "curve": feed.curve,
+        "table": {str(step): row for step, row in sorted(feed.table.items())},
     }
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -290,7 +456,7 @@ def seed_size_memory(args) -> None:
     x = torch.randn(args.batch_size, 1280)
     samples_since_fired = torch.zeros(163_840)
     times = []
-    for _ in range(args.steps):
+    for _ in range(args.steps[-1]):
         start = time.perf_counter()
         parts = sae.training_loss(x, samples_since_fired >= 0, 1.0)  # every latent "dead": AuxK on
         optimizer.zero_grad()
@@ -305,7 +471,7 @@ def seed_size_memory(args) -> None:
             {
                 "latents": 163_840,
                 "batch_size": args.batch_size,
-                "steps": args.steps,
+                "steps": args.steps[-1],
                 "peak_rss_gib": peak_gib,
                 "seconds_per_step": times[1:] or times,
                 "samples_per_s": args.batch_size / min(times),
@@ -328,24 +494,124 @@ def matmul_gflops(args) -> float:
     return 2 * args.batch_size * 1280 * args.latents * reps / (time.perf_counter() - start) / 1e9
 
 
-def step_gflop(args, d: int) -> float:
-    """Work one clipatlas TopK step does: the dense encoder product plus k-sparse products."""
-    dense = 2 * args.batch_size * d * args.latents
-    sparse = 8 * args.batch_size * args.k * d  # decode, its backward, and the sparse encoder backward
-    return (dense + sparse) / 1e9
+def step_gflop(batch: int, d: int, latents: int, k: int) -> float:
+    """Work counted for one TopK step: the dense encoder product plus the k-sparse products."""
+    return (2 * batch * d * latents + 8 * batch * k * d) / 1e9
+
+
+# name: (worker, its flags). Each peer's variants are named here so one command runs them side by side.
+TRAINERS = {
+    "clipatlas": ("clipatlas", []),
+    "overcomplete": ("overcomplete", ["--overcomplete-loss=mse"]),
+    "overcomplete-auxk": ("overcomplete", ["--overcomplete-loss=auxk"]),
+    "saelens": ("saelens", []),
+}
+
+
+def run_trainer(name: str, args, embeddings: Path, rows_per_image: int) -> dict:
+    worker_name, extra = TRAINERS[name]
+    python = MAIN_PYTHON if worker_name == "clipatlas" else PEER_PYTHON
+    if not python.exists():
+        raise SystemExit(f"{name} runs in {python.parents[1]}: make it with `make {python.relative_to(HERE.parent)}`")
+    flags = [
+        "--steps",
+        *map(str, args.steps),
+        f"--batch-size={args.batch_size}",
+        f"--latents={args.latents}",
+        f"--k={args.k}",
+        f"--lr={args.lr}",
+        f"--warmup={args.warmup}",
+        f"--threads={args.threads}",
+        f"--aux-rows={args.aux_rows}",
+        f"--eval-every={args.eval_every}",
+        f"--embeddings={embeddings}",
+        f"--rows-per-image={rows_per_image}",
+        f"--torch={importlib.metadata.version('torch')}",
+        f"--worker={worker_name}",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
+    load_before = os.getloadavg()
+    proc = subprocess.run([str(python), __file__, *flags], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return {**json.loads(lines[0][7:]), "trainer": name, "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def reached_within(curve: list[dict], seconds: float) -> dict | None:
+    """The last evaluation inside `seconds` of training (None: none was that early)."""
+    return max((p for p in curve if p["seconds"] <= seconds), key=lambda p: p["step"], default=None)
+
+
+def seconds_to_reach(curve: list[dict], fvu: float) -> float | None:
+    """Training seconds at which held-out FVU first reaches `fvu`, linear between evaluations."""
+    previous = {"seconds": 0.0, "fvu": 1.0}
+    for point in curve:
+        if point["fvu"] <= fvu:
+            span = previous["fvu"] - point["fvu"]
+            share = (previous["fvu"] - fvu) / span if span > 0 else 1.0
+            return previous["seconds"] + share * (point["seconds"] - previous["seconds"])
+        previous = point
+    return None
+
+
+def print_tables(report: dict) -> None:
+    results = report["results"]
+    print("\nEqual steps (held-out FVU and L0; dead = never active on any of the rows; samples/s of training alone)")
+    print("| steps | trainer | FVU | L0 | dead | samples/s | training s (CPU s) | load avg before / after |")
+    print("|---|---|---|---|---|---|---|---|")
+    for step in report["settings"]["steps"]:
+        for r in results:
+            row = r["table"][str(step)]
+            print(
+                f"| {step} | {r['trainer']} | {row['fvu']:.4f} | {row['l0']:.1f} | {row['dead_fraction']:.1%} "
+                f"| {step * report['settings']['batch_size'] / row['seconds']:.0f} "
+                f"| {row['seconds']:.1f} ({row['cpu_seconds']:.1f}) "
+                f"| {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
+            )
+    seconds = report["equal_seconds"]
+    print(f"\nEqual wall time: {seconds:.1f} s of training each")
+    print("| trainer | steps done | FVU reached | load avg before / after |\n|---|---|---|---|")
+    for r in results:
+        point = reached_within(r["curve"], seconds) or {"step": "none evaluated", "fvu": float("nan")}
+        print(
+            f"| {r['trainer']} | {point['step']} | {point['fvu']:.4f} "
+            f"| {r['load_before'][0]:.2f} / {r['load_after'][0]:.2f} |"
+        )
+    ours = next((r for r in results if r["trainer"] == "clipatlas"), None)
+    if ours:
+        settings, last = report["settings"], ours["table"][str(report["settings"]["steps"][-1])]
+        work = step_gflop(settings["batch_size"], ours["d"], settings["latents"], settings["k"])
+        rate = work * settings["steps"][-1] / last["seconds"]
+        print(
+            f"\nclipatlas: {rate:.1f} GFLOP/s (2BdF + 8Bkd per step), {rate / ours['matmul_gflops']:.0%} of the dense "
+            f"matmul measured in the same process just before training ({ours['matmul_gflops']:.1f} GFLOP/s)"
+        )
+    target = report["equal_fvu"]
+    print(f"\nEqual FVU: training seconds to reach held-out FVU {target:.4f} (linear between evaluations)")
+    print("| trainer | seconds | clipatlas is faster by |\n|---|---|---|")
+    ours = report["seconds_to_fvu"].get("clipatlas")
+    for r in results:
+        needed = report["seconds_to_fvu"][r["trainer"]]
+        ratio = f"{needed / ours:.2f}x" if ours and needed else "-"
+        print(f"| {r['trainer']} | {needed:.1f} | {ratio} |" if needed else f"| {r['trainer']} | not reached | - |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, nargs="+", default=[25, 50], help="the equal-steps table's step counts")
+    p.add_argument(
+        "--seconds", type=float, help="equal wall time (default: the fastest trainer's time to the last step)"
+    )
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--latents", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=10, help="learning-rate warm-up steps, every trainer")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--aux-rows", type=int, default=512, help="clipatlas: AuxK rows per batch (0: the whole batch, as before)"
-    )
+    p.add_argument("--eval-every", type=int, default=5, help="steps between held-out evaluations (the FVU curves)")
+    p.add_argument("--aux-rows", type=int, default=512, help="clipatlas: AuxK rows per batch (0: the whole batch)")
     p.add_argument(
         "--n-embeddings", type=int, default=4096, help="stamps: how many crops to embed; fashion-mnist: at most 70,000"
     )
@@ -356,16 +622,22 @@ def main() -> None:
         help="stamps: random crops of the tuxpaint stamps (4,096 by default); fashion-mnist: 70,000 real images",
     )
     p.add_argument("--store", help="train on the embeddings of this workspace's store instead (one row per image)")
-    p.add_argument("--trainers", default="clipatlas,overcomplete,saelens")
+    p.add_argument("--trainers", default="clipatlas,overcomplete,saelens", help=f"any of {', '.join(TRAINERS)}")
     p.add_argument("--embeddings", help=argparse.SUPPRESS)
     p.add_argument("--rows-per-image", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--torch", help=argparse.SUPPRESS)
+    p.add_argument("--overcomplete-loss", choices=["mse", "auxk"], default="mse", help=argparse.SUPPRESS)
     p.add_argument("--seed-size-memory", action="store_true", help="measure peak RSS at 163,840 latents instead")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.steps = sorted(set(args.steps))
     if args.worker:
         return worker(args)
     if args.seed_size_memory:
         return seed_size_memory(args)
+    unknown = [name for name in args.trainers.split(",") if name and name not in TRAINERS]
+    if unknown:
+        raise SystemExit(f"unknown trainer(s) {', '.join(unknown)}; choose from {', '.join(TRAINERS)}")
     OUT.mkdir(exist_ok=True)
     embeddings, rows_per_image = embeddings_path(args.data, args.n_embeddings), DATASETS[args.data][2]
     if args.store:
@@ -376,56 +648,32 @@ def main() -> None:
         np.save(embeddings, store.rows(np.arange(len(store))).astype(np.float32))
     elif not embeddings.exists():
         np.save(embeddings, DATASETS[args.data][1](args.n_embeddings))
-    results = []
-    load_before = os.getloadavg()
-    for name in args.trainers.split(","):
-        python = MAIN_PYTHON if name == "clipatlas" else PEER_PYTHON
-        flags = [
-            f"--steps={args.steps}",
-            f"--batch-size={args.batch_size}",
-            f"--latents={args.latents}",
-            f"--k={args.k}",
-            f"--lr={args.lr}",
-            f"--threads={args.threads}",
-            f"--aux-rows={args.aux_rows}",
-            f"--embeddings={embeddings}",
-            f"--rows-per-image={rows_per_image}",
-            f"--worker={name}",
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
-        proc = subprocess.run([str(python), __file__, *flags], capture_output=True, text=True, env=env)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(lines[0][7:]))
-        print(json.dumps(results[-1]), flush=True)
-    d = int(np.load(embeddings, mmap_mode="r").shape[1])
-    report = {
-        "settings": vars(args),
-        "n_embeddings": int(np.load(embeddings, mmap_mode="r").shape[0]),
-        "results": results,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-    }
-    ours = next((r for r in results if r["trainer"] == "clipatlas"), None)
-    if ours:
-        report["clipatlas_gflops"] = step_gflop(args, d) * args.steps / ours["seconds"]
-        report["matmul_gflops"] = ours["matmul_gflops"]
     data_name = embeddings.stem if args.store else args.data
-    (OUT / f"train-{data_name}-{args.steps}-aux{args.aux_rows}.json").write_text(json.dumps(report, indent=2))
-    print(f"load average (1 min) before {load_before[0]:.1f}, after {report['load_average_after'][0]:.1f}")
-    print("| trainer | torch | samples/s | FVU | L0 | dead |\n|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['trainer']} | {r['torch']} | {r['samples_per_s']:.0f} | {r['fvu']:.4f} | {r['l0']:.1f} "
-            f"| {r['dead_fraction']:.2%} |"
-        )
-    if ours:
-        print(
-            f"clipatlas {report['clipatlas_gflops']:.1f} GFLOP/s; dense matmul {report['matmul_gflops']:.1f} GFLOP/s "
-            f"measured in the same process just before training"
-        )
+    out = OUT / f"train-{data_name}-{'-'.join(map(str, args.steps))}.json"
+    n_embeddings = int(np.load(embeddings, mmap_mode="r").shape[0])
+    results = []
+    for name in filter(None, args.trainers.split(",")):
+        results.append(run_trainer(name, args, embeddings, rows_per_image))
+        last = results[-1]["table"][str(args.steps[-1])]
+        print(f"{name}: FVU {last['fvu']:.4f} after {args.steps[-1]} steps, {last['seconds']:.1f} s", flush=True)
+        report = summarise(args, results, n_embeddings)
+        out.write_text(json.dumps(report, indent=2))  # after every trainer: a stopped run keeps what it measured
+    if results:
+        print_tables(report)
+        print(f"\nraw: {out}")
+
+
+def summarise(args, results: list[dict], n_embeddings: int) -> dict:
+    equal_fvu = max(min(p["fvu"] for p in r["curve"]) for r in results)  # the best FVU every trainer reached
+    return {
+        "settings": vars(args),
+        "shared_setup": SHARED_SETUP,
+        "n_embeddings": n_embeddings,
+        "results": results,
+        "equal_seconds": args.seconds or min(r["curve"][-1]["seconds"] for r in results),
+        "equal_fvu": equal_fvu,
+        "seconds_to_fvu": {r["trainer"]: seconds_to_reach(r["curve"], equal_fvu) for r in results},
+    }
 
 
 if __name__ == "__main__":
