@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipatlas._alloc import tune_cpu_allocator
 from clipatlas.atlas import AtlasConfig, build_atlas, stream
 from clipatlas.sae import make_config
 from clipatlas.sae.model import ARCHITECTURES
@@ -149,6 +150,7 @@ def main() -> None:
         "--reference", default="20000x4096", help="size for the naive reference comparison ('' to skip)"
     )
     args = parser.parse_args()
+    tune_cpu_allocator()  # as the CLI does before every command: both passes run under it
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = AtlasConfig(chunk_size=args.chunk_size, device=args.device, map_method="pca", thumbnails=False)

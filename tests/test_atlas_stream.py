@@ -74,6 +74,19 @@ def test_pass_equals_brute_force(activations, tmp_path):
     assert (state.top_rows[7] >= 0).sum() == 3
 
 
+def test_pass_of_codes_without_padding_equals_brute_force(tmp_path):
+    """Every code active (as a TopK SAE's usually are): the fold's path without boolean indexing."""
+    rng = np.random.default_rng(5)
+    x = np.abs(rng.standard_normal((300, 12))).astype(np.float32) + 0.01
+    x[:, 3] = np.round(x[:, 3]) + 1  # ties within a feature across chunks
+    state = run(write_store(tmp_path / "ws", x), tmp_path / "work")
+    expected_rows, expected_values = brute_top(x, TOP_K)
+    np.testing.assert_array_equal(state.top_rows.numpy()[:12], expected_rows)
+    np.testing.assert_array_equal(state.top_values.numpy()[:12], expected_values)
+    np.testing.assert_array_equal(state.count.numpy()[:12], np.full(12, 300))
+    np.testing.assert_array_equal(state.max.numpy()[:12], x.max(axis=0))
+
+
 def test_histogram_equals_numpy(activations, tmp_path):
     store, z = activations
     state = run(store, tmp_path)

@@ -124,10 +124,12 @@ class StreamState:
 
     def fold(self, indices: torch.Tensor, values: torch.Tensor, first_row: int) -> None:
         """Fold the sparse codes (n, m) of rows first_row.. (SAE.encode_sparse) into the statistics."""
-        n = indices.shape[0]
-        active = values > 0  # encode_sparse pads with index -1, value 0
-        rows = torch.arange(first_row, first_row + n, device=indices.device)[:, None].expand_as(indices)[active]
-        feats, vals = indices[active], values[active].float()
+        n, m = indices.shape
+        feats, vals = indices.reshape(-1), values.reshape(-1).float()
+        rows = torch.arange(first_row, first_row + n, device=indices.device).repeat_interleave(m)
+        active = vals > 0  # encode_sparse pads with index -1, value 0
+        if not bool(active.all()):  # a TopK SAE's codes are all active: no boolean indexing of n*m triplets
+            feats, vals, rows = feats[active], vals[active], rows[active]
         ones = torch.ones_like(feats)
         self.count.index_add_(0, feats, ones)
         if feats.is_cuda:  # GPU atomics add floats in a random order; re-runs must agree to the bit
@@ -149,6 +151,10 @@ class StreamState:
         gets one row of packed keys (held entries, then its candidates) and keeps the k smallest.
         """
         k = self.top_values.shape[1]
+        # A value below the feature's k-th cannot enter: this cheap test drops most candidates
+        # once the top-k have filled, before the exact (value, row) key test on the rest.
+        maybe = vals >= self.top_values[:, -1][feats]
+        feats, vals, rows = feats[maybe], vals[maybe], rows[maybe]
         enters = pack_keys(vals, rows) < pack_keys(self.top_values[feats, -1], self.top_rows[feats, -1])
         feats, vals, rows = feats[enters], vals[enters], rows[enters]
         if len(feats) == 0:

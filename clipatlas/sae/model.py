@@ -82,7 +82,9 @@ class SAE(nn.Module):
         return x.to(device=self.W_enc.device, dtype=self.W_enc.dtype)
 
     def preactivations(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        return (x_scaled - self.b_dec) @ self.W_enc + self.b_enc
+        # The bias goes into the product's own (N, d_sae) buffer: a second one of that size cost the
+        # atlas pass 0.1-0.3 s per 4,096 x 16,384 chunk in fresh pages (bench/RESULTS.md, atlas build).
+        return ((x_scaled - self.b_dec) @ self.W_enc).add_(self.b_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Dense codes from pre-activations (inference)."""
