@@ -148,6 +148,29 @@ def test_killed_pass_resumes_to_identical_state(activations, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_failed_code_write_is_raised_and_never_checkpointed(activations, tmp_path, monkeypatch):
+    """Codes are written by a background thread: its failure stops the pass, and the last checkpoint
+    counts only rows whose codes are on disk, so a re-run completes the pass."""
+    store, _ = activations
+    save_codes = stream.save_codes
+
+    def disk_full_at_chunk_3(work_dir, start, codes):
+        if start == 3 * CHUNK:
+            raise OSError("disk full")
+        save_codes(work_dir, start, codes)
+
+    monkeypatch.setattr(stream, "save_codes", disk_full_at_chunk_3)
+    with pytest.raises(OSError, match="disk full"):
+        run(store, tmp_path)
+    assert stream.StreamState.load(tmp_path / stream.STATE_FILE, torch.device("cpu")).next_row <= 3 * CHUNK
+    monkeypatch.setattr(stream, "save_codes", save_codes)
+    resumed = run(store, tmp_path)
+    reference = run(store, tmp_path / "straight")
+    assert torch.equal(resumed.top_rows, reference.top_rows) and torch.equal(resumed.hist, reference.hist)
+    for a, b in zip(stream.load_codes(tmp_path / "straight", N, CHUNK), stream.load_codes(tmp_path, N, CHUNK)):
+        np.testing.assert_array_equal(a, b)
+
+
 def csr_of(z: np.ndarray):
     indptr, features, values = [0], [], []
     for row in z:

@@ -17,6 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,16 +238,30 @@ def run_stream(
     n_rows = len(store)
     n_chunks = math.ceil(n_rows / chunk_size)
     last_save = time.monotonic()
-    with tqdm(total=n_chunks, initial=state.next_row // chunk_size, desc="atlas pass", unit="chunk") as bar:
-        for start in range(state.next_row, n_rows, chunk_size):
-            codes = fold_chunk(store, encode_sparse, state, start, min(start + chunk_size, n_rows), codes_per_image)
-            save_codes(work_dir, start, codes)
-            bar.update(1)
-            if time.monotonic() - last_save >= checkpoint_seconds:
-                state.save(state_path)
-                last_save = time.monotonic()
+    # One writer thread saves each chunk's codes (its fsync waits on the disk) while the next chunk is
+    # encoded; every write finishes before a checkpoint, so a checkpoint never counts rows whose codes
+    # are not on disk.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writes = []
+        with tqdm(total=n_chunks, initial=state.next_row // chunk_size, desc="atlas pass", unit="chunk") as bar:
+            for start in range(state.next_row, n_rows, chunk_size):
+                codes = fold_chunk(store, encode_sparse, state, start, min(start + chunk_size, n_rows), codes_per_image)
+                writes.append(writer.submit(save_codes, work_dir, start, codes))
+                bar.update(1)
+                if time.monotonic() - last_save >= checkpoint_seconds:
+                    _wait_for(writes)
+                    state.save(state_path)
+                    last_save = time.monotonic()
+        _wait_for(writes)
     state.save(state_path)
     return state
+
+
+def _wait_for(writes: list[Future]) -> None:
+    """Finish the submitted writes (raising the first failure) and forget them."""
+    for write in writes:
+        write.result()
+    writes.clear()
 
 
 def fold_chunk(
