@@ -1,12 +1,12 @@
 """The k largest entries of each row of a wide matrix, for TopK encoders on the CPU.
 
-torch's CPU top-k walks every entry of every row through a per-row selection (~3 ns an entry);
-at 4,096 x 16,384 that was a sixth of the atlas pass's encoder product. Here the columns are split
+torch's CPU top-k walks every entry of every row through a per-row selection (~3 ns an entry): after
+the encoder product, the atlas pass's largest cost (bench/RESULTS.md, atlas build). Here the columns are split
 into G interleaved groups (column c in group c mod G), and the k largest entries of a row lie in the
 k groups with the largest maxima: a group holding an entry above the row's k-th value has a larger
 maximum than every group holding none, and there are fewer than k such groups. So one vectorised
 maximum over the row, a top-k over its G group maxima and a top-k over the k * F / G entries of the
-chosen groups give torch.topk's values; bench/RESULTS.md (atlas build) has the measurement.
+chosen groups give torch.topk's values in less time (measured in bench/RESULTS.md, atlas build).
 """
 
 from __future__ import annotations
