@@ -12,12 +12,15 @@ better of measurements just before and just after the pass).
 full pass, each the best of two runs alternated: robust to load from other processes.
 `--reference NxF` also runs the naive dense reference (full activation matrix + argsort)
 and checks that top-k rows, counts, maxima and histograms are identical.
+`--profile NxF` runs one pass under torch.profiler: where its time goes, per chunk.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipatlas._alloc import tune_cpu_allocator
 from clipatlas.atlas import AtlasConfig, build_atlas, stream
 from clipatlas.sae import make_config
 from clipatlas.sae.model import ARCHITECTURES
@@ -69,7 +73,10 @@ def make_workspace(root: Path, n: int, d: int, n_features: int, seed: int = 0) -
     sae.save_pretrained(root / "saes" / "bench")
 
 
-def time_pass(root: Path, config: AtlasConfig) -> tuple[float, stream.StreamState]:
+def time_pass(
+    root: Path, config: AtlasConfig, around: contextlib.AbstractContextManager | None = None
+) -> tuple[float, stream.StreamState]:
+    """Seconds of one streaming pass (`around`, e.g. a profiler, wraps the timed part only)."""
     from clipatlas.sae import SAE
 
     store = Store.open(root)
@@ -78,18 +85,19 @@ def time_pass(root: Path, config: AtlasConfig) -> tuple[float, stream.StreamStat
         device = torch.device(config.device)
         _sync(device)
         start = time.perf_counter()
-        state = stream.run_stream(
-            store,
-            sae.encode_sparse,
-            sae.cfg.d_sae,
-            work_dir=Path(work),
-            top_k=config.top_k,
-            codes_per_image=config.codes_per_image,
-            chunk_size=config.chunk_size,
-            device=device,
-            checkpoint_seconds=float("inf"),
-        )
-        _sync(device)
+        with around or contextlib.nullcontext():
+            state = stream.run_stream(
+                store,
+                sae.encode_sparse,
+                sae.cfg.d_sae,
+                work_dir=Path(work),
+                top_k=config.top_k,
+                codes_per_image=config.codes_per_image,
+                chunk_size=config.chunk_size,
+                device=device,
+                checkpoint_seconds=float("inf"),
+            )
+            _sync(device)
         return time.perf_counter() - start, state
 
 
@@ -138,7 +146,7 @@ def naive_reference(root: Path, top_k: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", nargs="+", default=["25000x4096", "25000x16384", "50000x16384", "100000x16384", "200000x16384"]
+        "--sizes", nargs="*", default=["25000x4096", "25000x16384", "50000x16384", "100000x16384", "200000x16384"]
     )
     parser.add_argument("--d", type=int, default=1280)
     parser.add_argument("--device", default="cpu")
@@ -148,7 +156,9 @@ def main() -> None:
     parser.add_argument(
         "--reference", default="20000x4096", help="size for the naive reference comparison ('' to skip)"
     )
+    parser.add_argument("--profile", default="", help="size NxF to profile one pass at ('' to skip)")
     args = parser.parse_args()
+    tune_cpu_allocator()  # as the CLI does before every command: both passes run under it
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     config = AtlasConfig(chunk_size=args.chunk_size, device=args.device, map_method="pca", thumbnails=False)
@@ -183,6 +193,33 @@ def main() -> None:
             )
     if args.reference:
         compare_with_reference(args, config)
+    if args.profile:
+        profile_pass(args, config)
+
+
+def profile_pass(args, config: AtlasConfig, rows: int = 12) -> None:
+    """The pass's torch ops by their own time per chunk, and what is outside torch ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, n_features = (int(v) for v in args.profile.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_workspace(root, n, args.d, n_features)
+        time_pass(root, config)  # warm: first-touch pages, thread pools
+        seconds, _ = time_pass(root, config)  # without the profiler's start, stop and per-op costs
+        profiler = profile(activities=[ProfilerActivity.CPU])
+        time_pass(root, config, around=profiler)
+    chunks = math.ceil(n / config.chunk_size)
+    events = sorted(profiler.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    in_ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    print(
+        f"\nprofile {n:,}x{n_features:,}: pass {seconds:.1f} s = {1e3 * seconds / chunks:.0f} ms per chunk, unprofiled"
+    )
+    print("| op | ms per chunk | calls per chunk |\n|---|---|---|")
+    for event in events[:rows]:
+        print(f"| {event.key} | {event.self_cpu_time_total / 1e3 / chunks:.1f} | {event.count / chunks:g} |")
+    print(f"| other torch ops | {sum(e.self_cpu_time_total for e in events[rows:]) / 1e3 / chunks:.1f} | |")
+    print(f"| outside torch ops (store reads, numpy, code files, Python) | {1e3 * (seconds - in_ops) / chunks:.1f} | |")
 
 
 def compare_with_reference(args, config: AtlasConfig) -> None:

@@ -74,6 +74,19 @@ def test_pass_equals_brute_force(activations, tmp_path):
     assert (state.top_rows[7] >= 0).sum() == 3
 
 
+def test_pass_of_codes_without_padding_equals_brute_force(tmp_path):
+    """Every code active (as a TopK SAE's usually are): the fold's path without boolean indexing."""
+    rng = np.random.default_rng(5)
+    x = np.abs(rng.standard_normal((300, 12))).astype(np.float32) + 0.01
+    x[:, 3] = np.round(x[:, 3]) + 1  # ties within a feature across chunks
+    state = run(write_store(tmp_path / "ws", x), tmp_path / "work")
+    expected_rows, expected_values = brute_top(x, TOP_K)
+    np.testing.assert_array_equal(state.top_rows.numpy()[:12], expected_rows)
+    np.testing.assert_array_equal(state.top_values.numpy()[:12], expected_values)
+    np.testing.assert_array_equal(state.count.numpy()[:12], np.full(12, 300))
+    np.testing.assert_array_equal(state.max.numpy()[:12], x.max(axis=0))
+
+
 def test_histogram_equals_numpy(activations, tmp_path):
     store, z = activations
     state = run(store, tmp_path)
@@ -132,6 +145,29 @@ def test_killed_pass_resumes_to_identical_state(activations, tmp_path):
     for name in ("count", "total", "max", "hist", "top_values", "top_rows"):
         assert torch.equal(getattr(resumed, name), getattr(reference, name)), name
     for a, b in zip(stream.load_codes(tmp_path / "straight", N, CHUNK), stream.load_codes(resumed_dir, N, CHUNK)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_failed_code_write_is_raised_and_never_checkpointed(activations, tmp_path, monkeypatch):
+    """Codes are written by a background thread: its failure stops the pass, and the last checkpoint
+    counts only rows whose codes are on disk, so a re-run completes the pass."""
+    store, _ = activations
+    save_codes = stream.save_codes
+
+    def disk_full_at_chunk_3(work_dir, start, codes):
+        if start == 3 * CHUNK:
+            raise OSError("disk full")
+        save_codes(work_dir, start, codes)
+
+    monkeypatch.setattr(stream, "save_codes", disk_full_at_chunk_3)
+    with pytest.raises(OSError, match="disk full"):
+        run(store, tmp_path)
+    assert stream.StreamState.load(tmp_path / stream.STATE_FILE, torch.device("cpu")).next_row <= 3 * CHUNK
+    monkeypatch.setattr(stream, "save_codes", save_codes)
+    resumed = run(store, tmp_path)
+    reference = run(store, tmp_path / "straight")
+    assert torch.equal(resumed.top_rows, reference.top_rows) and torch.equal(resumed.hist, reference.hist)
+    for a, b in zip(stream.load_codes(tmp_path / "straight", N, CHUNK), stream.load_codes(tmp_path, N, CHUNK)):
         np.testing.assert_array_equal(a, b)
 
 

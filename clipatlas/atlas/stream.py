@@ -17,6 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,10 +125,12 @@ class StreamState:
 
     def fold(self, indices: torch.Tensor, values: torch.Tensor, first_row: int) -> None:
         """Fold the sparse codes (n, m) of rows first_row.. (SAE.encode_sparse) into the statistics."""
-        n = indices.shape[0]
-        active = values > 0  # encode_sparse pads with index -1, value 0
-        rows = torch.arange(first_row, first_row + n, device=indices.device)[:, None].expand_as(indices)[active]
-        feats, vals = indices[active], values[active].float()
+        n, m = indices.shape
+        feats, vals = indices.reshape(-1), values.reshape(-1).float()
+        rows = torch.arange(first_row, first_row + n, device=indices.device).repeat_interleave(m)
+        active = vals > 0  # encode_sparse pads with index -1, value 0
+        if not bool(active.all()):  # a TopK SAE's codes are all active: no boolean indexing of n*m triplets
+            feats, vals, rows = feats[active], vals[active], rows[active]
         ones = torch.ones_like(feats)
         self.count.index_add_(0, feats, ones)
         if feats.is_cuda:  # GPU atomics add floats in a random order; re-runs must agree to the bit
@@ -149,6 +152,10 @@ class StreamState:
         gets one row of packed keys (held entries, then its candidates) and keeps the k smallest.
         """
         k = self.top_values.shape[1]
+        # A value below the feature's k-th cannot enter: this cheap test drops most candidates
+        # once the top-k have filled, before the exact (value, row) key test on the rest.
+        maybe = vals >= self.top_values[:, -1][feats]
+        feats, vals, rows = feats[maybe], vals[maybe], rows[maybe]
         enters = pack_keys(vals, rows) < pack_keys(self.top_values[feats, -1], self.top_rows[feats, -1])
         feats, vals, rows = feats[enters], vals[enters], rows[enters]
         if len(feats) == 0:
@@ -231,16 +238,30 @@ def run_stream(
     n_rows = len(store)
     n_chunks = math.ceil(n_rows / chunk_size)
     last_save = time.monotonic()
-    with tqdm(total=n_chunks, initial=state.next_row // chunk_size, desc="atlas pass", unit="chunk") as bar:
-        for start in range(state.next_row, n_rows, chunk_size):
-            codes = fold_chunk(store, encode_sparse, state, start, min(start + chunk_size, n_rows), codes_per_image)
-            save_codes(work_dir, start, codes)
-            bar.update(1)
-            if time.monotonic() - last_save >= checkpoint_seconds:
-                state.save(state_path)
-                last_save = time.monotonic()
+    # One writer thread saves each chunk's codes (its fsync waits on the disk) while the next chunk is
+    # encoded; every write finishes before a checkpoint, so a checkpoint never counts rows whose codes
+    # are not on disk.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        writes = []
+        with tqdm(total=n_chunks, initial=state.next_row // chunk_size, desc="atlas pass", unit="chunk") as bar:
+            for start in range(state.next_row, n_rows, chunk_size):
+                codes = fold_chunk(store, encode_sparse, state, start, min(start + chunk_size, n_rows), codes_per_image)
+                writes.append(writer.submit(save_codes, work_dir, start, codes))
+                bar.update(1)
+                if time.monotonic() - last_save >= checkpoint_seconds:
+                    _wait_for(writes)
+                    state.save(state_path)
+                    last_save = time.monotonic()
+        _wait_for(writes)
     state.save(state_path)
     return state
+
+
+def _wait_for(writes: list[Future]) -> None:
+    """Finish the submitted writes (raising the first failure) and forget them."""
+    for write in writes:
+        write.result()
+    writes.clear()
 
 
 def fold_chunk(
