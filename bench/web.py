@@ -1,7 +1,8 @@
 """Web app benchmark: feature-page server time (p95), map load time at the seed's scale, and a load test.
 
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
-    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT]  # load test only
+    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT] [--workers 2]
+        [--without httptools,uvloop]  # load test only
     .venv/bin/python bench/web.py --client-check 10000 [--clients 50]   # what the load client alone can do
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
@@ -22,6 +23,9 @@ should. Errors: transport failures, 5xx, failed jobs and any status the mix does
 `--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
 atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
 
+`--without httptools,uvloop`: the server runs as an install without those modules would (uvicorn's
+pure-Python h11 and asyncio's loop), e.g. for a before of code that did not depend on them.
+
 `--client-check N`: the same clients sending N requests to a trivial HTTP server (a fixed 2-byte
 answer, its own process), so the load client's own ceiling is known next to the server's numbers.
 """
@@ -33,6 +37,7 @@ import asyncio
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from clipatlas._io import atomic_write_json, read_json  # noqa: E402
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas  # noqa: E402
+from clipatlas.web.server import WORKER_READY  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -65,8 +71,6 @@ def synthetic_workspace(out: Path, cfg: SyntheticAtlasConfig) -> Path:
     marker = root / "synthetic.json"
     if not marker.is_file():
         if root.exists():
-            import shutil
-
             shutil.rmtree(root)  # a half-written earlier attempt
         started = time.perf_counter()
         write_synthetic_atlas(root, cfg)
@@ -191,13 +195,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT) -> subprocess.Popen:
-    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers.
+def hiding(modules: list[str], out: Path) -> list[str]:
+    """A folder to put first on the server's path, in which importing each of `modules` fails, as in an
+    install without them (uvicorn then falls back to h11 for httptools and asyncio's loop for uvloop)."""
+    if not modules:
+        return []
+    folder = out / "hidden-modules"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in modules:
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} hidden by bench/web.py --without')\n")
+    return [str(folder)]
 
-    `code`: the checkout whose clipatlas serves (another one gives a before/after on the same atlas)."""
+
+def start_server(
+    root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT, without: list[str] = ()
+) -> subprocess.Popen:
+    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers
+    (with several workers: once each has printed that it is warm).
+
+    `code`: the checkout whose clipatlas serves (another one gives a before/after on the same atlas).
+    `without`: modules the server must run without (see `hiding`)."""
     import httpx
 
-    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    path = [*hiding(list(without), log_path.parent), str(code)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "clipatlas", "serve", "-w", str(root), "--port", str(port)]
     command += ["--workers", str(workers)] if workers > 1 else []
     server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
@@ -206,10 +228,12 @@ def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: 
         if server.poll() is not None:
             raise RuntimeError(f"the server exited ({server.returncode}); see {log_path}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/summary", timeout=2).status_code == 200:
-                return server
+            answers = httpx.get(f"http://127.0.0.1:{port}/api/summary", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
+            answers = False
+        # Several workers: each prints a line once warm (the first to answer may be the only one warm yet).
+        if answers and (workers == 1 or log_path.read_text().count(WORKER_READY) >= workers):
+            return server
         time.sleep(0.5)
     server.kill()
     raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
@@ -443,11 +467,13 @@ def client_check(total: int, clients: int) -> dict:
     return {**results, "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
-def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT) -> dict:
+def run_load_test(
+    root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT, without: list[str] = ()
+) -> dict:
     plan = LoadPlan(root)
     port = free_port()
     log_path = out / "web-load-server.log"
-    server = start_server(root, port, log_path, workers, code)
+    server = start_server(root, port, log_path, workers, code, without)
     load_before = os.getloadavg()
     try:
         results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients))
@@ -459,6 +485,7 @@ def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int 
         **results,
         "server_workers": workers,
         "server_code": str(code),
+        "server_without": list(without),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "server_log_lines": len(log.splitlines()),
@@ -481,6 +508,12 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="load test: serve from this checkout (e.g. an older one, for a before)"
     )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="load test: modules the server runs without, comma-separated (httptools,uvloop: as an install "
+        "without them, e.g. main's before they were a dependency)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
@@ -495,8 +528,10 @@ def main() -> None:
     else:
         root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
     if args.load:
-        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
-        name = f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}-n{args.load}.json"
+        without = [name for name in args.without.split(",") if name]
+        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without)
+        plain = "-without-" + "-".join(without) if without else ""
+        name = f"web-load-{root.name}-{args.code.resolve().name}{plain}-w{args.workers}-n{args.load}.json"
         atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return
