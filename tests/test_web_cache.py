@@ -73,7 +73,7 @@ def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
         assert client.get(f"/features/{fid}", headers={**HTML, "if-none-match": '"other"'}).status_code == 200
         other = client.get(f"/features/{alive(workspace, 1)}", headers=HTML)
         assert other.headers["etag"] != etag and len(renders) == 2
-        for url in ("/", "/map", "/features?sort=score", "/images/img000000"):
+        for url in ("/", "/map", "/features?sort=score", "/images/img000000", "/playground"):
             page = client.get(url, headers=HTML)
             assert page.status_code == 200 and "etag" in page.headers, url
             assert client.get(url, headers={**HTML, "if-none-match": page.headers["etag"]}).status_code == 304, url
