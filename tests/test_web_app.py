@@ -615,3 +615,21 @@ def test_playground_default_strength_says_where_it_came_from(tmp_path):
         page = measured.get("/playground", headers=HTML).text
         assert 'data-default-strength="2.0"' in page
         assert "2x: 90% of 30 single set edits on 10 features showed the feature" in page
+
+
+def test_number_writes_what_the_template_macro_it_replaced_wrote():
+    from jinja2 import Environment
+
+    from clipatlas.web.links import number
+
+    macro = Environment(autoescape=True).from_string(  # the macro of templates/macros.html before it
+        "{% macro number(value, digits=3) -%}{%- if value is none -%}–{%- elif value is number -%}"
+        '{{ ("%." ~ digits ~ "g") | format(value) }}{%- else -%}{{ value }}{%- endif -%}{%- endmacro %}'
+        "{{ number(value, digits) }}"
+    )
+    values = [None, 0, 7, -3, 0.5, 1 / 3, 123456.789, 1e-9, float("inf"), True, np.float32(2.5), np.int64(12)]
+    for value in [*values, "n/a", "<b>"]:
+        for digits in (3, 4):
+            assert Environment(autoescape=True).from_string("{{ number(value, digits) }}").render(
+                number=number, value=value, digits=digits
+            ) == macro.render(value=value, digits=digits), (value, digits)
