@@ -4,6 +4,7 @@ security rule (token, loopback, origin, upload caps, ids not paths, escaping) ho
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -633,3 +634,35 @@ def test_number_writes_what_the_template_macro_it_replaced_wrote():
             assert Environment(autoescape=True).from_string("{{ number(value, digits) }}").render(
                 number=number, value=value, digits=digits
             ) == macro.render(value=value, digits=digits), (value, digits)
+
+
+def test_plain_gives_what_its_slower_form_gave(atlas):
+    """`plain` checks the common scalars first; the same values as the order it replaced (kept here)."""
+    import dataclasses
+    import math
+    from collections.abc import Mapping
+
+    from clipatlas.web.views import plain
+
+    def reference(obj):
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            names = [f.name for f in dataclasses.fields(obj)] + list(getattr(obj, "derived", ()))
+            return {name: reference(getattr(obj, name)) for name in names}
+        if isinstance(obj, Mapping):
+            return {str(k): reference(v) for k, v in obj.items()}
+        if isinstance(obj, np.ndarray):
+            return reference(obj.tolist())
+        if isinstance(obj, (list, tuple)):
+            return [reference(v) for v in obj]
+        if isinstance(obj, np.generic):
+            return reference(obj.item())
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        return obj
+
+    features = atlas.map_points().feature[:20].tolist()
+    records = [atlas.feature(f) for f in features] + [atlas.top_images(f) for f in features]
+    odd = {1: [np.float32("nan"), float("inf"), -0.0, True, None, "x", np.int64(3)], "t": (np.arange(3), 2.5)}
+    for record in [*records, odd]:
+        got, expected = plain(record), reference(record)
+        assert got == expected and json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)

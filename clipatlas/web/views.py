@@ -35,8 +35,16 @@ SAMPLE_IMAGES = 24
 THUMBNAIL_SIZE = 256
 
 
+PLAIN_SCALARS = (str, int, bool, type(None))  # most of what a page holds: returned as they are, checked first
+
+
 def plain(obj: Any) -> Any:
     """Recursively convert Atlas results into JSON-ready dicts, lists and scalars."""
+    kind = type(obj)
+    if kind in PLAIN_SCALARS:
+        return obj
+    if kind is float:
+        return obj if math.isfinite(obj) else None  # JSON has no NaN or infinity
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         names = [f.name for f in dataclasses.fields(obj)] + list(getattr(obj, "derived", ()))
         return {name: plain(getattr(obj, name)) for name in names}
