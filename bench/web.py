@@ -3,6 +3,7 @@
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
     .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT] [--workers 2]
         [--without httptools,uvloop]  # load test only
+    .venv/bin/python bench/web.py --cached-check 10000 [--workspace W] [--code CHECKOUT]  # one cached page
     .venv/bin/python bench/web.py --client-check 10000 [--clients 50]   # what the load client alone can do
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
@@ -25,6 +26,9 @@ atlas may add an index to it). `--code`: serve from another checkout (a before o
 
 `--without httptools,uvloop`: the server runs as an install without those modules would (uvicorn's
 pure-Python h11 and asyncio's loop), e.g. for a before of code that did not depend on them.
+
+`--cached-check N`: `clipatlas serve` (from `--code`) answering one page it has cached (the home page) N
+times to the same clients: what the HTTP stack costs a request when the answer itself costs nothing.
 
 `--client-check N`: the same clients sending N requests to a trivial HTTP server (a fixed 2-byte
 answer, its own process), so the load client's own ceiling is known next to the server's numbers.
@@ -437,7 +441,7 @@ async def fixed_requests(base: str, total: int, clients: int) -> dict:
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                response = await client.request("GET", "/")
+                response = await client.request("GET", "/", headers={"accept": "text/html"})
                 seconds.append(time.perf_counter() - started)
                 assert response.status_code == 200
 
@@ -465,6 +469,28 @@ def client_check(total: int, clients: int) -> dict:
         server.terminate()
         server.wait(30)
     return {**results, "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def cached_check(root: Path, out: Path, total: int, clients: int, code: Path = ROOT, without: list[str] = ()) -> dict:
+    """What the whole stack costs a request: one page the server has cached (the home page), GET `total`
+    times by `clients` clients, through `clipatlas serve` from `code`."""
+    port = free_port()
+    server = start_server(root, port, out / "web-load-server.log", 1, code, without)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(fixed_requests(base, clients, clients))  # rendered and cached; connections opened
+        load_before = os.getloadavg()
+        results = asyncio.run(fixed_requests(base, total, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        **results,
+        "server_code": str(code),
+        "server_without": list(without),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def run_load_test(
@@ -502,6 +528,9 @@ def main() -> None:
     parser.add_argument(
         "--client-check", type=int, default=0, help="only measure the load client against a trivial server"
     )
+    parser.add_argument(
+        "--cached-check", type=int, default=0, help="only GET one cached page this many times (the stack's own cost)"
+    )
     parser.add_argument("--workspace", type=Path, help="load test: this workspace's atlas, not the synthetic one")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
     parser.add_argument("--workers", type=int, default=1, help="server processes of the load test (serve --workers)")
@@ -527,10 +556,15 @@ def main() -> None:
         root = args.workspace.resolve()
     else:
         root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
+    without = [name for name in args.without.split(",") if name]
+    plain = "-without-" + "-".join(without) if without else ""
+    if args.cached_check:
+        results = cached_check(root, out, args.cached_check, args.clients, args.code.resolve(), without)
+        atomic_write_json(out / f"web-cached-{root.name}-{args.code.resolve().name}{plain}.json", results)
+        print(json.dumps(results, indent=2))
+        return
     if args.load:
-        without = [name for name in args.without.split(",") if name]
         results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without)
-        plain = "-without-" + "-".join(without) if without else ""
         name = f"web-load-{root.name}-{args.code.resolve().name}{plain}-w{args.workers}-n{args.load}.json"
         atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
