@@ -24,6 +24,9 @@ should. Errors: transport failures, 5xx, failed jobs and any status the mix does
 `--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
 atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
 
+`--skip generate`: the mix without those kinds of request (pages only: no generations, so no client
+waits out a 429; what the server serves, not how long the generation queue makes clients sleep).
+
 `--without httptools,uvloop`: the server runs as an install without those modules would (uvicorn's
 pure-Python h11 and asyncio's loop), e.g. for a before of code that did not depend on them.
 
@@ -318,9 +321,10 @@ class LeanClient:
         return Answer(status, found, content)
 
 
-async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
-    kinds = [k for k, _ in LOAD_MIX]
-    weights = np.array([w for _, w in LOAD_MIX], dtype=np.float64)
+async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0, skip=()) -> dict:
+    mix = [(kind, weight) for kind, weight in LOAD_MIX if kind not in skip]
+    kinds = [k for k, _ in mix]
+    weights = np.array([w for _, w in mix], dtype=np.float64)
     weights /= weights.sum()
     records: list[tuple[str, int, float]] = []  # (kind, status or -1 for a transport error, seconds)
     failures: list[str] = []
@@ -494,7 +498,14 @@ def cached_check(root: Path, out: Path, total: int, clients: int, code: Path = R
 
 
 def run_load_test(
-    root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT, without: list[str] = ()
+    root: Path,
+    out: Path,
+    total: int,
+    clients: int,
+    workers: int = 1,
+    code: Path = ROOT,
+    without: list[str] = (),
+    skip: list[str] = (),
 ) -> dict:
     plan = LoadPlan(root)
     port = free_port()
@@ -502,7 +513,7 @@ def run_load_test(
     server = start_server(root, port, log_path, workers, code, without)
     load_before = os.getloadavg()
     try:
-        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients))
+        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients, skip=skip))
     finally:
         server.terminate()
         server.wait(30)
@@ -512,6 +523,7 @@ def run_load_test(
         "server_workers": workers,
         "server_code": str(code),
         "server_without": list(without),
+        "mix_without": list(skip),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "server_log_lines": len(log.splitlines()),
@@ -543,6 +555,12 @@ def main() -> None:
         help="load test: modules the server runs without, comma-separated (httptools,uvloop: as an install "
         "without them, e.g. main's before they were a dependency)",
     )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="load test: kinds of request left out of the mix, comma-separated (generate: pages only, no "
+        "generations and so no 429 waits)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
@@ -564,8 +582,13 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     if args.load:
-        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without)
-        name = f"web-load-{root.name}-{args.code.resolve().name}{plain}-w{args.workers}-n{args.load}.json"
+        skip = [kind for kind in args.skip.split(",") if kind]
+        unknown = sorted(set(skip) - {kind for kind, _ in LOAD_MIX})
+        if unknown:
+            parser.error(f"--skip: no such kinds {unknown}; the mix has {[kind for kind, _ in LOAD_MIX]}")
+        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without, skip)
+        skipped = "-skip-" + "-".join(skip) if skip else ""
+        name = f"web-load-{root.name}-{args.code.resolve().name}{plain}{skipped}-w{args.workers}-n{args.load}.json"
         atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return
