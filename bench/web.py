@@ -1,7 +1,9 @@
 """Web app benchmark: feature-page server time (p95), map load time at the seed's scale, and a load test.
 
     .venv/bin/python bench/web.py [--features 163840] [--images 8192] [--pages 300]
-    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT]  # load test only
+    .venv/bin/python bench/web.py --load 10000 [--clients 50] [--workspace W] [--code CHECKOUT] [--workers 2]
+        [--without httptools,uvloop]  # load test only
+    .venv/bin/python bench/web.py --cached-check 10000 [--workspace W] [--code CHECKOUT]  # one cached page
     .venv/bin/python bench/web.py --client-check 10000 [--clients 50]   # what the load client alone can do
 
 Builds (once, cached under bench/out/) a synthetic atlas of 163,840 features through the atlas
@@ -22,6 +24,15 @@ should. Errors: transport failures, 5xx, failed jobs and any status the mix does
 `--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
 atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
 
+`--skip generate`: the mix without those kinds of request (pages only: no generations, so no client
+waits out a 429; what the server serves, not how long the generation queue makes clients sleep).
+
+`--without httptools,uvloop`: the server runs as an install without those modules would (uvicorn's
+pure-Python h11 and asyncio's loop), e.g. for a before of code that did not depend on them.
+
+`--cached-check N`: `clipatlas serve` (from `--code`) answering one page it has cached (the home page) N
+times to the same clients: what the HTTP stack costs a request when the answer itself costs nothing.
+
 `--client-check N`: the same clients sending N requests to a trivial HTTP server (a fixed 2-byte
 answer, its own process), so the load client's own ceiling is known next to the server's numbers.
 """
@@ -33,6 +44,7 @@ import asyncio
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from clipatlas._io import atomic_write_json, read_json  # noqa: E402
 from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atlas  # noqa: E402
+from clipatlas.web.server import WORKER_READY  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -65,8 +78,6 @@ def synthetic_workspace(out: Path, cfg: SyntheticAtlasConfig) -> Path:
     marker = root / "synthetic.json"
     if not marker.is_file():
         if root.exists():
-            import shutil
-
             shutil.rmtree(root)  # a half-written earlier attempt
         started = time.perf_counter()
         write_synthetic_atlas(root, cfg)
@@ -191,13 +202,31 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT) -> subprocess.Popen:
-    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers.
+def hiding(modules: list[str], out: Path) -> list[str]:
+    """A folder to put first on the server's path, in which importing each of `modules` fails, as in an
+    install without them (uvicorn then falls back to h11 for httptools and asyncio's loop for uvloop)."""
+    if not modules:
+        return []
+    folder = out / "hidden-modules"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in modules:
+        (folder / f"{name}.py").write_text(f"raise ImportError('{name} hidden by bench/web.py --without')\n")
+    return [str(folder)]
 
-    `code`: the checkout whose clipatlas serves (another one gives a before/after on the same atlas)."""
+
+def start_server(
+    root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT, without: list[str] = ()
+) -> subprocess.Popen:
+    """`clipatlas serve` in its own process (its own GIL), as a user runs it; returns once it answers
+    (with several workers: once each has printed that it is warm).
+
+    `code`: the checkout whose clipatlas serves (another one gives a before/after on the same atlas).
+    `without`: modules the server must run without (see `hiding`)."""
     import httpx
 
-    env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    path = [*hiding(list(without), log_path.parent), str(code)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "clipatlas", "serve", "-w", str(root), "--port", str(port)]
     command += ["--workers", str(workers)] if workers > 1 else []
     server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
@@ -206,10 +235,12 @@ def start_server(root: Path, port: int, log_path: Path, workers: int = 1, code: 
         if server.poll() is not None:
             raise RuntimeError(f"the server exited ({server.returncode}); see {log_path}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/summary", timeout=2).status_code == 200:
-                return server
+            answers = httpx.get(f"http://127.0.0.1:{port}/api/summary", timeout=2).status_code == 200
         except httpx.TransportError:
-            pass
+            answers = False
+        # Several workers: each prints a line once warm (the first to answer may be the only one warm yet).
+        if answers and (workers == 1 or log_path.read_text().count(WORKER_READY) >= workers):
+            return server
         time.sleep(0.5)
     server.kill()
     raise RuntimeError(f"the server did not answer within 180 s; see {log_path}")
@@ -290,9 +321,10 @@ class LeanClient:
         return Answer(status, found, content)
 
 
-async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0) -> dict:
-    kinds = [k for k, _ in LOAD_MIX]
-    weights = np.array([w for _, w in LOAD_MIX], dtype=np.float64)
+async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0, skip=()) -> dict:
+    mix = [(kind, weight) for kind, weight in LOAD_MIX if kind not in skip]
+    kinds = [k for k, _ in mix]
+    weights = np.array([w for _, w in mix], dtype=np.float64)
     weights /= weights.sum()
     records: list[tuple[str, int, float]] = []  # (kind, status or -1 for a transport error, seconds)
     failures: list[str] = []
@@ -413,7 +445,7 @@ async def fixed_requests(base: str, total: int, clients: int) -> dict:
             while remaining > 0:
                 remaining -= 1
                 started = time.perf_counter()
-                response = await client.request("GET", "/")
+                response = await client.request("GET", "/", headers={"accept": "text/html"})
                 seconds.append(time.perf_counter() - started)
                 assert response.status_code == 200
 
@@ -443,14 +475,45 @@ def client_check(total: int, clients: int) -> dict:
     return {**results, "load_average_before": load_before, "load_average_after": os.getloadavg()}
 
 
-def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int = 1, code: Path = ROOT) -> dict:
+def cached_check(root: Path, out: Path, total: int, clients: int, code: Path = ROOT, without: list[str] = ()) -> dict:
+    """What the whole stack costs a request: one page the server has cached (the home page), GET `total`
+    times by `clients` clients, through `clipatlas serve` from `code`."""
+    port = free_port()
+    server = start_server(root, port, out / "web-load-server.log", 1, code, without)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(fixed_requests(base, clients, clients))  # rendered and cached; connections opened
+        load_before = os.getloadavg()
+        results = asyncio.run(fixed_requests(base, total, clients))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return {
+        **results,
+        "server_code": str(code),
+        "server_without": list(without),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
+
+
+def run_load_test(
+    root: Path,
+    out: Path,
+    total: int,
+    clients: int,
+    workers: int = 1,
+    code: Path = ROOT,
+    without: list[str] = (),
+    skip: list[str] = (),
+) -> dict:
     plan = LoadPlan(root)
     port = free_port()
     log_path = out / "web-load-server.log"
-    server = start_server(root, port, log_path, workers, code)
+    server = start_server(root, port, log_path, workers, code, without)
     load_before = os.getloadavg()
     try:
-        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients))
+        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients, skip=skip))
     finally:
         server.terminate()
         server.wait(30)
@@ -459,6 +522,8 @@ def run_load_test(root: Path, out: Path, total: int, clients: int, workers: int 
         **results,
         "server_workers": workers,
         "server_code": str(code),
+        "server_without": list(without),
+        "mix_without": list(skip),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "server_log_lines": len(log.splitlines()),
@@ -475,11 +540,26 @@ def main() -> None:
     parser.add_argument(
         "--client-check", type=int, default=0, help="only measure the load client against a trivial server"
     )
+    parser.add_argument(
+        "--cached-check", type=int, default=0, help="only GET one cached page this many times (the stack's own cost)"
+    )
     parser.add_argument("--workspace", type=Path, help="load test: this workspace's atlas, not the synthetic one")
     parser.add_argument("--clients", type=int, default=50, help="concurrent clients of the load test")
     parser.add_argument("--workers", type=int, default=1, help="server processes of the load test (serve --workers)")
     parser.add_argument(
         "--code", type=Path, default=ROOT, help="load test: serve from this checkout (e.g. an older one, for a before)"
+    )
+    parser.add_argument(
+        "--without",
+        default="",
+        help="load test: modules the server runs without, comma-separated (httptools,uvloop: as an install "
+        "without them, e.g. main's before they were a dependency)",
+    )
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="load test: kinds of request left out of the mix, comma-separated (generate: pages only, no "
+        "generations and so no 429 waits)",
     )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -494,9 +574,21 @@ def main() -> None:
         root = args.workspace.resolve()
     else:
         root = synthetic_workspace(out, SyntheticAtlasConfig(n_features=args.features, n_images=args.images, seed=0))
+    without = [name for name in args.without.split(",") if name]
+    plain = "-without-" + "-".join(without) if without else ""
+    if args.cached_check:
+        results = cached_check(root, out, args.cached_check, args.clients, args.code.resolve(), without)
+        atomic_write_json(out / f"web-cached-{root.name}-{args.code.resolve().name}{plain}.json", results)
+        print(json.dumps(results, indent=2))
+        return
     if args.load:
-        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve())
-        name = f"web-load-{root.name}-{args.code.resolve().name}-w{args.workers}-n{args.load}.json"
+        skip = [kind for kind in args.skip.split(",") if kind]
+        unknown = sorted(set(skip) - {kind for kind, _ in LOAD_MIX})
+        if unknown:
+            parser.error(f"--skip: no such kinds {unknown}; the mix has {[kind for kind, _ in LOAD_MIX]}")
+        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without, skip)
+        skipped = "-skip-" + "-".join(skip) if skip else ""
+        name = f"web-load-{root.name}-{args.code.resolve().name}{plain}{skipped}-w{args.workers}-n{args.load}.json"
         atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return

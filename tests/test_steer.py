@@ -569,3 +569,25 @@ def test_retrieval_tiles_enlarge_small_images_instead_of_showing_a_speck():
     assert sheet.shape == (128, 128, 3)
     assert (dark.max(axis=0) - dark.min(axis=0) + 1).tolist() == [112, 112]  # 28 px x 4, centred
     assert dark.min(axis=0).tolist() == [8, 8]
+
+
+def test_retrieval_decoder_draws_each_tile_once_and_its_sheets_stay_the_same(steer_workspace, monkeypatch):
+    from clipatlas.atlas import Atlas
+    from clipatlas.steer import decoders
+
+    drawn, draw = [], decoders._tile
+
+    def counted(store, row, size):
+        drawn.append(row)
+        return draw(store, row, size)
+
+    monkeypatch.setattr(decoders, "_tile", counted)
+    atlas = Atlas.open(steer_workspace, "t")
+    decoder = decoders.RetrievalDecoder(atlas.store, atlas.image_codes(), atlas.feature_table().max_activation)
+    embeddings = atlas.store.rows(np.arange(3))
+    first, again = (decoder.decode(embeddings, settings={"k": 4}) for _ in range(2))
+    shown = [hit.row for hits in first.rankings for hit in hits]
+    assert sorted(drawn) == sorted(set(shown))  # each image drawn once over both decodes
+    for sheet, hits in zip(again.images, again.rankings):  # the same pixels as sheets drawn tile by tile
+        expected = decoders.contact_sheet(atlas.store, [hit.row for hit in hits], decoders.retrieval_config({}).tile)
+        np.testing.assert_array_equal(np.asarray(sheet), np.asarray(expected))

@@ -4,6 +4,7 @@ security rule (token, loopback, origin, upload caps, ids not paths, escaping) ho
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import numpy as np
@@ -615,3 +616,53 @@ def test_playground_default_strength_says_where_it_came_from(tmp_path):
         page = measured.get("/playground", headers=HTML).text
         assert 'data-default-strength="2.0"' in page
         assert "2x: 90% of 30 single set edits on 10 features showed the feature" in page
+
+
+def test_number_writes_what_the_template_macro_it_replaced_wrote():
+    from jinja2 import Environment
+
+    from clipatlas.web.links import number
+
+    macro = Environment(autoescape=True).from_string(  # the macro of templates/macros.html before it
+        "{% macro number(value, digits=3) -%}{%- if value is none -%}–{%- elif value is number -%}"
+        '{{ ("%." ~ digits ~ "g") | format(value) }}{%- else -%}{{ value }}{%- endif -%}{%- endmacro %}'
+        "{{ number(value, digits) }}"
+    )
+    values = [None, 0, 7, -3, 0.5, 1 / 3, 123456.789, 1e-9, float("inf"), True, np.float32(2.5), np.int64(12)]
+    for value in [*values, "n/a", "<b>"]:
+        for digits in (3, 4):
+            assert Environment(autoescape=True).from_string("{{ number(value, digits) }}").render(
+                number=number, value=value, digits=digits
+            ) == macro.render(value=value, digits=digits), (value, digits)
+
+
+def test_plain_gives_what_its_slower_form_gave(atlas):
+    """`plain` checks the common scalars first; the same values as the order it replaced (kept here)."""
+    import dataclasses
+    import math
+    from collections.abc import Mapping
+
+    from clipatlas.web.views import plain
+
+    def reference(obj):
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            names = [f.name for f in dataclasses.fields(obj)] + list(getattr(obj, "derived", ()))
+            return {name: reference(getattr(obj, name)) for name in names}
+        if isinstance(obj, Mapping):
+            return {str(k): reference(v) for k, v in obj.items()}
+        if isinstance(obj, np.ndarray):
+            return reference(obj.tolist())
+        if isinstance(obj, (list, tuple)):
+            return [reference(v) for v in obj]
+        if isinstance(obj, np.generic):
+            return reference(obj.item())
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return None
+        return obj
+
+    features = atlas.map_points().feature[:20].tolist()
+    records = [atlas.feature(f) for f in features] + [atlas.top_images(f) for f in features]
+    odd = {1: [np.float32("nan"), float("inf"), -0.0, True, None, "x", np.int64(3)], "t": (np.arange(3), 2.5)}
+    for record in [*records, odd]:
+        got, expected = plain(record), reference(record)
+        assert got == expected and json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)

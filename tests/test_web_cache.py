@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import uvicorn
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from clipatlas.atlas import Atlas, Label
@@ -17,8 +18,8 @@ from clipatlas.atlas.synthetic import SyntheticAtlasConfig, write_synthetic_atla
 from clipatlas.cli import main
 from clipatlas.errors import UserError
 from clipatlas.web import schemas, server
-from clipatlas.web.app import create_app
-from clipatlas.web.cache import CachedPage, PageCache, etag_matches
+from clipatlas.web.app import SECURITY_HEADERS, create_app
+from clipatlas.web.cache import CachedPage, PageCache, etag_matches, page_cache_of
 from clipatlas.web.config import ServeConfig, UploadLimits, WebConfig
 
 LOOPBACK = ("127.0.0.1", 50000)
@@ -72,10 +73,49 @@ def test_pages_are_rendered_once_and_revalidated_with_304(workspace):
         assert client.get(f"/features/{fid}", headers={**HTML, "if-none-match": '"other"'}).status_code == 200
         other = client.get(f"/features/{alive(workspace, 1)}", headers=HTML)
         assert other.headers["etag"] != etag and len(renders) == 2
-        for url in ("/", "/map", "/features?sort=score", "/images/img000000"):
+        for url in ("/", "/map", "/features?sort=score", "/images/img000000", "/playground"):
             page = client.get(url, headers=HTML)
             assert page.status_code == 200 and "etag" in page.headers, url
             assert client.get(url, headers={**HTML, "if-none-match": page.headers["etag"]}).status_code == 304, url
+
+
+def test_cached_pages_are_answered_before_routing_with_every_header(workspace):
+    app = create_app(workspace.root)
+    routed = []
+
+    async def counted(request: Request):  # the cached routes' dependency: runs only when a request reaches a route
+        routed.append(str(request.url))
+        return request.app.state.page_cache
+
+    app.dependency_overrides[page_cache_of] = counted
+    url = f"/features/{alive(workspace)}"
+    zipped = {**HTML, "accept-encoding": "gzip"}
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
+        first, again = client.get(url, headers=zipped), client.get(url, headers=zipped)
+        held = client.get(url, headers={**zipped, "if-none-match": first.headers["etag"]})
+        plain = client.get(url, headers={**HTML, "accept-encoding": "identity"})
+        assert len(routed) == 1  # rendered once; the other three never reached a route
+        assert again.status_code == plain.status_code == 200 and again.text == plain.text == first.text
+        for name in ("etag", "content-type", "content-encoding", "cache-control", "vary"):
+            assert again.headers[name] == first.headers[name], name
+        assert "content-encoding" not in plain.headers and plain.headers["etag"] == first.headers["etag"]
+        assert held.status_code == 304 and held.content == b"" and held.headers["etag"] == first.headers["etag"]
+        for answer in (again, held, plain):  # the security headers and Server-Timing, as on a rendered page
+            assert all(answer.headers[name] == value for name, value in SECURITY_HEADERS.items())
+            assert answer.headers["server-timing"].startswith("app;dur=")
+        assert client.get(url, headers={**HTML, "host": "evil.example"}).status_code == 400  # the guard comes first
+        assert client.get(f"{url}?from=map", headers=HTML).status_code == 200 and len(routed) == 2  # another URL
+        assert client.post(url, headers=HTML).status_code == 405  # only GETs are answered early
+
+
+def test_a_deleted_atlas_is_named_not_answered_from_the_cache(own_workspace):
+    app = create_app(own_workspace.root)
+    url = f"/api/features/{alive(own_workspace)}"
+    with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
+        assert client.get(url).status_code == 200
+        own_workspace.sae().atlas_db.unlink()
+        gone = client.get(url)
+        assert gone.status_code == 503 and "atlas" in gone.json()["detail"]
 
 
 def test_json_of_the_atlas_is_cached_and_equals_the_validated_model(workspace):
@@ -191,7 +231,11 @@ def test_serve_with_workers_runs_an_app_factory_with_the_same_settings(workspace
     assert kwargs["workers"] == 3 and kwargs["factory"] is True and kwargs["host"] == "0.0.0.0"
     assert target == "clipatlas.web.server:app_from_environment"
     token = capsys.readouterr().out.split("?token=")[1].split()[0]
+    frozen = []
+    monkeypatch.setattr(server.gc, "freeze", lambda: frozen.append(True))  # not this test process's objects
     app = server.app_from_environment()  # what each worker process runs
+    assert not app.state.warmup.is_alive() and frozen  # it returns warm: a worker takes no request before
+    assert f"{server.WORKER_READY} {os.getpid()}" in capsys.readouterr().out
     assert app.state.context.config == web and app.state.context.token == token
     with TestClient(app, base_url="http://127.0.0.1", client=LOOPBACK) as client:
         assert client.get(f"/features/{alive(workspace)}", headers=HTML).status_code == 200

@@ -44,7 +44,7 @@ from clipatlas.atlas.thumbs import thumbnail_image
 from clipatlas.errors import UserError
 from clipatlas.share.config import SiteConfig
 from clipatlas.web.context import TEMPLATES_DIR
-from clipatlas.web.links import Links
+from clipatlas.web.links import Links, template_globals
 from clipatlas.web.views import AtlasViews, map_body, score_fields
 
 STATIC_DIR = TEMPLATES_DIR.parent / "static"
@@ -133,7 +133,7 @@ class SiteWriter:
         image_chunks = max(1, math.ceil(len(features) * config.max_images / IMAGES_PER_CHUNK))
         self.links = SiteLinks(config.chunk_size, image_chunks)
         self.env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape())
-        self.env.globals["links"] = self.links
+        self.env.globals.update(template_globals(self.links))
         tiles_cached = max(1024, TILE_CACHE_BYTES // (3 * config.tile_size**2))
         self.tile = functools.lru_cache(maxsize=tiles_cached)(self._tile)
 

@@ -32,6 +32,7 @@ from clipatlas.steer.ranking import CosineIndex, EditRanker, Guide
 # The seed system's Cog predictor: 512 px, 12 steps, guidance 4, fp16, seed 1.
 KANDINSKY_DEFAULTS = {"steps": 12, "guidance": 4.0, "height": 512, "width": 512, "strength": 0.5}
 NOT_CLIP_ENCODERS = ("efficientnet",)
+TILES_KEPT = 1024  # contact-sheet tiles a retrieval decoder keeps drawn
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,16 @@ def _tile(store, row: int, size: int) -> Image.Image:
     return tile
 
 
-def contact_sheet(store, rows: Sequence[int], tile: int) -> Image.Image:
-    """The images of `rows` in a near-square grid, best first (left to right, top to bottom)."""
+def contact_sheet(
+    store, rows: Sequence[int], tile: int, draw_tile: Callable[[Any, int, int], Image.Image] = _tile
+) -> Image.Image:
+    """The images of `rows` in a near-square grid, best first (left to right, top to bottom).
+    `draw_tile(store, row, size)`: one tile (a cache of them may stand in)."""
     cols = max(1, math.ceil(math.sqrt(len(rows))))
     lines = max(1, math.ceil(len(rows) / cols))
     sheet = Image.new("RGB", (cols * tile, lines * tile), (255, 255, 255))
     for i, row in enumerate(rows):
-        sheet.paste(_tile(store, int(row), tile), ((i % cols) * tile, (i // cols) * tile))
+        sheet.paste(draw_tile(store, int(row), tile), ((i % cols) * tile, (i // cols) * tile))
     return sheet
 
 
@@ -120,6 +124,9 @@ class RetrievalDecoder:
         self._max_activation = np.asarray(max_activation, dtype=np.float32)
         self._ranker: EditRanker | None = None
         self._lock = threading.Lock()
+        # Recipes from one image share most of their sheets' images (its unedited sheet is the same for
+        # every edit): each tile is read and scaled once (a 128-pixel tile is 48 KiB).
+        self._tiles = functools.lru_cache(maxsize=TILES_KEPT)(_tile)
 
     @property
     def ranker(self) -> EditRanker:
@@ -175,7 +182,9 @@ class RetrievalDecoder:
     ) -> Decoded:
         rankings = self.rank(embeddings, guides, settings)
         tile = retrieval_config(settings).tile
-        return Decoded([contact_sheet(self.store, [hit.row for hit in hits], tile) for hits in rankings], rankings)
+        return Decoded(
+            [contact_sheet(self.store, [hit.row for hit in hits], tile, self._tiles) for hits in rankings], rankings
+        )
 
     def result_embeddings(
         self, embeddings: np.ndarray, *, guides=None, settings=None, seed: int = 1, init_images=None, encode=None

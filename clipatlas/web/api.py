@@ -120,7 +120,7 @@ def api_generate(sent: schemas.RecipeIn, request: Request, ctx: Context):
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.Job)
-def api_job(job_id: str, ctx: Context):
+async def api_job(job_id: str, ctx: Context):  # polled several times a second: in the loop, no thread hop
     job = ctx.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, "no generation job with this id (results are kept for a while); submit it again")

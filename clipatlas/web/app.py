@@ -29,7 +29,7 @@ from clipatlas.errors import UserError
 from clipatlas.steer.engine import Steerer
 from clipatlas.store import StoreError
 from clipatlas.web import api, files, pages, security
-from clipatlas.web.cache import PageCache
+from clipatlas.web.cache import CachedPages, PageCache
 from clipatlas.web.config import WebConfig
 from clipatlas.web.context import TEMPLATES_DIR, WebContext, context_of
 from clipatlas.web.guard import RequestGuard
@@ -97,6 +97,7 @@ def create_app(
     app.state.context = context
     app.state.page_cache = PageCache()
     app.add_middleware(GZipMiddleware, minimum_size=2048)
+    app.add_middleware(CachedPages, cache=app.state.page_cache, atlas=atlas)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in (pages.router, files.router, api.router):
         app.include_router(router)
@@ -111,9 +112,15 @@ def create_app(
         body_timeout_s=config.body_timeout_s,
     )
     # The map and label search of a big atlas take seconds to prepare: do it before anyone asks.
-    app.state.warmup = threading.Thread(target=context.views.warm, name="clipatlas-warmup", daemon=True)
+    app.state.warmup = threading.Thread(target=_warm, args=(context,), name="clipatlas-warmup", daemon=True)
     app.state.warmup.start()
     return app
+
+
+def _warm(context: WebContext) -> None:
+    context.views.warm()
+    for template in TEMPLATES_DIR.glob("*.html"):  # compiled once here, not by each of the first requests' threads
+        context.templates.get_template(template.name)
 
 
 def _add_error_handlers(app: FastAPI) -> None:

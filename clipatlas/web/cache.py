@@ -1,7 +1,9 @@
 """Rendered pages kept in memory, keyed by the atlas's version, with ETags and 304 answers.
 
 A page (HTML, or the JSON of a GET that reads only the atlas) is a pure function of (atlas version,
-URL): render it once, compress it once, then hand out the same bytes.
+URL): render it once, compress it once, then hand out the same bytes. A route renders and keeps a page
+(`PageCache.respond`); later GETs of it are answered by `CachedPages` in front of the app, without
+routing, dependencies or a thread.
 The version is the atlas's build id and the identity of its database file (inode, size, mtime), so
 a rebuilt atlas (another build id, a new file) and labels, icons or scores added while serving (a
 write to the file) both make every cached page miss. A browser holding an old ETag is never told
@@ -20,6 +22,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
+from starlette.datastructures import Headers
 
 # Browsers may keep a page but must ask (If-None-Match) before showing it again.
 CACHE_CONTROL = "no-cache"
@@ -31,15 +34,34 @@ GZIP_MIN_BYTES = 2048  # as the app's GZipMiddleware: smaller bodies are sent as
 @dataclass(frozen=True)
 class CachedPage:
     body: bytes
-    media_type: str
+    content_type: str  # the Content-Type header the render sent ("text/html; charset=utf-8")
     etag: str
     gzipped: bytes | None = None  # the body compressed once, for clients that accept gzip
+    cache_control: str = CACHE_CONTROL
 
 
-def cached_page(version: str, body: bytes, media_type: str) -> CachedPage:
-    text = media_type.startswith("text/") or media_type == "application/json"  # images are compressed already
+def cached_page(version: str, body: bytes, content_type: str, cache_control: str = CACHE_CONTROL) -> CachedPage:
+    text = content_type.startswith(("text/", "application/json"))  # images are compressed already
     gzipped = gzip.compress(body, compresslevel=6) if text and len(body) >= GZIP_MIN_BYTES else None
-    return CachedPage(body, media_type, etag_of(version, body), gzipped)
+    return CachedPage(body, content_type, etag_of(version, body), gzipped, cache_control)
+
+
+def page_key(scope) -> str:
+    """What a page is cached under: its path and query, as the request sent them."""
+    return f"{scope['path']}?{scope['query_string'].decode('latin-1')}"
+
+
+def page_answer(page: CachedPage, request_headers: Headers) -> Response:
+    """304 when the client holds `page`, else its bytes (gzipped when the client accepts it)."""
+    headers = {"ETag": page.etag, "Cache-Control": page.cache_control, "Vary": "Accept-Encoding"}
+    if etag_matches(request_headers.get("if-none-match"), page.etag):
+        return Response(status_code=304, headers=headers)
+    headers["Content-Type"] = page.content_type
+    if page.gzipped is not None and "gzip" in request_headers.get("accept-encoding", ""):
+        # compressed once when cached; the GZipMiddleware leaves a response with an encoding alone
+        headers["Content-Encoding"] = "gzip"
+        return Response(page.gzipped, headers=headers)
+    return Response(page.body, headers=headers)
 
 
 def atlas_version(atlas) -> str:
@@ -89,35 +111,57 @@ class PageCache:
             while len(self._pages) > self.max_pages:
                 self._pages.popitem(last=False)
 
+    def version_of(self, atlas) -> str:
+        """The atlas's version now; pages of an older version are dropped (they will never be asked for again)."""
+        version = atlas_version(atlas)
+        with self._lock:
+            if version != self._version:
+                self._pages.clear()
+                self._version = version
+        return version
+
+    def find(self, scope, atlas) -> CachedPage | None:
+        """The page kept for this request's URL and the atlas as it is now, if any."""
+        return self.get((self.version_of(atlas), page_key(scope)))
+
     def respond(
         self, request: Request, atlas, render: Callable[[], Response], cache_control: str = CACHE_CONTROL
     ) -> Response:
-        """The page at `request`'s URL for the atlas as it is now: 304 when the client holds it, else
-        the cached bytes, else `render()`d and kept (only 200 answers are kept)."""
-        version = atlas_version(atlas)
-        with self._lock:
-            if version != self._version:  # pages of an older atlas will never be asked for again
-                self._pages.clear()
-                self._version = version
-        key = (version, f"{request.url.path}?{request.url.query}")
+        """The page at `request`'s URL for the atlas as it is now: the cached bytes (or 304), else
+        `render()`d and kept (only 200 answers are kept)."""
+        version = self.version_of(atlas)
+        key = (version, page_key(request.scope))
         page = self.get(key)
         if page is None:
             response = render()
             if response.status_code != 200:
                 return response
-            page = cached_page(version, bytes(response.body), response.media_type)
+            page = cached_page(version, bytes(response.body), response.headers["content-type"], cache_control)
             self.put(key, page)
-        headers = {"ETag": page.etag, "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
-        if etag_matches(request.headers.get("if-none-match"), page.etag):
-            return Response(status_code=304, headers=headers)
-        if page.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
-            # compressed once when cached; the GZipMiddleware leaves a response with an encoding alone
-            headers["Content-Encoding"] = "gzip"
-            return Response(page.gzipped, media_type=page.media_type, headers=headers)
-        return Response(page.body, media_type=page.media_type, headers=headers)
+        return page_answer(page, request.headers)
 
 
-def page_cache_of(request: Request) -> PageCache:
+class CachedPages:
+    """Plain ASGI in front of the app: a GET of a page the cache holds for the current atlas version is
+    answered here (bytes or 304), skipping routing, dependency injection, validation and the thread
+    pool, which cost more than the answer itself. Everything else, and any miss, goes to the app.
+    Sits inside the request guard and the response headers, so every answer still meets both."""
+
+    def __init__(self, app, cache: PageCache, atlas):
+        self.app, self.cache, self.atlas = app, cache, atlas
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET":
+            try:
+                page = self.cache.find(scope, self.atlas)
+            except OSError:  # the database is gone: the app answers that (503, named)
+                page = None
+            if page is not None:
+                return await page_answer(page, Headers(scope=scope))(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+async def page_cache_of(request: Request) -> PageCache:  # async: a plain def dependency costs a thread-pool hop
     return request.app.state.page_cache
 
 

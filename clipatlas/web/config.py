@@ -56,8 +56,9 @@ class ServeConfig:
     """Host names the server also answers to, comma-separated (it always answers to loopback names and the
     address it listens on; any other Host header, as DNS rebinding sends, is refused)."""
     workers: int = 1
-    """Server processes; each opens the atlas and caches its own pages. A generation job lives in the
-    process that took it, so with several, a playground may have to submit a recipe again."""
+    """Server processes; each opens the atlas, warms up before it takes a connection, and caches its own
+    pages. A generation job (and the per-client job limit) lives in the process that took it, so with
+    several, a playground may have to submit a recipe again."""
 
     def __post_init__(self):
         if isinstance(self.allow_host, str):  # from the command line

@@ -41,9 +41,13 @@ def context_of(request: Request) -> WebContext:
     return request.app.state.context
 
 
-Context = Annotated[WebContext, Depends(context_of)]
+async def _context(request: Request) -> WebContext:  # async: FastAPI runs a plain def dependency in a thread
+    return context_of(request)
 
 
-def may_compute(request: Request, ctx: Context) -> None:
+Context = Annotated[WebContext, Depends(_context)]
+
+
+async def may_compute(request: Request, ctx: Context) -> None:
     """Endpoints that run the model or take uploads depend on this (token or loopback, same origin)."""
     security.check_compute_allowed(request, ctx.token)

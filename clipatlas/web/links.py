@@ -7,6 +7,8 @@ only a server can do (the playground, uploads, the JSON API).
 
 from __future__ import annotations
 
+from numbers import Number
+from typing import Any
 from urllib.parse import quote
 
 from fastapi.templating import Jinja2Templates
@@ -49,7 +51,20 @@ class Links:
 LINKS = Links()
 
 
+def number(value: Any, digits: int = 3) -> str:
+    """A number as the pages show it: `digits` significant digits, "–" when there is none. A function,
+    not a template macro: a feature page shows about 80, and a macro call costs ten times as much."""
+    if value is None:
+        return "–"
+    return f"%.{digits}g" % value if isinstance(value, Number) else str(value)
+
+
+def template_globals(links: Links) -> dict[str, Any]:
+    """What every template (and macro imported without context) may call: `links` and `number`."""
+    return {"links": links, "number": number}
+
+
 def with_links(templates: Jinja2Templates, links: Links = LINKS) -> Jinja2Templates:
-    """The templates with `links` as a global (so macros imported without context see it too)."""
-    templates.env.globals["links"] = links
+    """The templates with `links` and `number` as globals (so macros imported without context see them too)."""
+    templates.env.globals.update(template_globals(links))
     return templates

@@ -89,14 +89,19 @@ async def search_by_image_page(request: Request, ctx: Context, file: UploadFile 
 
 
 @router.get("/playground")
-def playground_page(request: Request, ctx: Context):
-    return ctx.page(
+def playground_page(request: Request, ctx: Context, cache: Cache):
+    # The page is the atlas's sample images and the app's fixed settings; the browser does the rest.
+    return cache.respond(
         request,
-        "playground.html",
-        title="playground",
-        decoder=ctx.steering.decoder_name,
-        samples=ctx.views.sample_images(),
-        strength=ctx.steering.default_strength,
+        ctx.views.atlas,
+        lambda: ctx.page(
+            request,
+            "playground.html",
+            title="playground",
+            decoder=ctx.steering.decoder_name,
+            samples=ctx.views.sample_images(),
+            strength=ctx.steering.default_strength,
+        ),
     )
 
 
