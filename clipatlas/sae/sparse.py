@@ -100,16 +100,42 @@ def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tens
     return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
 
 
+class _DecodeParts(torch.autograd.Function):
+    """embedding_bag's weighted sum of W_dec rows (rows[e]: the output row of entry e). Its W_dec gradient
+    is the CSR product of `_by_latent`: torch's own (CPU) sorts the indices with its int64 sort and
+    counts them on one thread, the slowest part of the decoder's backward at the bench's size."""
+
+    @staticmethod
+    def forward(ctx, W_dec, weights, indices, offsets, rows):
+        ctx.save_for_backward(W_dec, weights, indices, offsets, rows)
+        return torch.nn.functional.embedding_bag(indices, W_dec, offsets, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        W_dec, weights, indices, offsets, rows = ctx.saved_tensors
+        grad_out = grad_out.contiguous().to(W_dec.dtype)
+        grad_W_dec = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_W_dec = _by_latent(indices, rows, weights, W_dec.shape[0], len(grad_out)) @ grad_out
+        if ctx.needs_input_grad[1]:
+            # torch's own per-entry dot products (multi-threaded); rows is embedding_bag's offset2bag
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, W_dec, indices, offsets, rows, 0, -1
+            )
+        return grad_W_dec, grad_weights, None, None, None
+
+
 def sparse_decode_parts(parts: list[tuple[torch.Tensor, torch.Tensor]], W_dec: torch.Tensor) -> list[torch.Tensor]:
     """`sparse_decode` of several (indices, values) pairs in one embedding_bag: one dense W_dec gradient."""
     device = W_dec.device
     lengths = torch.cat([torch.full((len(ix),), ix.shape[1], device=device) for ix, _ in parts])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), lengths.cumsum(0)[:-1]])
-    decoded = torch.nn.functional.embedding_bag(
-        torch.cat([ix.reshape(-1) for ix, _ in parts]),
+    rows = torch.arange(len(lengths), device=device).repeat_interleave(lengths)  # the output row of each entry
+    decoded = _DecodeParts.apply(
         W_dec,
+        torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
+        torch.cat([ix.reshape(-1) for ix, _ in parts]),
         offsets,
-        per_sample_weights=torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
-        mode="sum",
+        rows,
     )
     return list(decoded.split([len(ix) for ix, _ in parts]))
