@@ -32,6 +32,13 @@ def _by_latent(cols: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, n_lat
         return torch.sparse_csr_tensor(crow, rows[order], grad[order], size=(n_latents, n_rows), check_invariants=False)
 
 
+def _sparse_times_dense(sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """sparse @ dense into a fresh output: torch's CPU `@` first fills a zero matrix and copies it into
+    the output (two passes over (rows, d)); with beta=0 the output's contents are ignored (documented)."""
+    out = torch.empty(sparse.shape[0], dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return torch.addmm(out, sparse, dense, beta=0, out=out)
+
+
 class _GatherPreactivations(torch.autograd.Function):
     """pre[rows[i], cols[i]] for flat (rows, cols); the backward is sparse (see the module docstring)."""
 
@@ -53,7 +60,7 @@ class _GatherPreactivations(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # dL/dW_enc = x^T G, computed as (G^T x)^T with G^T sparse: (entries)*d work.
             by_latent = _by_latent(cols, rows, grad_values, n_latents, len(x_centred))
-            grad_W_enc = (by_latent @ x_centred.to(W_enc.dtype)).t()
+            grad_W_enc = _sparse_times_dense(by_latent, x_centred.to(W_enc.dtype)).t()
         return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
 
 
@@ -116,7 +123,9 @@ class _DecodeParts(torch.autograd.Function):
         grad_out = grad_out.contiguous().to(W_dec.dtype)
         grad_W_dec = grad_weights = None
         if ctx.needs_input_grad[0]:
-            grad_W_dec = _by_latent(indices, rows, weights, W_dec.shape[0], len(grad_out)) @ grad_out
+            grad_W_dec = _sparse_times_dense(
+                _by_latent(indices, rows, weights, W_dec.shape[0], len(grad_out)), grad_out
+            )
         if ctx.needs_input_grad[1]:
             # torch's own per-entry dot products (multi-threaded); rows is embedding_bag's offset2bag
             grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
