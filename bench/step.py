@@ -121,10 +121,14 @@ def profile(args) -> None:
     x = torch.from_numpy(x_np)
     n_dead = round(args.dead[0] * args.latents)
     timed_step(run, x, n_dead)
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         seconds = timed_step(run, x, n_dead)
     print(f"one step, {args.dead[0]:.0%} dead: {seconds[0]:.3f} s")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    # by input shape: which (4,096 x 16,384) or (16,384 x 1,280) pass a copy or fill belongs to
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=50, max_shapes_column_width=80
+    )
+    print(table)
 
 
 @contextlib.contextmanager
