@@ -108,9 +108,10 @@ def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tens
 
 
 class _DecodeParts(torch.autograd.Function):
-    """embedding_bag's weighted sum of W_dec rows (rows[e]: the output row of entry e). Its W_dec gradient
-    is the CSR product of `_by_latent`: torch's own (CPU) sorts the indices with its int64 sort and
-    counts them on one thread, the slowest part of the decoder's backward at the bench's size."""
+    """embedding_bag's weighted sum of W_dec rows, rows[e] being the output row of entry e. The W_dec
+    gradient is the CSR product of `_by_latent` (numpy's sort, MKL's multi-threaded product): torch's
+    CPU backward of embedding_bag sorts the indices with its one-thread int64 sort and counts them in a
+    serial pass, the slowest part of the decoder's backward at the bench's size (bench/RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, W_dec, weights, indices, offsets, rows):
@@ -143,7 +144,7 @@ def sparse_decode_parts(parts: list[tuple[torch.Tensor, torch.Tensor]], W_dec: t
     decoded = _DecodeParts.apply(
         W_dec,
         torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
-        torch.cat([ix.reshape(-1) for ix, _ in parts]),
+        torch.cat([ix.reshape(-1) for ix, _ in parts]).long(),  # the dtype of rows, its offset2bag
         offsets,
         rows,
     )
