@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/step.py                       # table: step time and % of the matmul rate
     .venv/bin/python bench/step.py --profile --dead 0.25 # torch.profiler table of one step
+    .venv/bin/python bench/step.py --phases --dead 0.25  # wall and CPU seconds per phase of the step
 
 The bench size of issue 16: batch 4,096, d=1280, 16,384 latents, TopK k=32, AuxK k_aux 512.
 Each row alternates (matmul, step) `--reps` times in the same process and reports the best of
@@ -15,6 +16,7 @@ bench/train.py), else Gaussian.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -119,10 +121,65 @@ def profile(args) -> None:
     x = torch.from_numpy(x_np)
     n_dead = round(args.dead[0] * args.latents)
     timed_step(run, x, n_dead)
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         seconds = timed_step(run, x, n_dead)
     print(f"one step, {args.dead[0]:.0%} dead: {seconds[0]:.3f} s")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    # by input shape: which (4,096 x 16,384) or (16,384 x 1,280) pass a copy or fill belongs to
+    table = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=50, max_shapes_column_width=80
+    )
+    print(table)
+
+
+@contextlib.contextmanager
+def _timing_phases(run: Run, totals: dict[str, list[float]]):
+    """Wrap the step's phases so each adds (wall s, CPU s) to totals[phase]: a CPU/wall ratio near 1
+    marks a phase that keeps one of the threads busy, near the thread count one that uses them all."""
+
+    def timed_phase(name, work):
+        def wrapper(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            result = work(*args, **kwargs)
+            total = totals.setdefault(name, [0.0, 0.0])
+            total[0] += time.perf_counter() - wall
+            total[1] += time.process_time() - cpu
+            return result
+
+        return wrapper
+
+    backward = torch.Tensor.backward
+    run.sae.training_loss = timed_phase("forward (encoder matmul, top-k, AuxK, decode)", run.sae.training_loss)
+    run.sae.remove_parallel_decoder_grad = timed_phase(
+        "decoder-gradient projection", run.sae.remove_parallel_decoder_grad
+    )
+    run.optimizer.step = timed_phase("Adam", run.optimizer.step)
+    run.sae.normalise_decoder = timed_phase("decoder renormalisation", run.sae.normalise_decoder)
+    torch.Tensor.backward = timed_phase("backward", backward)
+    try:
+        yield
+    finally:
+        torch.Tensor.backward = backward
+        for name in ("training_loss", "remove_parallel_decoder_grad", "normalise_decoder"):
+            delattr(run.sae, name)
+        del run.optimizer.step
+
+
+def phases(args) -> None:
+    x_np = inputs(args.batch_size, 1280)
+    run = make_run(args, x_np, args.aux_rows[0])
+    x = torch.from_numpy(x_np)
+    n_dead = round(args.dead[0] * args.latents)
+    timed_step(run, x, n_dead)  # warm-up
+    totals: dict[str, list[float]] = {}
+    with _timing_phases(run, totals):
+        steps = [timed_step(run, x, n_dead) for _ in range(args.reps)]
+    totals["rest of the step"] = [sum(s[i] for s in steps) - sum(t[i] for t in totals.values()) for i in (0, 1)]
+    print(f"{args.reps} steps, {args.dead[0]:.0%} dead, {args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+    print("| phase | wall s / step | share of the step | CPU s / wall s |")
+    print("|---|---|---|---|")
+    step_wall = sum(s[0] for s in steps)
+    for name, (wall, cpu) in totals.items():
+        print(f"| {name} | {wall / args.reps:.3f} | {wall / step_wall:.0%} | {cpu / max(wall, 1e-9):.2f} |")
 
 
 def main() -> None:
@@ -138,11 +195,14 @@ def main() -> None:
         "--aux-rows", type=int, nargs="+", default=[0, 512], help="AuxK rows per batch to compare (0: the whole batch)"
     )
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step")
+    p.add_argument("--phases", action="store_true", help="print wall and CPU seconds per phase of the step")
     p.add_argument("--rows", type=int, default=25)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.profile:
         return profile(args)
+    if args.phases:
+        return phases(args)
     load_before = os.getloadavg()
     rows = [measure(args, fraction, aux_rows) for fraction in args.dead for aux_rows in args.aux_rows]
     print(json.dumps({"settings": vars(args), "load_before": load_before, "load_after": os.getloadavg(), "rows": rows}))

@@ -11,7 +11,7 @@ import torch
 from clipatlas.errors import UserError
 from clipatlas.sae import ARCHITECTURES, SAE, SAEFormatError, make_config
 from clipatlas.sae.model import _JumpReLU, _Step
-from clipatlas.sae.sparse import gather_preactivations, sparse_decode
+from clipatlas.sae.sparse import gather_preactivations, sparse_decode, sparse_decode_parts
 
 
 def _random_sae(arch: str, d_in=12, d_sae=48, scale=0.5, seed=0, **fields) -> SAE:
@@ -102,6 +102,26 @@ def test_sparse_gather_backward_equals_dense_autograd():
     (((dense_codes @ W_dec) ** 2).sum() + (dense_values * weights).sum()).backward()
     for sparse, t in zip(sparse_grads, params):
         torch.testing.assert_close(sparse, t.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_sparse_decode_parts_forward_and_backward_equal_dense_autograd():
+    """Two parts of different widths and row counts (the main and AuxK codes), latents repeated across rows."""
+    torch.manual_seed(2)
+    W_dec = torch.randn(20, 7, requires_grad=True)
+    parts = [(torch.randint(0, 20, (9, 3)), torch.randn(9, 3)), (torch.randint(0, 20, (4, 6)), torch.randn(4, 6))]
+    values = [v.clone().requires_grad_() for _, v in parts]
+    upstream = [torch.randn(9, 7), torch.randn(4, 7)]
+
+    decoded = sparse_decode_parts([(ix, v) for (ix, _), v in zip(parts, values)], W_dec)
+    sum((out * up).sum() for out, up in zip(decoded, upstream)).backward()
+    sparse = [d.detach() for d in decoded] + [W_dec.grad.clone()] + [v.grad.clone() for v in values]
+    W_dec.grad = None
+    dense_values = [v.detach().clone().requires_grad_() for v in values]
+    dense = [torch.zeros(len(ix), 20).scatter_add(1, ix, v) @ W_dec for (ix, _), v in zip(parts, dense_values)]
+    sum((out * up).sum() for out, up in zip(dense, upstream)).backward()
+    expected = [d.detach() for d in dense] + [W_dec.grad] + [v.grad for v in dense_values]
+    for got, want in zip(sparse, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_topk_training_loss_matches_a_dense_reference_including_auxk():

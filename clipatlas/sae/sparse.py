@@ -32,6 +32,13 @@ def _by_latent(cols: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, n_lat
         return torch.sparse_csr_tensor(crow, rows[order], grad[order], size=(n_latents, n_rows), check_invariants=False)
 
 
+def _sparse_times_dense(sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """sparse @ dense into a fresh output: torch's CPU `@` first fills a zero matrix and copies it into
+    the output (two passes over (rows, d)); with beta=0 the output's contents are ignored (documented)."""
+    out = torch.empty(sparse.shape[0], dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return torch.addmm(out, sparse, dense, beta=0, out=out)
+
+
 class _GatherPreactivations(torch.autograd.Function):
     """pre[rows[i], cols[i]] for flat (rows, cols); the backward is sparse (see the module docstring)."""
 
@@ -53,7 +60,7 @@ class _GatherPreactivations(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # dL/dW_enc = x^T G, computed as (G^T x)^T with G^T sparse: (entries)*d work.
             by_latent = _by_latent(cols, rows, grad_values, n_latents, len(x_centred))
-            grad_W_enc = (by_latent @ x_centred.to(W_enc.dtype)).t()
+            grad_W_enc = _sparse_times_dense(by_latent, x_centred.to(W_enc.dtype)).t()
         return None, grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
 
 
@@ -100,16 +107,45 @@ def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tens
     return torch.nn.functional.embedding_bag(indices, W_dec, per_sample_weights=values.to(W_dec.dtype), mode="sum")
 
 
+class _DecodeParts(torch.autograd.Function):
+    """embedding_bag's weighted sum of W_dec rows, rows[e] being the output row of entry e. The W_dec
+    gradient is the CSR product of `_by_latent` (numpy's sort, MKL's multi-threaded product): torch's
+    CPU backward of embedding_bag sorts the indices with its one-thread int64 sort and counts them in a
+    serial pass, the slowest part of the decoder's backward at the bench's size (bench/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, W_dec, weights, indices, offsets, rows):
+        ctx.save_for_backward(W_dec, weights, indices, offsets, rows)
+        return torch.nn.functional.embedding_bag(indices, W_dec, offsets, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        W_dec, weights, indices, offsets, rows = ctx.saved_tensors
+        grad_out = grad_out.contiguous().to(W_dec.dtype)
+        grad_W_dec = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_W_dec = _sparse_times_dense(
+                _by_latent(indices, rows, weights, W_dec.shape[0], len(grad_out)), grad_out
+            )
+        if ctx.needs_input_grad[1]:
+            # torch's own per-entry dot products (multi-threaded); rows is embedding_bag's offset2bag
+            grad_weights = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad_out, W_dec, indices, offsets, rows, 0, -1
+            )
+        return grad_W_dec, grad_weights, None, None, None
+
+
 def sparse_decode_parts(parts: list[tuple[torch.Tensor, torch.Tensor]], W_dec: torch.Tensor) -> list[torch.Tensor]:
     """`sparse_decode` of several (indices, values) pairs in one embedding_bag: one dense W_dec gradient."""
     device = W_dec.device
     lengths = torch.cat([torch.full((len(ix),), ix.shape[1], device=device) for ix, _ in parts])
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), lengths.cumsum(0)[:-1]])
-    decoded = torch.nn.functional.embedding_bag(
-        torch.cat([ix.reshape(-1) for ix, _ in parts]),
+    rows = torch.arange(len(lengths), device=device).repeat_interleave(lengths)  # the output row of each entry
+    decoded = _DecodeParts.apply(
         W_dec,
+        torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
+        torch.cat([ix.reshape(-1) for ix, _ in parts]).long(),  # the dtype of rows, its offset2bag
         offsets,
-        per_sample_weights=torch.cat([v.reshape(-1) for _, v in parts]).to(W_dec.dtype),
-        mode="sum",
+        rows,
     )
     return list(decoded.split([len(ix) for ix, _ in parts]))
