@@ -306,6 +306,15 @@ def test_missing_part_answers_503_naming_it(breakable, breaks, named, command, u
             assert named in text and command in text and "Traceback" not in text
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_warm_up_of_a_broken_workspace_logs_one_line_instead_of_a_traceback(breakable, caplog):
+    (breakable / "store/metadata/metadata_00000.parquet").unlink()
+    with caplog.at_level("WARNING", logger="clipatlas.web.app"):
+        create_app(breakable).state.warmup.join()
+    warned = [r.getMessage() for r in caplog.records if r.name == "clipatlas.web.app"]
+    assert len(warned) == 1 and "warm-up stopped" in warned[0] and "metadata_00000.parquet is missing" in warned[0]
+
+
 def test_atlas_damaged_while_serving_answers_503(breakable):
     app = create_app(breakable)
     app.state.warmup.join()  # the start-up warm-up has read the map and labels before the damage

@@ -117,8 +117,16 @@ def create_app(
     return app
 
 
+# A file of the workspace is missing or damaged: the server's problem (503), named in one line.
+WORKSPACE_FAULTS = (BrokenWorkspace, StoreError, SchemaError, sqlite3.DatabaseError, OSError)
+
+
 def _warm(context: WebContext) -> None:
-    context.views.warm()
+    try:
+        context.views.warm()
+    except WORKSPACE_FAULTS as exc:  # the pages that need the part answer 503 naming it; the log says it once
+        atlas = context.steering.atlas
+        log.warning("warm-up stopped: %s", diagnose(atlas.workspace, atlas.name, exc))
     for template in TEMPLATES_DIR.glob("*.html"):  # compiled once here, not by each of the first requests' threads
         context.templates.get_template(template.name)
 
@@ -155,8 +163,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s: %s", request.method, request.url.path, found)
         return await http_error(request, HTTPException(503, str(found)))
 
-    # A file of the workspace is missing or damaged: the server's problem (503), named in one line.
-    for broken in (BrokenWorkspace, StoreError, SchemaError, sqlite3.DatabaseError, OSError):
+    for broken in WORKSPACE_FAULTS:
         app.add_exception_handler(broken, broken_workspace)
 
 
