@@ -1,4 +1,4 @@
-"""Atomic, schema-versioned file writes shared by every stage.
+"""Atomic, schema-versioned file writes shared by every stage, and the thread-safe .npy read.
 
 Every file clipatlas writes goes to a temporary name in the same directory, is fsynced,
 then renamed over the target: a killed process leaves either the old file or the new
@@ -11,14 +11,26 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipatlas.errors import UserError
 
 SCHEMA_VERSION = 1
+
+# CPython 3.11.0-3.11.7 and 3.12.0-3.12.1 keep the AST builder's depth counter in interpreter-wide state:
+# two threads building an AST at once can fail with "SystemError: AST constructor recursion depth
+# mismatch" (python/cpython#106905). numpy parses every .npy header with ast.literal_eval, and the web
+# server's threads open arrays lazily, so on those interpreters they take turns. Reentrant: a garbage
+# collection inside one parse may run code that parses again on the same thread.
+AST_BUILD_IS_SHARED = (3, 11) <= sys.version_info[:3] < (3, 11, 8) or (3, 12) <= sys.version_info[:3] < (3, 12, 2)
+AST_LOCK = threading.RLock()
 
 
 class SchemaError(UserError):
@@ -98,3 +110,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def open_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray:
+    """An .npy array (memory-mapped by default), safe to call from several threads at once."""
+    if not AST_BUILD_IS_SHARED:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    with AST_LOCK:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)

@@ -10,10 +10,26 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import ast  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from clipatlas import _io  # noqa: E402
+
 torch.set_num_threads(1)
+
+if _io.AST_BUILD_IS_SHARED:
+    # pytest's assertion rewriting parses plugin modules (schemathesis, hypothesis) imported lazily in the
+    # middle of a test, while that test's server threads open .npy files: the race `_io.AST_LOCK` guards
+    # (CI's CPython 3.11.7 failed test_fuzz with "AST constructor recursion depth mismatch").
+    _parse, _ast_lock = ast.parse, _io.AST_LOCK
+
+    def _parse_in_turn(*args, **kwargs):
+        with _ast_lock:
+            return _parse(*args, **kwargs)
+
+    ast.parse = _parse_in_turn
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

@@ -124,3 +124,38 @@ def test_stores_from_before_the_label_column_still_open_and_take_labels_later(tm
     assert relabelled.verify() == []  # the manifest's checksums follow the rewritten shards
     assert writer.set_labels({"img1": "cat"}) == 0  # nothing changes, nothing is erased
     assert Store.open(tmp_path).metadata.column("label").to_pylist()[1] == "cat"
+
+
+def test_open_npy_maps_arrays_and_refuses_pickled_ones(tmp_path):
+    from clipatlas._io import open_npy
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "values.npy", values)
+    mapped = open_npy(tmp_path / "values.npy")
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, values)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Python objects"):
+        open_npy(tmp_path / "objects.npy")
+    with pytest.raises(ValueError, match="allow_pickle"):
+        open_npy(tmp_path / "objects.npy", mmap_mode=None)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_open_npy_takes_turns_only_where_the_interpreter_shares_ast_state(tmp_path, monkeypatch, shared):
+    """On CPython 3.11.0-3.11.7 / 3.12.0-3.12.1 two threads parsing .npy headers at once can raise
+    SystemError (python/cpython#106905): there a second reader waits for the lock; elsewhere it does not."""
+    import threading
+
+    from clipatlas import _io
+
+    monkeypatch.setattr(_io, "AST_BUILD_IS_SHARED", shared)
+    monkeypatch.setattr(_io, "AST_LOCK", threading.RLock())  # not the one conftest's ast.parse takes
+    np.save(tmp_path / "values.npy", np.ones(5))
+    found = []
+    reader = threading.Thread(target=lambda: found.append(_io.open_npy(tmp_path / "values.npy").sum()))
+    with _io.AST_LOCK:  # another thread is mid-parse
+        reader.start()
+        reader.join(timeout=0.5 if shared else 60)
+        assert reader.is_alive() is shared
+    reader.join(timeout=60)
+    assert found == [5.0]

@@ -14,10 +14,9 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 
-from clipatlas._io import read_json
+from clipatlas._io import open_npy, read_json
 from clipatlas.atlas.db import CODE_ARRAYS, HIST_ARRAY, array_path, connect
 from clipatlas.errors import UserError
 from clipatlas.store.core import MANIFEST, shard_files, store_dir_of
@@ -129,7 +128,7 @@ def check_atlas(ws: Workspace, files: SAEFiles, verify: bool = False) -> None:
 def _check_npy(path: Path, shape: tuple[int | None, ...], rebuild: str) -> None:
     """An .npy file whose header reads and whose shape matches (None: any length on that axis)."""
     try:
-        found = np.load(path, mmap_mode="r").shape
+        found = open_npy(path).shape
     except (OSError, ValueError) as exc:
         raise BrokenWorkspace(path, _unreadable(path, exc), rebuild) from exc
     if len(found) != len(shape) or any(want is not None and want != got for want, got in zip(shape, found)):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from clipatlas._io import read_json
+from clipatlas._io import open_npy, read_json
 from clipatlas.atlas.config import check_feature_selection
 from clipatlas.atlas.db import (
     ATLAS_SCHEMA_VERSION,
@@ -405,15 +405,13 @@ class Atlas:
     # -- lazily loaded ---------------------------------------------------------------------
     def _histograms(self) -> np.ndarray:
         if self._hist is None:
-            self._hist = np.load(array_path(self.arrays_dir, HIST_ARRAY), mmap_mode="r")
+            self._hist = open_npy(array_path(self.arrays_dir, HIST_ARRAY))
         return self._hist
 
     def image_codes(self) -> ImageCodes:
         """Every store image's sparse code (CSR, strongest first; memory-mapped, read once)."""
         if self._codes is None:
-            self._codes = ImageCodes(
-                *(np.load(array_path(self.arrays_dir, name), mmap_mode="r") for name in CODE_ARRAYS)
-            )
+            self._codes = ImageCodes(*(open_npy(array_path(self.arrays_dir, name)) for name in CODE_ARRAYS))
         return self._codes
 
     def select_features(self, spec: str) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipatlas._io import atomic_path, atomic_write_json, read_json, sha256_file
+from clipatlas._io import atomic_path, atomic_write_json, open_npy, read_json, sha256_file
 from clipatlas.errors import UserError
 
 METADATA_SCHEMA = pa.schema(
@@ -322,7 +322,7 @@ class Store:
     def _map_shard(self, shard: dict[str, Any]) -> np.ndarray:
         path = self.dir / _emb_name(shard["index"])
         try:
-            array = np.load(path, mmap_mode="r")
+            array = open_npy(path)
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read {path} ({exc}); re-run `clipatlas embed` to rebuild the store") from exc
         if array.shape != (shard["count"], self.d):
