@@ -24,6 +24,11 @@ should. Errors: transport failures, 5xx, failed jobs and any status the mix does
 `--workspace`: load-test that workspace's atlas instead of the synthetic one (a copy: opening an
 atlas may add an index to it). `--code`: serve from another checkout (a before on the same atlas).
 
+Each client connects from its own loopback address (127.0.1.1, 127.0.1.2, ...), as 50 users have 50
+addresses; `--one-address`: all from 127.0.0.1, so the server's per-address limit (4 generations waiting or
+running) refuses most generations with 429 and the clients sleep out the Retry-After. The result records the
+CPU seconds of the server (all its processes) and of the client, which shares the machine.
+
 `--skip generate`: the mix without those kinds of request (pages only: no generations, so no client
 waits out a 429; what the server serves, not how long the generation queue makes clients sleep).
 
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -266,10 +272,11 @@ class LeanClient:
     test's clients must not be what limits it (httpx cost ~3 ms of CPU a request here; see --client-check).
     Reads Content-Length and chunked bodies; sends Accept-Encoding: gzip, as browsers do."""
 
-    def __init__(self, base: str, timeout: float = 120):
+    def __init__(self, base: str, timeout: float = 120, source: str | None = None):
         address = base.removeprefix("http://")
         self.host, port = address.split(":")
         self.port, self.timeout = int(port), timeout
+        self.local_addr = None if source is None else (source, 0)
         self.reader = self.writer = None
 
     async def __aenter__(self):
@@ -293,7 +300,7 @@ class LeanClient:
             self.writer.close()
             self.reader = self.writer = None
         if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port, local_addr=self.local_addr)
         body = b"" if body_json is None else json.dumps(body_json).encode()
         lines = [f"{method} {url} HTTP/1.1", f"host: {self.host}:{self.port}", "accept-encoding: gzip"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
@@ -321,7 +328,16 @@ class LeanClient:
         return Answer(status, found, content)
 
 
-async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0, skip=()) -> dict:
+def client_address(index: int, one_address: bool) -> str | None:
+    """Client `index`'s source address: its own loopback address (127.0.1.1, 127.0.1.2, ...: Linux answers
+    all of 127/8), as 50 users have 50 addresses; with `one_address`, all share 127.0.0.1 and so the
+    server's per-address limit on generations (then most of them wait out a 429)."""
+    return None if one_address else f"127.0.{1 + index // 250}.{1 + index % 250}"
+
+
+async def load_test(
+    base: str, plan: LoadPlan, total: int, clients: int, seed: int = 0, skip=(), one_address: bool = False
+) -> dict:
     mix = [(kind, weight) for kind, weight in LOAD_MIX if kind not in skip]
     kinds = [k for k, _ in mix]
     weights = np.array([w for _, w in mix], dtype=np.float64)
@@ -374,7 +390,7 @@ async def load_test(base: str, plan: LoadPlan, total: int, clients: int, seed: i
 
     async def one_client(index: int) -> None:
         rng = np.random.default_rng([seed, index])
-        async with LeanClient(base) as client:
+        async with LeanClient(base, source=client_address(index, one_address)) as client:
             while take():
                 kind = kinds[int(rng.choice(len(kinds), p=weights))]
                 if kind == "generate":
@@ -497,6 +513,19 @@ def cached_check(root: Path, out: Path, total: int, clients: int, code: Path = R
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (`--workers N`: the worker processes)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def run_load_test(
     root: Path,
     out: Path,
@@ -506,14 +535,19 @@ def run_load_test(
     code: Path = ROOT,
     without: list[str] = (),
     skip: list[str] = (),
+    one_address: bool = False,
 ) -> dict:
     plan = LoadPlan(root)
     port = free_port()
     log_path = out / "web-load-server.log"
     server = start_server(root, port, log_path, workers, code, without)
     load_before = os.getloadavg()
+    server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
     try:
-        results = asyncio.run(load_test(f"http://127.0.0.1:{port}", plan, total, clients, skip=skip))
+        results = asyncio.run(
+            load_test(f"http://127.0.0.1:{port}", plan, total, clients, skip=skip, one_address=one_address)
+        )
+        server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, time.process_time() - client_cpu
     finally:
         server.terminate()
         server.wait(30)
@@ -524,6 +558,12 @@ def run_load_test(
         "server_code": str(code),
         "server_without": list(without),
         "mix_without": list(skip),
+        "client_addresses": 1 if one_address else clients,
+        # Cores each side kept busy: the client shares this machine, so its share is not the server's.
+        "server_cpu_s": server_cpu,
+        "client_cpu_s": client_cpu,
+        "server_cores": server_cpu / results["wall_s"],
+        "client_cores": client_cpu / results["wall_s"],
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "server_log_lines": len(log.splitlines()),
@@ -561,6 +601,12 @@ def main() -> None:
         help="load test: kinds of request left out of the mix, comma-separated (generate: pages only, no "
         "generations and so no 429 waits)",
     )
+    parser.add_argument(
+        "--one-address",
+        action="store_true",
+        help="load test: all clients connect from 127.0.0.1 (as before 2026-11-27), sharing the server's "
+        "per-address generation limit, instead of one loopback address each",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out = ROOT / "bench" / "out"
@@ -586,9 +632,14 @@ def main() -> None:
         unknown = sorted(set(skip) - {kind for kind, _ in LOAD_MIX})
         if unknown:
             parser.error(f"--skip: no such kinds {unknown}; the mix has {[kind for kind, _ in LOAD_MIX]}")
-        results = run_load_test(root, out, args.load, args.clients, args.workers, args.code.resolve(), without, skip)
+        results = run_load_test(
+            root, out, args.load, args.clients, args.workers, args.code.resolve(), without, skip, args.one_address
+        )
         skipped = "-skip-" + "-".join(skip) if skip else ""
-        name = f"web-load-{root.name}-{args.code.resolve().name}{plain}{skipped}-w{args.workers}-n{args.load}.json"
+        shared = "-one-address" if args.one_address else ""
+        name = (
+            f"web-load-{root.name}-{args.code.resolve().name}{plain}{skipped}{shared}-w{args.workers}-n{args.load}.json"
+        )
         atomic_write_json(out / name, results)
         print(json.dumps(results, indent=2))
         return

@@ -26,8 +26,10 @@ UPLOAD_PREFIX = "upload:"  # an image uploaded to the playground, kept in the wo
 
 
 def png_bytes(image: Image.Image) -> bytes:
+    # zlib level 1, not Pillow's 6: a generated 256 x 256 image encodes ~7x faster (60 -> 8 ms here) for ~7%
+    # more bytes, and the web server encodes two per generation on the request path.
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

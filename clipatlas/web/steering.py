@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import threading
 import time
 from pathlib import Path
@@ -24,19 +23,13 @@ from PIL import Image
 from clipatlas._io import atomic_write_bytes
 from clipatlas.errors import UserError
 from clipatlas.steer.decoders import split_decoder_name
-from clipatlas.steer.engine import Steerer
+from clipatlas.steer.engine import Steerer, png_bytes
 from clipatlas.steer.recipe import Recipe
 from clipatlas.steer.success import default_strength
 from clipatlas.web.schemas import RecipeIn
 from clipatlas.workspace import Workspace
 
 DISPLAY_SIZE = 512
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class UploadRegistry:
