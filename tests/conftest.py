@@ -98,9 +98,7 @@ def name_with_scored_label(atlas, feature: int, text: str, value: float = 0.99, 
     from clipatlas.atlas.annotations import add_labels, add_scores
 
     (label_id,) = add_labels(atlas, [Label(feature, source, text, model="test-vlm", prompt_version="label-v1")])
-    add_scores(
-        atlas, [Score(feature, label_id, "detection", "captions", "auroc", value, 0.5, 20, True, validation=0.99)]
-    )
+    add_scores(atlas, [Score(feature, label_id, "detection", "captions", "auroc", value, 0.5, 20, validation=0.99)])
     return label_id
 
 
