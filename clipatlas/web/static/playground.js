@@ -34,7 +34,7 @@
     link.append("· ", el("span", { className: "unnamed", textContent: "unnamed", title: f.label_note || "unlabelled" }));
     const g = f.best_guess;
     if (g) {
-      const p = g.evidence_p === null ? "" : ", p " + Number(g.evidence_p.toPrecision(2)) + " > " + g.naming_p;
+      const p = g.evidence_p === null ? "" : ", p " + Number(g.evidence_p.toPrecision(3)) + " > " + g.naming_p;
       const score = g.metric.toUpperCase() + " " + g.value.toFixed(2) + " vs " + g.baseline.toFixed(2) + " baseline"
         + p + ", " + g.n + " images, " + g.judge + " judge";
       link.append(" — ", el("span", { className: "best-guess" }, "best guess “",
