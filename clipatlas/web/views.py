@@ -111,7 +111,11 @@ class AtlasViews:
             ("dead over the store", f"{summary['dead_over_store']:.1%}", "active on no stored image"),
             ("labelled features", f"{summary['n_labelled']:,}", "with a label from clipatlas label"),
             ("scored features", f"{summary['n_scored']:,}", "with a label scored by clipatlas score"),
-            ("named features", f"{summary['n_named']:,}", "a scored label beat its shuffled baseline"),
+            (
+                "named features",
+                f"{summary['n_named']:,}",
+                f"a scored label beat its shuffled baseline and chance with p <= {NAMING_P}",
+            ),
         ]
         metrics = summary["metrics"]
         if metrics and "silent_fraction" in metrics:
