@@ -94,14 +94,42 @@ def demo_workspace(tmp_path_factory):
 
 def name_with_scored_label(atlas, feature: int, text: str, value: float = 0.99, source: str = "vlm") -> int:
     """Add a label that was scored and beat its baseline (so it names the feature); returns its id."""
+    return add_scored_label(atlas, feature, text, value, source=source)
+
+
+def add_scored_label(
+    atlas,
+    feature: int,
+    text: str,
+    value: float,
+    baseline: float = 0.5,
+    p: float | None = None,
+    n: int = 20,
+    source="vlm",
+) -> int:
+    """Add a label with a captions-judge detection score (both its p-values `p`, where given); returns its id.
+    With p > 0.05 a label that beats its baseline and chance is its feature's best guess, not its name."""
     from clipatlas.atlas import Label, Score
     from clipatlas.atlas.annotations import add_labels, add_scores
+    from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED
 
     (label_id,) = add_labels(atlas, [Label(feature, source, text, model="test-vlm", prompt_version="label-v1")])
-    add_scores(
-        atlas, [Score(feature, label_id, "detection", "captions", "auroc", value, 0.5, 20, True, validation=0.99)]
+    details = {} if p is None else {P_AGAINST_CHANCE: p, P_AGAINST_SHUFFLED: p}
+    score = Score(
+        feature, label_id, "detection", "captions", "auroc", value, baseline, n, validation=0.99, details=details
     )
+    add_scores(atlas, [score])
     return label_id
+
+
+def add_guess_and_coin_flip(atlas) -> tuple[int, int]:
+    """On two features no label names: "dark birds", beating its baseline and chance with p 0.061 on 8 + 8
+    images (a best guess), and "coin flip", above its baseline but below chance (nothing). Their ids."""
+    unnamed = [int(f) for f in atlas.map_points().feature if int(f) in atlas.unnamed_reasons()]
+    guessed, coin = unnamed[0], unnamed[1]
+    add_scored_label(atlas, guessed, "dark birds", 0.95, baseline=0.62, p=0.061, n=16)
+    add_scored_label(atlas, coin, "coin flip", 0.45, baseline=0.40, p=0.6, n=16)
+    return guessed, coin
 
 
 @pytest.fixture(scope="session")

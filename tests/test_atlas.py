@@ -21,7 +21,7 @@ from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, Score, build_
 from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
 from clipatlas.atlas.query import NO_LABEL_BEATS_BASELINE
 from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
-from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, headline
+from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, best_guess, headline, naming
 from clipatlas.errors import UserError
 from clipatlas.sae import SAE, make_config
 from clipatlas.sae.model import ARCHITECTURES
@@ -157,9 +157,7 @@ def test_map_points_cover_alive_features(built):
 
 
 def scored(feature: int, label_id: int, value: float, baseline: float = 0.5, judge: str = "captions", validation=None):
-    return Score(
-        feature, label_id, "detection", judge, "auroc", value, baseline, 20, value > baseline, validation=validation
-    )
+    return Score(feature, label_id, "detection", judge, "auroc", value, baseline, 20, validation=validation)
 
 
 def test_labels_scores_headline_and_search(tmp_path):
@@ -187,7 +185,7 @@ def test_labels_scores_headline_and_search(tmp_path):
     # the labeller that names features best over all features wins over one feature's lucky validation
     (other_id,) = add_labels(atlas, [Label(f, "other", "a widget", model="m")])
     add_scores(atlas, [scored(f, other_id, 0.9, validation=0.99)])
-    overall = Score(f, vlm_id, "detection", "captions", "auroc", 0.7, 0.5, 20, True, validation=0.6)
+    overall = Score(f, vlm_id, "detection", "captions", "auroc", 0.7, 0.5, 20, validation=0.6)
     add_scores(atlas, [dataclasses.replace(overall, details={"labeller_validation": 0.995})])
     assert atlas.feature(f).label == "a gadget"
     add_scores(atlas, [scored(f, vlm_id, 0.4, judge="vlm")])
@@ -195,6 +193,19 @@ def test_labels_scores_headline_and_search(tmp_path):
     assert atlas.feature(f).label == "a widget"
     tied = next(g for g in alive if g % 5 == 0)
     assert atlas.naming_note(tied) == NO_LABEL_BEATS_BASELINE and atlas.naming_note(DEAD[0]) == "unlabelled"
+    # worse than a coin flip but above its shuffled baseline, stored with the flag an older clipatlas wrote
+    # (value > baseline): read back, it beats nothing, names nothing and is no best guess
+    coin = next(g for g in alive if g % 5 == 0 and g != tied)
+    (coin_id,) = add_labels(atlas, [Label(coin, "old", "worse than a coin", model="m")])
+    add_scores(atlas, [scored(coin, coin_id, 0.45, baseline=0.40)])
+    with sqlite3.connect(atlas.db_path) as conn:
+        assert conn.execute("SELECT beats_baseline FROM scores WHERE label_id = ?", (coin_id,)).fetchone() == (0,)
+        conn.execute("UPDATE scores SET beats_baseline = 1 WHERE label_id = ?", (coin_id,))
+    atlas.refresh()
+    stale = next(label for label in atlas.labels(coin) if label.id == coin_id).score()
+    assert (stale.value, stale.baseline, stale.beats_baseline, stale.names_feature) == (0.45, 0.40, False, False)
+    assert coin not in atlas.headlines() and coin not in atlas.best_guesses()
+    assert atlas.naming_note(coin) == NO_LABEL_BEATS_BASELINE
     add_labels(atlas, [Label(f, "vlm", "a better gadget", model="m", prompt_version="label-v1")])  # replaces it
     assert [label.text for label in atlas.labels(f) if label.source == "vlm"] == ["a better gadget"]
     assert atlas.labels(f)[-1].scores == () and atlas.feature(f).label == "a widget"
@@ -206,7 +217,7 @@ def test_labels_scores_headline_and_search(tmp_path):
 def test_a_label_names_its_feature_only_when_it_beats_its_baseline_clearly():
     def label(text, value, p_chance, p_shuffled=None, validation=0.9):
         details = {P_AGAINST_CHANCE: p_chance, **({} if p_shuffled is None else {P_AGAINST_SHUFFLED: p_shuffled})}
-        score = Score(1, 0, "detection", "captions", "auroc", value, 0.5, 8, value > 0.5, validation=validation)
+        score = Score(1, 0, "detection", "captions", "auroc", value, 0.5, 8, validation=validation)
         return Label(1, "captions", text, scores=(dataclasses.replace(score, details=details),))
 
     lucky = label("lucky", 0.9, 0.057, validation=0.99)  # 4 + 4 images, one out of place: could be chance
@@ -216,7 +227,7 @@ def test_a_label_names_its_feature_only_when_it_beats_its_baseline_clearly():
     assert clear.scores[0].evidence_p == 0.03 and headline([lucky, clear]) is clear
     # clears chance, but a tenth of the other features' labels do as well on these images: not the name
     assert headline([label("generic", 0.8, 0.001, 0.1)]) is None
-    legacy = Label(1, "captions", "old", scores=(Score(1, 0, "detection", "captions", "auroc", 0.7, 0.5, 8, True),))
+    legacy = Label(1, "captions", "old", scores=(Score(1, 0, "detection", "captions", "auroc", 0.7, 0.5, 8),))
     assert legacy.scores[0].evidence_p is None and headline([legacy]) is legacy  # scored before p-values
     # labels scored by different judges: the most trusted judge's labels compete, the others do not crash it
     by_classes = dataclasses.replace(
@@ -403,6 +414,35 @@ def test_newer_atlas_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(AtlasError, match="rebuild it with: clipatlas atlas"):
         Atlas.open(tmp_path, "t")
+
+
+def test_a_label_below_chance_beats_nothing_and_one_short_of_p_is_only_a_best_guess():
+    def label(text, value, baseline, p):
+        details = {P_AGAINST_CHANCE: p, P_AGAINST_SHUFFLED: p}
+        return Label(
+            1,
+            "captions",
+            text,
+            scores=(Score(1, 0, "detection", "captions", "auroc", value, baseline, 16, details=details),),
+        )
+
+    coin = label("worse than a coin", 0.45, 0.40, 0.6)
+    assert not coin.scores[0].beats_baseline and not coin.scores[0].names_feature
+    assert naming([coin]) == (None, None)  # neither a name nor a best guess
+    clear = label("clear", 0.70, 0.60, 0.01)
+    assert clear.scores[0].beats_baseline and clear.scores[0].names_feature
+    assert naming([coin, clear]) == (clear, None) and headline([coin, clear]) is clear
+    # beats its baseline and chance but misses p <= 0.05 (8 + 8 images): the best guess, never the name
+    near = label("dark birds", 0.95, 0.62, 0.061)
+    assert near.scores[0].beats_baseline and not near.scores[0].names_feature
+    assert naming([coin, near]) == (None, near) and best_guess([near, coin]) is near and headline([near]) is None
+    assert best_guess([near, clear]) is None  # a named feature has no best guess
+    # at chance exactly, or with a baseline above the value: not beating
+    assert not label("chance", 0.5, 0.3, 0.5).scores[0].beats_baseline
+    assert not label("below baseline", 0.7, 0.72, 0.01).scores[0].beats_baseline
+    # intruder accuracy has no fixed chance: its stored baseline is chance (1 / 5 with four activating images)
+    assert Score(1, None, "intruder", "captions", "accuracy", 0.3, 0.2, 10).beats_baseline
+    assert not Score(1, None, "intruder", "captions", "accuracy", 0.2, 0.2, 10).beats_baseline
 
 
 def test_headline_when_labels_of_one_feature_were_scored_by_different_judges():

@@ -50,8 +50,7 @@ def mixed_atlas(tmp_path_factory):
             continue  # never scored
         value = round(float(rng.choice([0.55, 0.7, 0.9])), 2)  # few values: many ties
         for judge in ("captions", "vlm") if i % 3 else ("captions",):
-            beats = value > 0.6 if judge == "vlm" else i % 2 == 0
-            scores.append(Score(f, label_id, "detection", judge, "auroc", value, 0.6, 20, beats, validation=value))
+            scores.append(Score(f, label_id, "detection", judge, "auroc", value, 0.6, 20, validation=value))
     add_scores(atlas, scores)
     return Atlas.open(root)
 

@@ -239,6 +239,10 @@ def test_detection_p_values_and_the_median_baseline_from_many_shuffled_labels():
     table = rng.normal(size=(n_features * 20, n_features))  # (store row, label's feature) -> fit
     for f in range(n_features):
         table[f * 20 : f * 20 + 10, f] += 0.3 if f < 5 else 4.0  # rows f*20..f*20+9 are feature f's positives
+    # feature 1: its label rates its positives a little below its negatives (worse than a coin flip), every
+    # other label far below: above its shuffled baseline, below chance
+    table[20:30, :] -= 2.0
+    table[20:30, 1] += 2.0 - 0.9
 
     class TableJudge(Judge):
         name, shuffled_labels = "table", 24
@@ -272,6 +276,9 @@ def test_detection_p_values_and_the_median_baseline_from_many_shuffled_labels():
             mannwhitneyu(table[rows[:10], s.feature], table[rows[10:], s.feature], alternative="greater").pvalue
         )
         assert s.evidence_p == max(s.details["p_against_chance"], s.details["p_against_shuffled"])
+        assert s.beats_baseline == (own > max(np.median(shuffled), 0.5))
+    coin = next(s for s in scores if s.feature == 1)
+    assert coin.baseline < coin.value < 0.5 and not coin.beats_baseline and not coin.names_feature
     clear = [s for s in scores if s.feature >= 5]
     assert [
         s.details for s in clear if not s.names_feature
@@ -298,6 +305,23 @@ def test_report_has_every_labeller_and_the_plot(labelled):
     assert "## Detection, captions judge" in text and "captions (shares its source with this judge)" in text
     assert "headline (chosen on the labelling half)" in text
     assert atlas.files.interp_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_counts_a_label_as_beating_its_baseline_only_above_chance_too():
+    from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, Score
+    from clipatlas.interp.report import stats
+
+    def detection(value, baseline, p):
+        details = {P_AGAINST_CHANCE: p, P_AGAINST_SHUFFLED: p}
+        return Score(1, 0, "detection", "captions", "auroc", value, baseline, 16, details=details)
+
+    below_chance, clear, unclear = detection(0.45, 0.40, 0.6), detection(0.70, 0.60, 0.01), detection(0.8, 0.6, 0.2)
+    st = stats([below_chance, clear, unclear])
+    assert (st["share_beating"], st["share_naming"]) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    assert (st["median"], st["median_baseline"]) == (0.70, 0.60)
+    # intruder accuracy against its chance (the stored baseline): above it beats, at it does not
+    intruder = [Score(1, None, "intruder", "captions", "accuracy", v, 0.2, 10) for v in (0.3, 0.2)]
+    assert stats(intruder)["share_beating"] == 0.5
 
 
 def test_classifier_labeller_ranks_classes_by_lift_over_the_base_rate(data):

@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import add_guess_and_coin_flip
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -31,6 +32,7 @@ def workspace(tmp_path_factory, scored_label):
     atlas = Atlas.open(ws)
     evil_feature = int(atlas.map_points().feature[0])
     scored_label(atlas, evil_feature, EVIL_LABEL)  # labels may come from an LLM
+    add_guess_and_coin_flip(atlas)
     return ws
 
 
@@ -174,8 +176,57 @@ def test_unscored_labels_never_name_a_feature(client, workspace):
     add_labels(atlas, [Label(unnamed, "captions", "unscored words", model="other")])
     page = client.get(f"/features/{unnamed}", headers=HTML).text
     assert "unscored words" in page  # in the labels table...
-    assert f'<span class="label unnamed">feature #{unnamed},' in page  # ...but not the name
+    assert '<span class="label unnamed" title="' in page and "unscored words</span></h1>" not in page  # not the name
     assert client.get(f"/api/features/{unnamed}/brief").json()["label"] == ""
+
+
+def labelled(atlas, text: str) -> int:
+    return next(f for f, labels in atlas.labels_by_feature().items() if any(label.text == text for label in labels))
+
+
+def test_an_unnamed_feature_shows_its_best_guess_apart_from_its_name(client, atlas):
+    guessed, coin = labelled(atlas, "dark birds"), labelled(atlas, "coin flip")
+    body = client.get(f"/api/features/{guessed}").json()
+    assert (body["label"], body["label_note"], body["headline_id"]) == ("", NO_LABEL_BEATS_BASELINE, None)
+    guess_id = next(label.id for label in atlas.labels(guessed) if label.text == "dark birds")
+    guess = {
+        "label_id": guess_id,
+        "text": "dark birds",
+        "source": "vlm",
+        "judge": "captions",
+        "metric": "auroc",
+        "value": 0.95,
+        "baseline": 0.62,
+        "evidence_p": 0.061,
+        "naming_p": 0.05,
+        "n": 16,
+    }
+    assert body["best_guess"] == guess
+    assert client.get(f"/api/features/{guessed}/brief").json()["best_guess"] == guess
+    (hit,) = [r for r in client.get("/api/search", params={"q": "dark birds"}).json()["results"]]
+    assert (hit["feature"], hit["label"], hit["best_guess"], hit["names_feature"]) == (guessed, "", guess, False)
+    assert hit["beats_baseline"] is True
+    listed = client.get("/api/features", params={"limit": 1000}).json()["features"]
+    assert next(r for r in listed if r["feature"] == guessed)["matched"] == "dark birds"  # the guess's own score
+    named_only = client.get("/api/features", params={"named": True, "limit": 1000}).json()["features"]
+    assert guessed not in {r["feature"] for r in named_only} and all(r["best_guess"] is None for r in named_only)
+    page = client.get(f"/features/{guessed}", headers=HTML).text
+    heading = page[page.index("<h1>") : page.index("</h1>")]
+    assert "unnamed" in heading and "dark birds" not in heading  # never the name...
+    assert (  # ...but shown apart, with where its score came from
+        '<p class="name-guess"><span class="best-guess">best guess “<span class="guess-text">dark birds</span>” '
+        '<span class="guess-score muted">(AUROC 0.95 vs 0.62 baseline, p 0.061 &gt; 0.05, 16 images, captions judge)'
+        in page
+    )
+    assert '<span class="badge guess">best guess</span>' in page and '<span class="badge">name</span>' not in page
+    # below chance, though above its shuffled baseline: no name, no guess, and the table says it does not beat it
+    coin_body = client.get(f"/api/features/{coin}").json()
+    assert (coin_body["label"], coin_body["best_guess"]) == ("", None)
+    coin_score = next(label for label in coin_body["labels"] if label["text"] == "coin flip")["scores"][0]
+    assert (coin_score["value"], coin_score["baseline"], coin_score["beats_baseline"]) == (0.45, 0.4, False)
+    assert 'class="name-guess"' not in client.get(f"/features/{coin}", headers=HTML).text
+    named = alive_feature(atlas, 0)
+    assert client.get(f"/api/features/{named}").json()["best_guess"] is None
 
 
 def test_map_served_gzipped_or_plain(client):

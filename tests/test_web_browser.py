@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import add_guess_and_coin_flip
 
 from clipatlas.atlas import Atlas, Label
 from clipatlas.atlas.annotations import add_labels
@@ -84,6 +85,7 @@ def synthetic(tmp_path_factory, scored_label):
     # feature [1]: a scored label that names it, and a later one nobody scored yet
     scored_label(atlas, int(atlas.map_points().feature[1]), "red striped lamp", value=0.83)
     add_labels(atlas, [Label(int(atlas.map_points().feature[1]), "captions", "unscored words", model="other")])
+    add_guess_and_coin_flip(atlas)  # two unnamed features: one with a best guess, one without
     with serving(create_app(ws.root)) as url:
         yield url, Atlas.open(ws)
 
@@ -161,9 +163,7 @@ def test_map_draws_every_point_hover_and_click(page, synthetic):
     tip.wait_for(state="visible")
     hovered = int(tip.inner_text().split()[0].lstrip("#"))
     index = list(points.feature).index(hovered)
-    assert (
-        page.locator("#map-tip .tip-label").inner_text() == f"#{hovered} {points.label[index] or '(no scored label)'}"
-    )
+    assert page.locator("#map-tip .tip-label").inner_text() == f"#{hovered} {points.label[index] or '· unnamed'}"
     image = page.locator("#map-tip img")
     assert (
         image.get_attribute("src")
@@ -239,6 +239,69 @@ def test_feature_page_lists_every_label_with_its_provenance_and_score(page, synt
     shot(page, "feature-labels")
 
 
+GUESS_SCORE = "(AUROC 0.95 vs 0.62 baseline, p 0.061 > 0.05, 16 images, captions judge)"
+
+
+def shown_name(atlas, feature: int) -> str:
+    """A feature's name as pages and the playground show it: its headline label, else "unnamed" and any
+    best guess (only "dark birds" here: the synthetic atlas's own scores carry no p-values)."""
+    if feature in atlas.headlines():
+        return f"#{feature} {atlas.headlines()[feature].text}"
+    guess = atlas.best_guesses().get(feature)
+    return f"#{feature} · unnamed" + (f" — best guess “{guess.text}” {GUESS_SCORE}" if guess else "")
+
+
+def labelled(atlas, text: str) -> int:
+    return next(f for f, labels in atlas.labels_by_feature().items() if any(label.text == text for label in labels))
+
+
+def test_unnamed_feature_pages_say_so_and_show_a_best_guess_apart(page, synthetic):
+    url, atlas = synthetic
+    guessed, coin = labelled(atlas, "dark birds"), labelled(atlas, "coin flip")
+    page.goto(f"{url}/features/{guessed}")
+    heading = page.locator("h1")
+    assert heading.inner_text() == f"#{guessed} · unnamed" and "dark birds" not in heading.inner_text()
+    assert heading.locator(".unnamed").get_attribute("title") == atlas.naming_note(guessed)
+    assert page.locator(".name-note").inner_text() == atlas.naming_note(guessed)
+    assert page.locator(".name-guess").inner_text() == f"best guess “dark birds” {GUESS_SCORE}"
+    guess_row = page.locator("table.labels tr.label-row").filter(has_text="dark birds")
+    assert "best guess" in guess_row.locator(".badge").inner_text() and page.locator("tr.headline").count() == 0
+    assert guess_row.locator("td.beats").inner_text() == "yes, not clearly"
+    # a colour distinct from the name's: a reader sees a guess, not a name
+    colours = page.evaluate(
+        "() => [getComputedStyle(document.querySelector('.name-guess .best-guess')).color, "
+        "getComputedStyle(document.querySelector('h1')).color]"
+    )
+    assert colours[0] != colours[1]
+    shot(page, "feature-best-guess")
+    page.goto(f"{url}/features/{coin}")
+    assert page.locator("h1").inner_text() == f"#{coin} · unnamed" and page.locator(".name-guess").count() == 0
+    coin_row = page.locator("table.labels tr.label-row").filter(has_text="coin flip")
+    assert coin_row.locator("td.auroc").inner_text() == "0.450" and coin_row.locator("td.beats").inner_text() == "no"
+    shot(page, "feature-unnamed")
+
+
+def test_playground_names_unnamed_features_with_and_without_a_best_guess(page, synthetic):
+    url, atlas = synthetic
+    guessed, coin = labelled(atlas, "dark birds"), labelled(atlas, "coin flip")
+    page.goto(f"{url}/playground")
+    page.wait_for_selector("body[data-playground-ready]")
+    page.fill("#feature-search", "dark birds")
+    page.locator("#feature-results button").first.wait_for()
+    assert page.locator("#feature-results .feature-link").all_inner_texts() == [shown_name(atlas, guessed)]
+    page.locator("#feature-results button").first.click()
+    row = page.locator(f'.slider-row:has(input[data-feature="{guessed}"]) .feature-link')
+    row.wait_for()
+    assert row.inner_text() == f"#{guessed} · unnamed — best guess “dark birds” {GUESS_SCORE}"
+    assert row.locator(".label").count() == 0  # the guess is never set as the name
+    page.fill("#feature-search", f"#{coin}")  # found by its number: named as its own page names it
+    sync_api.expect(page.locator("#feature-results .feature-link").first).to_have_text(f"#{coin} · unnamed")
+    assert page.locator("#feature-results .feature-link .unnamed").first.get_attribute("title") == atlas.naming_note(
+        coin
+    )
+    shot(page, "playground-unnamed")
+
+
 def set_slider(page, feature: int, value: float) -> None:
     slider = page.locator(f'input[type=range][data-feature="{feature}"]')
     slider.evaluate(
@@ -260,15 +323,11 @@ def test_playground_edits_without_running_and_shares_recipe(page, synthetic):
     assert [int(s) for s in sliders.evaluate_all("els => els.map(e => e.dataset.feature)")] == [
         a.feature for a in active
     ]
-    # each slider names its feature as the atlas pages do: its headline, or why it has none
-    headlines = atlas.headlines()
+    # each slider names its feature as the atlas pages do: its headline, or "unnamed" (and why, as its tooltip)
     names = page.locator("#features .slider-row .feature-link").all_inner_texts()
-    assert names == [
-        f"#{a.feature} {headlines[a.feature].text}"
-        if a.feature in headlines
-        else f"#{a.feature} feature #{a.feature}, {atlas.naming_note(a.feature)}"
-        for a in active
-    ]
+    assert names == [shown_name(atlas, a.feature) for a in active]
+    reasons = page.locator("#features .slider-row .feature-link .unnamed").evaluate_all("els => els.map(e => e.title)")
+    assert reasons == [atlas.naming_note(a.feature) for a in active if a.feature not in atlas.headlines()]
 
     set_slider(page, active[0].feature, 0.5)
     page.locator(f'.slider-row:has(input[data-feature="{active[1].feature}"]) button.ban').click()

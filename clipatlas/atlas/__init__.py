@@ -5,7 +5,7 @@ Return types of `Atlas` (all frozen dataclasses, see `clipatlas.atlas.types`):
 `feature(i) -> FeatureInfo`, `top_images(i)` / `quantile_samples(i) -> list[Example]`,
 `coactivating(i)` / `similar(i, by) -> list[Neighbour]`, `features_of_image(image_id)` /
 `features_of_embedding(x) -> list[Activation]`, `search_labels(text)` / `labels(i) -> list[Label]`
-(each with its `Score`s), `headlines() -> {feature: Label}`,
+(each with its `Score`s), `headlines()` / `best_guesses() -> {feature: Label}`,
 `map_points() -> MapPoints`, `summary() -> dict`, `thumbnail_path(id)` / `icon_path(i) -> Path | None`,
 `image_codes() -> ImageCodes` (every image's sparse code), `feature_table() -> FeatureTable` (per-feature arrays).
 """

@@ -60,7 +60,7 @@ CREATE TABLE scores (
     value REAL NOT NULL,
     baseline REAL NOT NULL,      -- shuffled labels (detection) or chance (intruder)
     n INTEGER NOT NULL,          -- images judged
-    beats_baseline INTEGER NOT NULL,
+    beats_baseline INTEGER NOT NULL,  -- value above baseline and chance (AUROC 0.5); readers re-derive it
     validation REAL,             -- the labeller's score on the labelling half only
     details TEXT NOT NULL        -- JSON object
 );

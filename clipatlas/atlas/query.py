@@ -37,14 +37,14 @@ from clipatlas.atlas.types import (
     MapPoints,
     Neighbour,
     Score,
-    headline,
+    naming,
     ranking_score,
 )
 from clipatlas.workspace import SAEFiles, Workspace
 
 # Why a feature has no name (shown in its place).
 UNLABELLED, NOT_SCORED = "unlabelled", "not yet scored"
-NO_LABEL_BEATS_BASELINE = f"no label beats its baseline with p <= {NAMING_P}"
+NO_LABEL_BEATS_BASELINE = f"no label beats its shuffled baseline and chance with p <= {NAMING_P}"
 _LABEL_COLUMNS = "id, feature, source, text, model, prompt_version, description, evidence"
 ALL = "1"  # the WHERE clause of every row
 
@@ -72,8 +72,7 @@ def _score(row) -> Score:
         metric=row["metric"],
         value=row["value"],
         baseline=row["baseline"],
-        n=row["n"],
-        beats_baseline=bool(row["beats_baseline"]),
+        n=row["n"],  # beats_baseline is re-derived from value and baseline (Score.beats_baseline), not read
         judge_model=row["judge_model"],
         validation=row["validation"],
         details=json.loads(row["details"]),
@@ -114,7 +113,7 @@ class Atlas:
         self._codes: ImageCodes | None = None
         self._table: FeatureTable | None = None
         self._map: MapPoints | None = None
-        self._headlines: tuple[dict[int, Label], dict[int, str]] | None = None
+        self._headlines: tuple[dict[int, Label], dict[int, str], dict[int, Label]] | None = None
         self._labelled: dict[int, list[Label]] | None = None
         self._search: LabelSearch | None = None
         self._store = None
@@ -220,23 +219,30 @@ class Atlas:
         NO_LABEL_BEATS_BASELINE. Features missing from both maps have no label at all (UNLABELLED)."""
         return self._naming()[1]
 
+    def best_guesses(self) -> dict[int, Label]:
+        """{feature: its best guess} for unnamed features whose best label beats its baseline and chance but
+        misses p <= NAMING_P (cached; see types.best_guess): shown apart from the name, never as it."""
+        return self._naming()[2]
+
     def naming_note(self, i: int) -> str:
         """'' for a named feature, else why it has no name."""
         if i in self.headlines():
             return ""
         return self.unnamed_reasons().get(i, UNLABELLED)
 
-    def _naming(self) -> tuple[dict[int, Label], dict[int, str]]:
+    def _naming(self) -> tuple[dict[int, Label], dict[int, str], dict[int, Label]]:
         if self._headlines is None:
-            named, reasons = {}, {}
+            named, reasons, guesses = {}, {}, {}
             for feature, labels in self.labels_by_feature().items():
-                best = headline(labels)
+                best, guess = naming(labels)
                 if best is not None:
                     named[feature] = best
-                else:
-                    scored = any(label.score() is not None for label in labels)
-                    reasons[feature] = NO_LABEL_BEATS_BASELINE if scored else NOT_SCORED
-            self._headlines = (named, reasons)
+                    continue
+                scored = any(label.score() is not None for label in labels)
+                reasons[feature] = NO_LABEL_BEATS_BASELINE if scored else NOT_SCORED
+                if guess is not None:
+                    guesses[feature] = guess
+            self._headlines = (named, reasons, guesses)
         return self._headlines
 
     def labels_by_feature(self) -> dict[int, list[Label]]:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from clipatlas._io import atomic_path
 from clipatlas.atlas import db
+from clipatlas.atlas.types import CHANCE
 from clipatlas.errors import UserError
 from clipatlas.store import write_store
 from clipatlas.workspace import SAEFiles, Workspace
@@ -153,13 +154,14 @@ def _tables(cfg: SyntheticAtlasConfig, image_ids: list[str], alive: np.ndarray, 
     coactivating = list(_neighbours(live, cfg.neighbours, None, rng))
     similar = [row for kind in ("decoder", "encoder") for row in _neighbours(live, cfg.neighbours, kind, rng)]
     # Scored labels, as `clipatlas label` and `clipatlas score` write them: a random third of
-    # them do not beat their baseline (those features stay unnamed).
+    # them do not beat their baseline and chance (those features stay unnamed; readers derive it from the values).
     labels, scores = [], []
     for label_id, i in enumerate(live.tolist(), start=1):
         text = f"{WORDS[i % len(WORDS)]} {WORDS[(i // len(WORDS)) % len(WORDS)]}"
         labels.append((label_id, i, "captions", text, "", "", "", "{}"))
         value, baseline = float(rng.uniform(0.3, 1.0)), float(rng.uniform(0.4, 0.6))
-        beats = int(value > baseline and rng.random() > 0.33)
+        beats = int(value > max(baseline, CHANCE["auroc"]) and rng.random() > 0.33)
+        value = value if beats else min(value, baseline)
         scores.append(
             (i, label_id, "detection", "captions", "synthetic", "auroc", value, baseline, 20, beats, None, "{}")
         )

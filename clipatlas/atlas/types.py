@@ -6,6 +6,7 @@ module that handles atlas records imports them from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -25,6 +26,10 @@ JUDGE_PRIORITY = ("vlm", "clip-text", "captions", "classes")
 # with its score, not as the feature's name.
 P_AGAINST_CHANCE, P_AGAINST_SHUFFLED = "p_against_chance", "p_against_shuffled"
 NAMING_P = 0.05
+# A metric's value for a judge that knows nothing, where the metric fixes it: a detection AUROC of 0.5 is a
+# coin flip, so a label below it beats no baseline however weak the shuffled labels were. (Intruder
+# accuracy's chance depends on the trial size; its scores store it as their baseline.)
+CHANCE = {"auroc": 0.5}
 
 
 class AtlasError(UserError):
@@ -64,6 +69,8 @@ class Score:
     `value` is the scorer's metric (`metric`: detection AUROC, intruder accuracy) on images the
     labeller never saw; `baseline` the same metric for the shuffled baseline (detection: the
     feature scored with another feature's label from the same labeller) or chance (intruder).
+    `beats_baseline` is derived from the two (see there), so an atlas scored before the rule
+    changed reads as honestly as a new one.
     `validation` is the label's score on the labelling half only (labels made from one part of
     it, judged on the other): what ranks a feature's labels without looking at the scoring images.
     """
@@ -76,11 +83,17 @@ class Score:
     value: float
     baseline: float
     n: int
-    beats_baseline: bool
     judge_model: str = ""
     validation: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    derived: ClassVar[tuple[str, ...]] = ("evidence_p", "names_feature")  # properties pages and JSON show too
+    # Properties that pages and the JSON API show too.
+    derived: ClassVar[tuple[str, ...]] = ("beats_baseline", "evidence_p", "names_feature")
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Above its baseline and above chance (`CHANCE`: detection AUROC 0.5): a label that does worse
+        than a coin flip beats nothing, even where the shuffled labels did worse still."""
+        return self.value > max(self.baseline, CHANCE.get(self.metric, self.baseline))
 
     @property
     def evidence_p(self) -> float | None:
@@ -92,7 +105,7 @@ class Score:
 
     @property
     def names_feature(self) -> bool:
-        """Good enough to name the feature: beats the baseline, and (where recorded) with p <= NAMING_P."""
+        """Good enough to name the feature: beats its baseline and chance, and (where recorded) with p <= NAMING_P."""
         p = self.evidence_p
         return self.beats_baseline and (p is None or p <= NAMING_P)
 
@@ -144,13 +157,31 @@ def preferred_by_judge(labels: list[Label]) -> dict[str, Score]:
 
 def headline(labels: list[Label]) -> Label | None:
     """The label a feature is named by: among its labels whose detection score clearly beats the
-    shuffled baseline (`Score.names_feature`), under the most trusted judge that scored any of them,
-    the one ranked first (see `preferred` and `ranking_score`). None when no label has, or none was scored."""
-    passing = [label for label in labels if (s := label.score()) is not None and s.names_feature]
+    shuffled baseline and chance (`Score.names_feature`), under the most trusted judge that scored any of
+    them, the one ranked first (see `preferred` and `ranking_score`). None when no label has, or none was scored."""
+    return _first_passing(labels, lambda s: s.names_feature)
+
+
+def best_guess(labels: list[Label]) -> Label | None:
+    """For a feature with no `headline`: the label chosen as a headline is, among those whose detection
+    score beats its baseline and chance but misses p <= NAMING_P (often for want of held-out images).
+    Shown apart from the name, with its score, never as the name; None for a named feature."""
+    return naming(labels)[1]
+
+
+def naming(labels: list[Label]) -> tuple[Label | None, Label | None]:
+    """(`headline`, `best_guess`) of one feature's labels, at most one of them not None."""
+    name = headline(labels)
+    return (name, None) if name is not None else (None, _first_passing(labels, lambda s: s.beats_baseline))
+
+
+def _first_passing(labels: list[Label], passes: Callable[[Score], bool]) -> Label | None:
+    """The label `preferred` under the most trusted judge among labels whose headline score `passes`."""
+    passing = [label for label in labels if (s := label.score()) is not None and passes(s)]
     if not passing:
         return None
     judge = min((label.score().judge for label in passing), key=judge_rank)
-    found = preferred([label for label in passing if (s := label.score(judge=judge)) and s.names_feature], judge)
+    found = preferred([label for label in passing if (s := label.score(judge=judge)) and passes(s)], judge)
     return found[0] if found else None
 
 

@@ -45,7 +45,8 @@ def _summary(scores: list) -> dict[str, Any]:
 def interpretability(ws: Workspace, files: SAEFiles) -> dict[str, Any]:
     """The interp stage's scores, from the atlas: per labeller and per judge, every scorer's median
     (detection AUROC, intruder accuracy), its shuffled baseline's median and the share of labels that
-    beat their own baseline; the same for each feature's headline label (its name)."""
+    beat their own baseline and chance (`Score.beats_baseline`); the same for each feature's headline
+    label (its name)."""
     from clipatlas.atlas import Atlas
 
     if not files.atlas_db.is_file():

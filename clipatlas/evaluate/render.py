@@ -90,7 +90,7 @@ def sae_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"interpretability: headline labels of the {summary['labels']} labelled features active on at least "
             f"{interp.get('headline_min_activating')} images, {key}: median {summary['median']:.3f} (shuffled "
-            f"baseline {summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own); "
+            f"baseline {summary['median_baseline']:.3f}; {summary['beats_baseline']:.0%} beat their own and chance); "
             f"{interp.get('features_named')} features named over the whole atlas (any number of images)"
         )
     steer = sections.get("steering", {})
@@ -238,7 +238,7 @@ def _interpretability_markdown(report) -> list[str]:
     ]
     if not rows:
         return []
-    headers = ["labeller", "scorer/judge", "labels", "median", "shuffled baseline", "beat their own"]
+    headers = ["labeller", "scorer/judge", "labels", "median", "shuffled baseline", "beat their own and chance"]
     return ["## Label scores", markdown_table(headers, rows)]
 
 

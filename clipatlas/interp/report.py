@@ -47,16 +47,14 @@ def labeller_key(label: Label) -> str:
 
 
 def stats(scores: list[Score]) -> dict[str, float]:
-    """Median value, median baseline, share beating the baseline (at all, and clearly enough to name the
-    feature: `Score.names_feature`), median balanced accuracy."""
-    values = np.array([s.value for s in scores])
-    baselines = np.array([s.baseline for s in scores])
+    """Median value, median baseline, share beating the baseline and chance (`Score.beats_baseline`: at all,
+    and clearly enough to name the feature: `Score.names_feature`), median balanced accuracy."""
     bacc = [s.details["balanced_accuracy"] for s in scores if "balanced_accuracy" in s.details]
     return {
         "n": len(scores),
-        "median": float(np.median(values)),
-        "median_baseline": float(np.median(baselines)),
-        "share_beating": float(np.mean(values > baselines)),
+        "median": float(np.median([s.value for s in scores])),
+        "median_baseline": float(np.median([s.baseline for s in scores])),
+        "share_beating": float(np.mean([s.beats_baseline for s in scores])),
         "share_naming": float(np.mean([s.names_feature for s in scores])),
         "median_balanced_accuracy": float(np.median(bacc)) if bacc else float("nan"),
     }
@@ -71,7 +69,8 @@ def headline_line(found: dict, judge: str, min_activating: int) -> str:
     return (
         f"headline labels of the {st['n']} features active on at least {min_activating} images, {judge} judge: "
         f"median detection AUROC {st['median']:.3f} against {st['median_baseline']:.3f} for shuffled labels, "
-        f"{st['share_beating']:.0%} beat their own baseline ({st['share_naming']:.0%} with p <= {NAMING_P}); "
+        f"{st['share_beating']:.0%} beat their own baseline and chance "
+        f"({st['share_naming']:.0%} with p <= {NAMING_P}); "
         f"{found['named']} of them named"
     )
 
@@ -85,12 +84,13 @@ def write_report(atlas: Atlas, data: StoreData, min_activating: int) -> tuple[Pa
         f"# Label scores: SAE {atlas.name}",
         "",
         f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Features active on at least {min_activating} "
-        f"images: {found['features']:,}; named (a scored label beat its baseline with p <= {NAMING_P}): "
+        f"images: {found['features']:,}; named (a scored label beat its baseline and chance with p <= {NAMING_P}): "
         f"{found['named']:,}.",
         "",
         "Detection: a judge rates the feature's held-out images (activating ones spread over the activation range, "
         "as many silent ones) against the label; AUROC 0.5 is chance. The baseline scores the same images with "
-        "other features' labels from the same labeller (their median). p: the larger of the p-values against "
+        "other features' labels from the same labeller (their median); a label beats it only when it also beats "
+        "chance (AUROC above 0.5). p: the larger of the p-values against "
         "chance (Mann-Whitney) and against those shuffled labels (permutation, where 19 or more were judged). "
         "No image that scores a label was shown to its labeller.",
         "The headline row takes, per feature, the label of the labeller with the best median score on the "

@@ -116,7 +116,7 @@ class ScoreRun:
     found: dict = field(default_factory=dict)  # what the report summarised (with --report)
 
     def summary_lines(self) -> list[str]:
-        """Per labeller: median score against the median baseline and the share beating it."""
+        """Per labeller: median score against the median baseline and the share beating it and chance."""
         groups: dict[str, list[Score]] = defaultdict(list)
         for s in self.scores:
             groups[self.label_sources.get(s.label_id, "features")].append(s)
@@ -127,7 +127,7 @@ class ScoreRun:
             st = stats(scores)
             lines.append(
                 f"  {source}: median {scores[0].metric} {st['median']:.3f} against {st['median_baseline']:.3f} "
-                f"(baseline), {st['share_beating']:.0%} of {st['n']} beat it"
+                f"(baseline), {st['share_beating']:.0%} of {st['n']} beat it and chance"
             )
         return lines
 

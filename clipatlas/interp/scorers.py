@@ -106,7 +106,6 @@ class DetectionScorer(Scorer):
                     value=value,
                     baseline=baseline,
                     n=fits.shape[1],
-                    beats_baseline=value > baseline,
                     validation=validation_of.get(i),
                     details={
                         "balanced_accuracy": balanced_accuracy(truth, top_half_predictions(fits[0], n_pos)),
@@ -181,7 +180,6 @@ class IntruderScorer(Scorer):
                     value=accuracy,
                     baseline=chance,
                     n=per,
-                    beats_baseline=accuracy > chance,
                     details={"k": k, "trials": per},
                 )
             )

@@ -241,8 +241,9 @@ class SiteWriter:
         write_gzip_json(self.out / self.links.map_data(), map_body(subset))
 
     def write_search(self) -> tuple[int, int]:
-        """The label index, in search order (labels that beat their baseline first, best score first):
-        [feature, label text, the hit as the search page's own macro renders it]; returns (files, labels)."""
+        """The label index, in search order (`search_rank`: labels that name their feature, then others that beat
+        their baseline and chance, best score first): [feature, label text, the hit as the search page's own
+        macro renders it]; returns (files, labels)."""
         wanted = set(self.features.tolist())
         labels = [label for f, found in self.atlas.labels_by_feature().items() if f in wanted for label in found]
         labels.sort(key=lambda label: (search_rank(label), label.feature))

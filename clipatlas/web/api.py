@@ -42,12 +42,7 @@ def api_feature(request: Request, feature_id: int, ctx: Context, cache: Cache):
 def api_feature_brief(request: Request, feature_id: int, ctx: Context, cache: Cache):
     def make():
         brief = ctx.views.brief(ctx.views.check_feature(feature_id))
-        return {
-            "feature": feature_id,
-            "label": brief.label,
-            "label_note": brief.label_note,
-            "max_activation": brief.max_activation,
-        }
+        return {"feature": feature_id, **brief.naming(), "max_activation": brief.max_activation}
 
     return cached_json(request, ctx, cache, schemas.FeatureBriefOut, make)
 

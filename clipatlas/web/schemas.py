@@ -79,11 +79,11 @@ class ScoreOut(BaseModel):
     value: float
     baseline: float
     n: int
-    beats_baseline: bool
     validation: float | None
     details: dict[str, Any]
     evidence_p: float | None  # see atlas.types.Score.evidence_p; null for intruder scores and older atlases
-    names_feature: bool  # beats the baseline with evidence_p <= 0.05: may name the feature
+    beats_baseline: bool  # above the shuffled baseline and chance (detection: AUROC 0.5), see atlas.types.Score
+    names_feature: bool  # beats the baseline and chance with evidence_p <= 0.05: may name the feature
 
 
 class LabelOut(BaseModel):
@@ -100,12 +100,30 @@ class LabelOut(BaseModel):
     scores: list[ScoreOut]
 
 
+class BestGuess(BaseModel):
+    """An unnamed feature's best label: its detection score (`metric`, by `judge` on `n` held-out images)
+    beats the shuffled `baseline` and chance but its `evidence_p` misses `naming_p`. Never its name."""
+
+    label_id: int | None
+    text: str
+    source: str
+    judge: str
+    metric: str
+    value: float
+    baseline: float
+    evidence_p: float | None
+    naming_p: float
+    n: int
+
+
 class Named(BaseModel):
-    """A feature's name: its headline label, or "" and the reason in `label_note`."""
+    """A feature's name: its headline label, or "" with the reason in `label_note` and, where one
+    label beats its baseline and chance without p <= 0.05, that label as `best_guess` (not a name)."""
 
     feature: int
     label: str
     label_note: str
+    best_guess: BestGuess | None
 
 
 class ExampleOut(BaseModel):
@@ -163,6 +181,7 @@ class FeaturePage(BaseModel):
     coherence: list[ScoreOut]
     label: str
     label_note: str
+    best_guess: BestGuess | None
     headline_id: int | None
     has_icon: bool
     icon_check: IconCheck | None

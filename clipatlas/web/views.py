@@ -25,6 +25,7 @@ from fastapi import HTTPException
 from clipatlas._io import read_json
 from clipatlas.atlas import AtlasError
 from clipatlas.atlas.thumbs import thumbnail_image
+from clipatlas.atlas.types import NAMING_P
 from clipatlas.errors import UserError
 
 MAX_QUERY = 200  # a search is for a label's words; a longer LIKE pattern only costs the database
@@ -63,9 +64,13 @@ def plain(obj: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class FeatureBrief:
-    label: str  # the headline label: "" until a scored label beat its baseline
+    label: str  # the headline label: "" until a scored label beat its baseline and chance with p <= NAMING_P
     label_note: str  # why there is no label ("not yet scored", ...), "" when there is one
+    best_guess: dict[str, Any] | None  # an unnamed feature's best label with its score (`best_guess_fields`)
     max_activation: float
+
+    def naming(self) -> dict[str, Any]:
+        return {"label": self.label, "label_note": self.label_note, "best_guess": self.best_guess}
 
 
 CLUSTER_NAME_TERMS = 2  # words naming a map cluster
@@ -106,7 +111,11 @@ class AtlasViews:
             ("dead over the store", f"{summary['dead_over_store']:.1%}", "active on no stored image"),
             ("labelled features", f"{summary['n_labelled']:,}", "with a label from clipatlas label"),
             ("scored features", f"{summary['n_scored']:,}", "with a label scored by clipatlas score"),
-            ("named features", f"{summary['n_named']:,}", "a scored label beat its shuffled baseline"),
+            (
+                "named features",
+                f"{summary['n_named']:,}",
+                f"a scored label beat its shuffled baseline and chance with p <= {NAMING_P}",
+            ),
         ]
         metrics = summary["metrics"]
         if metrics and "silent_fraction" in metrics:
@@ -130,27 +139,34 @@ class AtlasViews:
     def brief(self, feature_id: int) -> FeatureBrief:
         """Headline label and max activation of a feature, cached: neighbour lists and sliders need many."""
         if feature_id not in self._briefs:
-            label, note = self.name(feature_id)
             max_activation = float(self.atlas.feature_table().max_activation[feature_id])
-            self._briefs[feature_id] = FeatureBrief(label, note, max_activation)
+            self._briefs[feature_id] = FeatureBrief(**self.naming(feature_id), max_activation=max_activation)
         return self._briefs[feature_id]
 
     def warm_briefs(self) -> None:
         """Every feature's brief at once from the feature table (a static export lists them all)."""
         table = self.atlas.feature_table()
         for feature_id in range(self.atlas.n_features):
-            label, note = self.name(feature_id)
-            self._briefs[feature_id] = FeatureBrief(label, note, float(table.max_activation[feature_id]))
+            max_activation = float(table.max_activation[feature_id])
+            self._briefs[feature_id] = FeatureBrief(**self.naming(feature_id), max_activation=max_activation)
 
-    def name(self, feature_id: int) -> tuple[str, str]:
-        """(headline label, "") of a named feature, ("", why not) of any other: a label that was never
-        scored, or did not beat its baseline, is never shown as a feature's name."""
+    def naming(self, feature_id: int) -> dict[str, Any]:
+        """`label`: the headline label of a named feature, else "" with why in `label_note`; `best_guess`:
+        an unnamed feature's label that beats its baseline and chance but misses p <= NAMING_P, with its
+        score (`best_guess_fields`), else None. A label that was never scored, or did not beat its baseline
+        and chance with p <= NAMING_P, is never shown as a feature's name."""
         found = self.atlas.headlines().get(feature_id)
-        return (found.text, "") if found else ("", self.atlas.naming_note(feature_id))
+        if found:
+            return {"label": found.text, "label_note": "", "best_guess": None}
+        guess = self.atlas.best_guesses().get(feature_id)
+        return {
+            "label": "",
+            "label_note": self.atlas.naming_note(feature_id),
+            "best_guess": None if guess is None else best_guess_fields(guess),
+        }
 
     def named(self, feature_id: int, **fields: Any) -> dict[str, Any]:
-        label, note = self.name(feature_id)
-        return {"feature": feature_id, **fields, "label": label, "label_note": note}
+        return {"feature": feature_id, **fields, **self.naming(feature_id)}
 
     def feature_links(self, neighbours) -> list[dict[str, Any]]:
         return [self.named(int(n.feature), score=float(n.score), count=n.count) for n in neighbours]
@@ -160,7 +176,7 @@ class AtlasViews:
         info = self.atlas.feature(feature_id)
         feature = plain(info)
         del feature["icon"]  # a server path: the page links /icons/{id} instead
-        feature["label"], feature["label_note"] = self.name(feature_id)
+        feature.update(self.naming(feature_id))
         best = info.headline
         feature["headline_id"] = best.id if best else None
         feature["has_icon"] = info.icon is not None
@@ -252,7 +268,7 @@ class AtlasViews:
         limit: int = 100,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """Labelled features, sorted by their headline (else best-ranked) label's score or by id;
+        """Labelled features, sorted by their headline (else best guess, else best-ranked) label's score or by id;
         filtered by a minimum score and to named features."""
         if sort not in FEATURE_LIST_SORTS:
             raise HTTPException(400, f"sort by one of {', '.join(FEATURE_LIST_SORTS)}, not {sort!r}")
@@ -260,7 +276,7 @@ class AtlasViews:
             raise HTTPException(422, f"the minimum score is a finite number, not {min_score}")
         rows = []
         for feature, labels in self.atlas.labels_by_feature().items():
-            best = self.atlas.headlines().get(feature) or labels[0]
+            best = self.atlas.headlines().get(feature) or self.atlas.best_guesses().get(feature) or labels[0]
             fields = score_fields(best)
             if named_only and feature not in self.atlas.headlines():
                 continue
@@ -331,6 +347,24 @@ def score_fields(label) -> dict[str, Any]:
         "evidence_p": None if score is None else score.evidence_p,
         "names_feature": None if score is None else score.names_feature,
         "judge": None if score is None else score.judge,
+    }
+
+
+def best_guess_fields(label) -> dict[str, Any]:
+    """A best guess (`Atlas.best_guesses`) as shown: its text and labeller, and its detection score with
+    where it came from (judge, images judged) and the p it missed (`naming_p`)."""
+    score = label.score()
+    return {
+        "label_id": label.id,
+        "text": label.text,
+        "source": label.source,
+        "judge": score.judge,
+        "metric": score.metric,
+        "value": float(score.value),
+        "baseline": float(score.baseline),
+        "evidence_p": score.evidence_p,
+        "naming_p": NAMING_P,
+        "n": int(score.n),
     }
 
 

@@ -131,7 +131,7 @@
     tip.dataset.index = String(i);
     const text = document.createElement("div");
     text.className = "tip-label";
-    text.textContent = "#" + points.feature[i] + " " + (points.label[i] || "(no scored label)");
+    text.textContent = "#" + points.feature[i] + " " + (points.label[i] || "· unnamed");
     tip.replaceChildren(text);
     if (points.topImage[i]) tip.append(topImage(i));
   }

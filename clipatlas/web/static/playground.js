@@ -24,13 +24,23 @@
     return body;
   }
   function say(text) { $("job-status").textContent = text; }
-  // A feature without a name says why, in the server's words (`label_note`: "not yet scored", ...),
-  // as the atlas pages do: a scored label that does not name its feature is not shown as its name.
-  function featureLink(feature, label, note) {
-    const link = el("a", { href: "/features/" + feature, className: "feature-link", target: "_blank" });
-    const name = label ? el("span", { textContent: label })
-      : el("span", { className: "unnamed", textContent: "feature #" + feature + ", " + (note || "unlabelled") });
-    link.append(el("span", { className: "fid", textContent: "#" + feature }), " ", name);
+  // A feature's name as the atlas pages show it (macros.html feature_name): its headline label, else
+  // "unnamed" with the server's reason (`label_note`) as tooltip and, apart, its best guess (a label that
+  // beats its baseline and chance but misses p <= 0.05) with where its score came from. Never a guess as a name.
+  function featureLink(f) {
+    const link = el("a", { href: "/features/" + f.feature, className: "feature-link", target: "_blank" });
+    link.append(el("span", { className: "fid", textContent: "#" + f.feature }), " ");
+    if (f.label) { link.append(el("span", { className: "label", textContent: f.label })); return link; }
+    link.append("· ", el("span", { className: "unnamed", textContent: "unnamed", title: f.label_note || "unlabelled" }));
+    const g = f.best_guess;
+    if (g) {
+      const p = g.evidence_p === null ? "" : ", p " + Number(g.evidence_p.toPrecision(3)) + " > " + g.naming_p;
+      const score = g.metric.toUpperCase() + " " + g.value.toFixed(2) + " vs " + g.baseline.toFixed(2) + " baseline"
+        + p + ", " + g.n + " images, " + g.judge + " judge";
+      link.append(" — ", el("span", { className: "best-guess" }, "best guess “",
+        el("span", { className: "guess-text", textContent: g.text }), "” ",
+        el("span", { className: "guess-score muted", textContent: "(" + score + ")" })));
+    }
     return link;
   }
 
@@ -69,7 +79,7 @@
       const ban = el("button", { type: "button", className: "ban", textContent: "×", title: "ban this feature" });
       ban.addEventListener("click", () => banFeature(f));
       const row = el("div", { className: "slider-row" + (f.value !== f.activation ? " changed" : "") },
-        featureLink(f.feature, f.label, f.label_note), slider, value, ban);
+        featureLink(f), slider, value, ban);
       box.append(row);
     }
   }
@@ -111,7 +121,7 @@
   async function addFeature(feature) {
     if (state.features.some(f => f.feature === feature)) return;
     const brief = await api("/api/features/" + feature + "/brief");
-    const f = { feature, label: brief.label, label_note: brief.label_note, activation: 0, max_activation: brief.max_activation, value: 0 };
+    const f = Object.assign({}, brief, { feature, activation: 0, value: 0 });
     state.features.unshift(f);
     setEdit(f, DEFAULT_STRENGTH * brief.max_activation);
   }
@@ -126,12 +136,14 @@
       if (!query) return;
       const body = await api("/api/search?q=" + encodeURIComponent(query));
       const hits = body.results.slice(0, 12);
-      if (body.exact_feature !== null && !hits.some(h => h.feature === body.exact_feature)) hits.unshift({ feature: body.exact_feature, label: "", label_note: "found by its number" });
+      if (body.exact_feature !== null && !hits.some(h => h.feature === body.exact_feature)) {
+        hits.unshift(await api("/api/features/" + body.exact_feature + "/brief"));  // found by its number: its own name
+      }
       for (const hit of hits) {
         const add = el("button", { type: "button", textContent: "add" });
         add.dataset.feature = hit.feature;
         add.addEventListener("click", () => { addFeature(hit.feature).catch(e => say(e.message)); list.replaceChildren(); });
-        list.append(el("li", {}, featureLink(hit.feature, hit.label, hit.label_note), " ", add));
+        list.append(el("li", {}, featureLink(hit), " ", add));
       }
       if (!hits.length) list.append(el("li", { className: "muted", textContent: "no match" }));
     }, 200);
