@@ -437,6 +437,10 @@ def test_a_label_below_chance_beats_nothing_and_one_short_of_p_is_only_a_best_gu
     assert near.scores[0].beats_baseline and not near.scores[0].names_feature
     assert naming([coin, near]) == (None, near) and best_guess([near, coin]) is near and headline([near]) is None
     assert best_guess([near, clear]) is None  # a named feature has no best guess
+    # beating its baseline with p 0.3 (a coin-flip's evidence): not even a best guess; p 0.1 still is one
+    weak = label("weak", 0.95, 0.62, 0.3)
+    assert weak.scores[0].beats_baseline and naming([weak]) == (None, None) and best_guess([weak, near]) is near
+    assert best_guess([label("edge", 0.9, 0.6, 0.1)]) is not None
     # at chance exactly, or with a baseline above the value: not beating
     assert not label("chance", 0.5, 0.3, 0.5).scores[0].beats_baseline
     assert not label("below baseline", 0.7, 0.72, 0.01).scores[0].beats_baseline

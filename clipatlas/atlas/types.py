@@ -26,6 +26,9 @@ JUDGE_PRIORITY = ("vlm", "clip-text", "captions", "classes")
 # with its score, not as the feature's name.
 P_AGAINST_CHANCE, P_AGAINST_SHUFFLED = "p_against_chance", "p_against_shuffled"
 NAMING_P = 0.05
+# An unnamed feature's best guess needs at least suggestive evidence: on the demo the median p of labels that
+# beat their baseline but miss NAMING_P is 0.24, and a "best guess" at p 0.5 would be noise with a name.
+GUESS_P = 0.1
 # A metric's value for a judge that knows nothing, where the metric fixes it: a detection AUROC of 0.5 is a
 # coin flip, so a label below it beats no baseline however weak the shuffled labels were. (Intruder
 # accuracy's chance depends on the trial size; its scores store it as their baseline.)
@@ -164,7 +167,8 @@ def headline(labels: list[Label]) -> Label | None:
 
 def best_guess(labels: list[Label]) -> Label | None:
     """For a feature with no `headline`: the label chosen as a headline is, among those whose detection
-    score beats its baseline and chance but misses p <= NAMING_P (often for want of held-out images).
+    score beats its baseline and chance but misses p <= NAMING_P (often for want of held-out images) with
+    p <= GUESS_P still.
     Shown apart from the name, with its score, never as the name; None for a named feature."""
     return naming(labels)[1]
 
@@ -172,7 +176,9 @@ def best_guess(labels: list[Label]) -> Label | None:
 def naming(labels: list[Label]) -> tuple[Label | None, Label | None]:
     """(`headline`, `best_guess`) of one feature's labels, at most one of them not None."""
     name = headline(labels)
-    return (name, None) if name is not None else (None, _first_passing(labels, lambda s: s.beats_baseline))
+    if name is not None:
+        return name, None
+    return None, _first_passing(labels, lambda s: s.beats_baseline and (s.evidence_p or 0.0) <= GUESS_P)
 
 
 def _first_passing(labels: list[Label], passes: Callable[[Score], bool]) -> Label | None:

@@ -26,7 +26,7 @@
   function say(text) { $("job-status").textContent = text; }
   // A feature's name as the atlas pages show it (macros.html feature_name): its headline label, else
   // "unnamed" with the server's reason (`label_note`) as tooltip and, apart, its best guess (a label that
-  // beats its baseline and chance but misses p <= 0.05) with where its score came from. Never a guess as a name.
+  // beats its baseline and chance with p <= 0.1 but not <= 0.05) with where its score came from. Never a guess as a name.
   function featureLink(f) {
     const link = el("a", { href: "/features/" + f.feature, className: "feature-link", target: "_blank" });
     link.append(el("span", { className: "fid", textContent: "#" + f.feature }), " ");
