@@ -135,7 +135,11 @@ def test_features_sorted_and_filtered_by_score(client, atlas):
     body = client.get("/api/features", params={"sort": "score", "limit": 1000}).json()
     scores = [f["score"] for f in body["features"]]
     assert body["total"] == len(atlas.labels_by_feature()) == len(scores)
-    assert scores == sorted(scores, reverse=True)
+    tiers = [0 if f["label"] else 1 if f["best_guess"] else 2 for f in body["features"]]
+    assert tiers == sorted(tiers) and tiers[0] == 0  # named first, then best guesses, then the rest
+    for tier in set(tiers):
+        within = [s for s, t in zip(scores, tiers) if t == tier]
+        assert within == sorted(within, reverse=True)
     strong = client.get("/api/features", params={"min_score": 0.8, "named": True, "limit": 1000}).json()["features"]
     assert strong and all(f["score"] >= 0.8 and f["label"] for f in strong)
     assert {f["feature"] for f in strong} == {f for f, label in atlas.headlines().items() if label.score().value >= 0.8}

@@ -77,6 +77,11 @@ CLUSTER_NAME_TERMS = 2  # words naming a map cluster
 FEATURE_LIST_SORTS = ("score", "feature")
 
 
+def naming_tier(row: dict[str, Any]) -> int:
+    """0 for a named feature, 1 for one with a best guess, 2 for the rest (`naming`'s fields)."""
+    return 0 if row["label"] else 1 if row["best_guess"] else 2
+
+
 class AtlasViews:
     """The data of every page, from one open Atlas."""
 
@@ -268,8 +273,9 @@ class AtlasViews:
         limit: int = 100,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """Labelled features, sorted by their headline (else best guess, else best-ranked) label's score or by id;
-        filtered by a minimum score and to named features."""
+        """Labelled features, sorted by their headline (else best guess, else best-ranked) label's score, named
+        features first, then best guesses (a perfect AUROC on four images should not head the list), or by
+        id; filtered by a minimum score and to named features."""
         if sort not in FEATURE_LIST_SORTS:
             raise HTTPException(400, f"sort by one of {', '.join(FEATURE_LIST_SORTS)}, not {sort!r}")
         if min_score is not None and not math.isfinite(min_score):
@@ -284,7 +290,7 @@ class AtlasViews:
                 continue
             rows.append(self.named(feature, matched=best.text, source=best.source, **fields))
         key = {
-            "score": lambda r: (r["score"] is None, -(r["score"] or 0.0), r["feature"]),
+            "score": lambda r: (naming_tier(r), r["score"] is None, -(r["score"] or 0.0), r["feature"]),
             "feature": lambda r: r["feature"],
         }[sort]
         rows.sort(key=key)
