@@ -26,8 +26,8 @@ UPLOAD_PREFIX = "upload:"  # an image uploaded to the playground, kept in the wo
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    # zlib level 1, not Pillow's 6: a generated 256 x 256 image encodes ~7x faster (60 -> 8 ms here) for ~7%
-    # more bytes, and the web server encodes two per generation on the request path.
+    # zlib level 1, not Pillow's 6: the web server encodes two per generation, and a retrieval generation
+    # then takes 24-30 ms of CPU instead of 35-38 (bench/RESULTS.md), for images 41% bigger (28 vs 20 KB).
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
