@@ -9,6 +9,7 @@ W/
   eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
   web/uploads/                   images uploaded to the playground
+  web/jobs/<atlas build id>/     playground generations (`clipatlas serve`), shared by its worker processes
   index/retrieval.faiss          the approximate retrieval index over the store (`clipatlas index`),
   index/retrieval.json           and what it was built from (the store's shards, its settings)
 ```
@@ -29,6 +30,7 @@ STORE_DIR = "store"
 SAES_DIR = "saes"
 RECIPES_DIR = "recipes"
 UPLOADS_DIR = "web/uploads"
+JOBS_DIR = "web/jobs"
 INDEX_DIR = "index"
 RETRIEVAL_INDEX = "retrieval.faiss"
 RETRIEVAL_INDEX_META = "retrieval.json"
@@ -194,6 +196,10 @@ class Workspace:
     @property
     def uploads_dir(self) -> Path:
         return self.root / UPLOADS_DIR
+
+    def jobs_dir(self, atlas_build_id: str) -> Path:
+        """Generation jobs of the web server for one atlas build: a rebuilt atlas never meets old results."""
+        return self.root / JOBS_DIR / (atlas_build_id or "unversioned")
 
     def upload(self, upload_id: str) -> Path:
         """The file of an image uploaded to the playground (re-encoded PNG) by its id."""

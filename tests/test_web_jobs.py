@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -121,3 +122,88 @@ def test_cache_evicts_oldest_finished_only(gated):
 def test_needs_a_device():
     with pytest.raises(ValueError, match="device"):
         GenerationQueue(lambda recipe, progress: None, devices=())
+
+
+# ---- several processes on one workspace (`serve --workers N`): jobs recorded on disk ------------------
+HASH = "ab" * 32  # job ids on disk are recipe hashes
+
+
+class PngRun:
+    """A run function returning two 'images' and a JSON-ready result, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, recipe, progress):
+        self.calls += 1
+        return {"images": [b"before " + recipe.encode(), b"after"], "decoder": "retrieval", "seconds": 0.01}
+
+
+def test_a_job_finished_by_one_process_is_answered_and_never_rerun_by_another(tmp_path):
+    from clipatlas.web.jobs import JobRecords
+
+    first_run, other_run = PngRun(), PngRun()
+    first = GenerationQueue(first_run, records=JobRecords(tmp_path))
+    other = GenerationQueue(other_run, records=JobRecords(tmp_path))  # as the other worker process
+    try:
+        assert other.get(HASH) is None
+        job = first.submit(HASH, "r1", client="127.0.0.1")
+        wait_for(lambda: job.status == DONE)
+        seen = other.get(HASH)  # a poll that reached the other process
+        assert seen.status == DONE and seen.result == job.result and other.position(seen) is None
+        again = other.submit(HASH, "r1", client="127.0.0.2")  # the same recipe, submitted there
+        assert again.status == DONE and again.result["images"] == [b"before r1", b"after"]
+        assert (first_run.calls, other_run.calls) == (1, 0)
+        assert other.get("../../etc/passwd") is None and other.get("AB" * 32) is None  # only hashes name files
+    finally:
+        first.close()
+        other.close()
+
+
+def test_a_record_left_running_by_a_dead_process_is_run_again(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from clipatlas.web.jobs import JobRecords, process_identity
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert process_identity(int(gone.stdout)) is None
+    dead_owner = f"{int(gone.stdout)}:12345"  # as that process wrote it while it lived
+    record = {"schema_version": 1, "id": HASH, "owner": dead_owner, "images": 0, "status": RUNNING, "progress": 0.5}
+    record |= {
+        "message": "",
+        "device": "cpu",
+        "error": None,
+        "submitted_at": 1.0,
+        "started_at": 2.0,
+        "finished_at": None,
+    }
+    (tmp_path / f"{HASH}.json").write_text(json.dumps(record))
+    live = {**record, "id": "cd" * 32, "owner": process_identity(os.getpid())}  # a live process's, still running
+    (tmp_path / f"{'cd' * 32}.json").write_text(json.dumps(live))
+    run = PngRun()
+    queue = GenerationQueue(run, records=JobRecords(tmp_path))
+    try:
+        assert queue.get(HASH) is None and queue.get("cd" * 32).status == RUNNING
+        job = queue.submit(HASH, "r1")
+        wait_for(lambda: job.status == DONE)
+        assert run.calls == 1 and queue.submit("cd" * 32, "r2").status == RUNNING and run.calls == 1
+    finally:
+        queue.close()
+
+
+def test_records_beyond_the_limit_go_least_recently_written_first(tmp_path):
+    from clipatlas.web.jobs import JobRecords
+
+    run = PngRun()
+    queue = GenerationQueue(run, records=JobRecords(tmp_path, max_kept=2))
+    try:
+        for i in range(3):
+            job = queue.submit(f"{i:02d}" * 32, f"r{i}")
+            wait_for(lambda job=job: job.status == DONE)
+            time.sleep(0.02)  # distinct modification times
+        kept = sorted(p.name for p in tmp_path.iterdir())
+        assert kept == [f"{i:02d}" * 32 + suffix for i in (1, 2) for suffix in (".0.png", ".1.png", ".json")]
+    finally:
+        queue.close()

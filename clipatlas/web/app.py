@@ -33,7 +33,7 @@ from clipatlas.web.cache import CachedPages, PageCache
 from clipatlas.web.config import WebConfig
 from clipatlas.web.context import TEMPLATES_DIR, WebContext, context_of
 from clipatlas.web.guard import RequestGuard
-from clipatlas.web.jobs import GenerationQueue
+from clipatlas.web.jobs import GenerationQueue, JobRecords
 from clipatlas.web.links import with_links
 from clipatlas.web.steering import Steering, UploadRegistry
 from clipatlas.web.views import AtlasViews
@@ -81,6 +81,7 @@ def create_app(
         max_cached=config.max_cached_results,
         max_active=config.max_queued_jobs,
         per_client=config.max_jobs_per_client,
+        records=JobRecords(ws.jobs_dir(atlas.build_id), max_kept=4 * config.max_cached_results),
     )
     context = WebContext(
         views=AtlasViews(atlas),

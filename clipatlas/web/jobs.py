@@ -8,6 +8,10 @@ their error can be read, and are retried when the recipe is submitted again.
 The queue is bounded twice: at most `max_active` jobs waiting or running in all, and at most
 `per_client` of them from one client, so one user (or script) cannot make everyone else wait.
 A refused submission says when to come back (`QueueFull.retry_after`, from recent job times).
+
+With `JobRecords`, every job is also written to disk as it is queued, started and finished, so the
+processes of `serve --workers N` answer for each other's jobs (a browser's next request may reach
+another process) and never run a finished recipe again; the limits stay per process.
 """
 
 from __future__ import annotations
@@ -15,13 +19,17 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from clipatlas._io import SchemaError, atomic_write_bytes, atomic_write_json, read_json
 from clipatlas.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,88 @@ class Job:
         }
 
 
+JOB_ID = re.compile(r"[0-9a-f]{16,128}")  # a recipe hash: no id can name another file
+JOB_FIELDS = ("status", "progress", "message", "device", "error", "submitted_at", "started_at", "finished_at")
+
+
+class JobRecords:
+    """Jobs on disk, one JSON record each (and a job's images beside it once done), for the processes
+    that share a workspace. A queued or running record names the process that owns it; one whose
+    process is gone reads as absent, so its recipe runs again. At most `max_kept` records are kept,
+    the least recently written deleted first."""
+
+    def __init__(self, directory: Path, max_kept: int = 1024):
+        self.dir, self.max_kept = Path(directory), max_kept
+
+    def save(self, job: Job) -> None:
+        images = job.result["images"] if job.status == DONE else []
+        # The images first: a reader that finds a finished record finds its images.
+        for index, png in enumerate(images):
+            atomic_write_bytes(self.dir / f"{job.id}.{index}.png", png)
+        record = {field: getattr(job, field) for field in JOB_FIELDS}
+        record |= {"id": job.id, "owner": process_identity(os.getpid()), "images": len(images)}
+        if job.status == DONE:
+            record["result"] = {k: v for k, v in job.result.items() if k != "images"}
+        atomic_write_json(self.dir / f"{job.id}.json", record)
+        if job.status == DONE:
+            self._prune()
+
+    def load(self, job_id: str) -> Job | None:
+        """The job recorded under `job_id`, or None (unknown, unreadable, or owned by a process that is gone)."""
+        if not JOB_ID.fullmatch(job_id):
+            return None
+        try:
+            record = read_json(self.dir / f"{job_id}.json")
+            if record["status"] in (QUEUED, RUNNING) and process_identity(_pid_of(record["owner"])) != record["owner"]:
+                return None
+            job = Job(id=job_id, recipe=None, **{field: record[field] for field in JOB_FIELDS})
+            if job.status == DONE:
+                images = [(self.dir / f"{job_id}.{i}.png").read_bytes() for i in range(record["images"])]
+                job.result = {**record["result"], "images": images}
+        except (OSError, SchemaError, KeyError, TypeError):  # missing, half-pruned or foreign: as if never run
+            return None
+        return job
+
+    def _prune(self) -> None:
+        records = sorted(self.dir.glob("*.json"), key=_mtime_or_zero)
+        for path in records[: max(0, len(records) - self.max_kept)]:
+            for stale in [path, *self.dir.glob(f"{path.stem}.*.png")]:
+                stale.unlink(missing_ok=True)
+
+
+def _mtime_or_zero(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # pruned meanwhile by another process
+        return 0.0
+
+
+HAS_PROC = Path("/proc/self/stat").is_file()  # Linux: a process's start time can be read
+
+
+def process_identity(pid: int) -> str | None:
+    """`pid:start` (start: when the process began, where /proc tells; else `pid:alive`), None for no such
+    process. A record from a killed server whose pid a new process took (a container's server is often
+    pid 1) must not read as that new process's job."""
+    if HAS_PROC:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        return f"{pid}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime (the name may hold spaces)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return f"{pid}:alive"
+
+
+def _pid_of(owner: str) -> int:
+    return int(owner.split(":", 1)[0])
+
+
 class QueueFull(Exception):
     """A submission refused because the queue, or the client's share of it, is full."""
 
@@ -79,13 +169,16 @@ class GenerationQueue:
         max_cached: int = 256,
         max_active: int = 64,
         per_client: int = 4,
+        records: JobRecords | None = None,
     ):
+        """`records`: where jobs are also written, for other processes serving the same workspace."""
         if not devices:
             raise ValueError("at least one device is needed to run generation jobs")
         self._run = run
         self._max_cached = max_cached
         self._max_active = max_active
         self._per_client = per_client
+        self._records = records
         self._recent_seconds: collections.deque[float] = collections.deque(maxlen=32)
         self._lock = threading.Lock()
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
@@ -105,12 +198,26 @@ class GenerationQueue:
             if job is not None and job.status != FAILED:
                 self._jobs.move_to_end(job_id)
                 return job
+            if job is None and (elsewhere := self._recorded(job_id)) is not None and elsewhere.status != FAILED:
+                return elsewhere  # finished, or running in another process: not run twice
             self._check_room(client)
             job = Job(id=job_id, recipe=recipe, client=client)
             self._jobs[job_id] = job
             self._evict_finished()
+        self._record(job)
         self._pending.put(job)
         return job
+
+    def _recorded(self, job_id: str) -> Job | None:
+        return self._records.load(job_id) if self._records is not None else None
+
+    def _record(self, job: Job) -> None:
+        if self._records is not None:
+            try:
+                self._records.save(job)
+            except (OSError, TypeError, ValueError) as exc:  # a full disk, or a result JSON cannot hold: the other
+                # processes cannot answer for this job, but it still runs here
+                log.warning("generation job %s not recorded for other processes: %s", job.id, exc)
 
     def _check_room(self, client: str) -> None:
         active = [job for job in self._jobs.values() if job.status in (QUEUED, RUNNING)]
@@ -133,14 +240,19 @@ class GenerationQueue:
         return max(1, math.ceil(typical * jobs / len(self._workers)))
 
     def get(self, job_id: str) -> Job | None:
+        """The job known by `job_id`: this process's, else one recorded by another process."""
         with self._lock:
-            return self._jobs.get(job_id)
+            job = self._jobs.get(job_id)
+        return job if job is not None else self._recorded(job_id)
 
     def position(self, job: Job) -> int | None:
-        """How many queued jobs were submitted before `job` (None once it has started)."""
+        """How many queued jobs were submitted before `job` (None once it has started, or for another
+        process's job)."""
         if job.status != QUEUED:
             return None
         with self._lock:
+            if self._jobs.get(job.id) is not job:
+                return None
             return sum(
                 1 for other in self._jobs.values() if other.status == QUEUED and other.submitted_at < job.submitted_at
             )
@@ -166,6 +278,7 @@ class GenerationQueue:
 
     def _run_one(self, job: Job, device: str) -> None:
         job.status, job.device, job.message, job.started_at = RUNNING, device, "starting", time.time()
+        self._record(job)
 
         def progress(fraction: float, message: str = "") -> None:
             job.progress = min(max(float(fraction), 0.0), 1.0)
@@ -187,3 +300,4 @@ class GenerationQueue:
             job.finished_at = time.time()
             with self._lock:
                 self._recent_seconds.append(job.finished_at - job.started_at)
+            self._record(job)
