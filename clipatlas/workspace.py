@@ -8,7 +8,7 @@ W/
                                  interp/ (VLM answer cache, label report and plot)
   eval/                          `clipatlas evaluate --compare`: several SAEs side by side
   recipes/                       steering recipes written by `clipatlas demo`
-  web/uploads/                   images uploaded to the playground
+  web/uploads/                   images uploaded to the playground (.png) and their embeddings (.npy)
   web/jobs/<atlas build id>/     playground generations (`clipatlas serve`), shared by its worker processes
   index/retrieval.faiss          the approximate retrieval index over the store (`clipatlas index`),
   index/retrieval.json           and what it was built from (the store's shards, its settings)
@@ -206,6 +206,10 @@ class Workspace:
         if not UPLOAD_ID.fullmatch(upload_id):
             raise UserError(f"{upload_id!r} is not an upload id (32 hex digits); upload the image again")
         return self.uploads_dir / f"{upload_id}.png"
+
+    def upload_embedding(self, upload_id: str) -> Path:
+        """The encoder's embedding of an uploaded image (.npy beside it), for every server process."""
+        return self.upload(upload_id).with_suffix(".npy")
 
     @property
     def retrieval_index(self) -> Path:

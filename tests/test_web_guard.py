@@ -238,6 +238,23 @@ def test_uploads_expire_by_age_then_least_recently_used(tmp_path):
     assert ws.upload(newest).exists() and len(list(ws.uploads_dir.glob("*.png"))) <= 2
 
 
+def test_an_upload_received_by_one_process_is_read_back_by_another(tmp_path):
+    """`serve --workers N`: the next request for an upload may reach a process that did not receive it."""
+    ws = Workspace(tmp_path)
+    received = UploadRegistry(max_kept=10, workspace=ws, max_bytes=10_000_000, max_age_s=3600)
+    other = UploadRegistry(max_kept=10, workspace=ws, max_bytes=10_000_000, max_age_s=3600)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (700, 600, 3), dtype=np.uint8))
+    embedding = np.random.default_rng(1).normal(size=8).astype(np.float32)
+    upload_id = received.add(png_bytes(colour=(9, 9, 9)), image, embedding)
+    assert other.png(upload_id) == received.png(upload_id)  # the same shown pixels, re-encoded the same way
+    assert np.array_equal(other.embedding(upload_id), embedding)
+    now = time.time()
+    os.utime(ws.upload(upload_id), (now - 7200, now - 7200))
+    assert received.expire() == [ws.upload(upload_id)] and not ws.upload_embedding(upload_id).exists()
+    with pytest.raises(Exception, match="upload the image again"):
+        UploadRegistry(max_kept=10, workspace=ws, max_bytes=10_000_000, max_age_s=3600).embedding(upload_id)
+
+
 def raw_request(url: str, head: bytes, body_part: bytes, then_close: bool, wait: float = 3.0) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as conn:

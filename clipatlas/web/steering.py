@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import HTTPException
 from PIL import Image
 
-from clipatlas._io import atomic_write_bytes
+from clipatlas._io import atomic_path, atomic_write_bytes, open_npy
 from clipatlas.errors import UserError
 from clipatlas.steer.decoders import split_decoder_name
 from clipatlas.steer.engine import Steerer, png_bytes
@@ -34,8 +34,10 @@ DISPLAY_SIZE = 512
 
 class UploadRegistry:
     """Recent uploads by id: a re-encoded PNG to show, the image's embedding, and a full-size PNG
-    saved in the workspace (`Workspace.upload(id)`) that recipes use as their input. Saved files
-    are deleted when unused for `max_age_s`, or least recently used first beyond `max_bytes`."""
+    saved in the workspace (`Workspace.upload(id)`) that recipes use as their input, with its
+    embedding beside it, so another process of `serve --workers N` (or a restarted server) reads an
+    upload back instead of answering 404. Saved files are deleted when unused for `max_age_s`, or
+    least recently used first beyond `max_bytes`."""
 
     def __init__(self, max_kept: int, workspace: Workspace, max_bytes: int, max_age_s: float):
         self._max_kept = max_kept
@@ -53,19 +55,39 @@ class UploadRegistry:
     def add(self, data: bytes, image: Image.Image, embedding: np.ndarray) -> str:
         upload_id = self.id_of(data)
         path = self.workspace.upload(upload_id)
-        if not path.is_file():
+        embedding = np.asarray(embedding, dtype=np.float32)
+        if not self.workspace.upload_embedding(upload_id).is_file():
+            with atomic_path(self.workspace.upload_embedding(upload_id)) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, embedding)
+        if not path.is_file():  # written last: a reader that finds the image finds its embedding
             atomic_write_bytes(path, png_bytes(image))
         path.touch()  # its last use: expiry deletes the least recently used first
+        self._keep(upload_id, image, embedding)
+        self.expire(keep=path)
+        return upload_id
+
+    def _keep(self, upload_id: str, image: Image.Image, embedding: np.ndarray) -> tuple[bytes, np.ndarray]:
         shown = image.copy()
         shown.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE))
+        # Re-encoding means the server only ever serves and steers pixels it decoded itself.
+        item = (png_bytes(shown), embedding)
         with self._lock:
-            # Re-encoding means the server only ever serves and steers pixels it decoded itself.
-            self._items[upload_id] = (png_bytes(shown), np.asarray(embedding, dtype=np.float32))
+            self._items[upload_id] = item
             self._items.move_to_end(upload_id)
             while len(self._items) > self._max_kept:
                 self._items.popitem(last=False)
-        self.expire(keep=path)
-        return upload_id
+        return item
+
+    def _read_back(self, upload_id: str) -> tuple[bytes, np.ndarray] | None:
+        """An upload another process (or an earlier run) saved, from the workspace; None if it is gone."""
+        try:
+            path = self.workspace.upload(upload_id)
+            embedding = open_npy(self.workspace.upload_embedding(upload_id), mmap_mode=None)
+            with Image.open(path) as saved:
+                image = saved.convert("RGB")
+        except (OSError, ValueError, UserError):  # never saved, expired, or written by an older version
+            return None
+        return self._keep(upload_id, image, np.asarray(embedding, dtype=np.float32))
 
     def expire(self, keep: Path | None = None) -> list[Path]:
         """Delete saved uploads unused for too long, then the least recently used beyond the size budget
@@ -82,6 +104,7 @@ class UploadRegistry:
         for mtime, size, path in files:
             if path != keep and (now - mtime > self._max_age_s or total > self._max_bytes):
                 path.unlink(missing_ok=True)
+                path.with_suffix(".npy").unlink(missing_ok=True)  # its embedding (Workspace.upload_embedding)
                 total -= size
                 deleted.append(path)
         with self._lock:
@@ -92,6 +115,8 @@ class UploadRegistry:
     def _get(self, upload_id: str) -> tuple[bytes, np.ndarray]:
         with self._lock:
             item = self._items.get(upload_id)
+        if item is None:
+            item = self._read_back(upload_id)
         if item is None:
             raise HTTPException(404, f"upload {upload_id} is no longer kept on the server; upload the image again")
         return item
