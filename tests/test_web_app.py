@@ -721,3 +721,14 @@ def test_plain_gives_what_its_slower_form_gave(atlas):
     for record in [*records, odd]:
         got, expected = plain(record), reference(record)
         assert got == expected and json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+def test_a_p_value_just_over_the_naming_threshold_never_reads_as_on_it(client):
+    """Three significant digits: p 0.0503 beside "not clearly" must not read "p 0.05"."""
+    macros = client.app.state.context.templates.env.get_template("macros.html").module
+    item = {"score": 0.9, "baseline": 0.6, "evidence_p": 0.0503, "judge": "captions"}
+    cell = str(macros.score_cell({**item, "names_feature": False, "beats_baseline": True}))
+    assert "p 0.0503 · captions judge · not clearly" in cell
+    assert "p 0.0123 · captions judge</span>" in str(
+        macros.score_cell({**item, "evidence_p": 0.01234, "names_feature": True, "beats_baseline": True})
+    )
