@@ -114,7 +114,5 @@ def sha256_bytes(data: bytes) -> str:
 
 def open_npy(path: str | os.PathLike, mmap_mode: str | None = "r") -> np.ndarray:
     """An .npy array (memory-mapped by default), safe to call from several threads at once."""
-    if not AST_BUILD_IS_SHARED:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
-    with AST_LOCK:
+    with AST_LOCK if AST_BUILD_IS_SHARED else contextlib.nullcontext():
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)

@@ -21,7 +21,7 @@ from clipatlas.atlas import Atlas, AtlasConfig, AtlasError, Label, Score, build_
 from clipatlas.atlas.annotations import add_labels, add_scores, set_icon
 from clipatlas.atlas.query import NO_LABEL_BEATS_BASELINE
 from clipatlas.atlas.stream import HIST_EDGES, STATE_FILE
-from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, best_guess, headline, naming
+from clipatlas.atlas.types import P_AGAINST_CHANCE, P_AGAINST_SHUFFLED, headline, naming
 from clipatlas.errors import UserError
 from clipatlas.sae import SAE, make_config
 from clipatlas.sae.model import ARCHITECTURES
@@ -435,12 +435,12 @@ def test_a_label_below_chance_beats_nothing_and_one_short_of_p_is_only_a_best_gu
     # beats its baseline and chance but misses p <= 0.05 (8 + 8 images): the best guess, never the name
     near = label("dark birds", 0.95, 0.62, 0.061)
     assert near.scores[0].beats_baseline and not near.scores[0].names_feature
-    assert naming([coin, near]) == (None, near) and best_guess([near, coin]) is near and headline([near]) is None
-    assert best_guess([near, clear]) is None  # a named feature has no best guess
+    assert naming([coin, near]) == (None, near) and naming([near, coin])[1] is near and headline([near]) is None
+    assert naming([near, clear])[1] is None  # a named feature has no best guess
     # beating its baseline with p 0.3 (a coin-flip's evidence): not even a best guess; p 0.1 still is one
     weak = label("weak", 0.95, 0.62, 0.3)
-    assert weak.scores[0].beats_baseline and naming([weak]) == (None, None) and best_guess([weak, near]) is near
-    assert best_guess([label("edge", 0.9, 0.6, 0.1)]) is not None
+    assert weak.scores[0].beats_baseline and naming([weak]) == (None, None) and naming([weak, near])[1] is near
+    assert naming([label("edge", 0.9, 0.6, 0.1)])[1] is not None
     # at chance exactly, or with a baseline above the value: not beating
     assert not label("chance", 0.5, 0.3, 0.5).scores[0].beats_baseline
     assert not label("below baseline", 0.7, 0.72, 0.01).scores[0].beats_baseline

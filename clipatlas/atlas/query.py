@@ -221,7 +221,7 @@ class Atlas:
 
     def best_guesses(self) -> dict[int, Label]:
         """{feature: its best guess} for unnamed features whose best label beats its baseline and chance but
-        misses p <= NAMING_P, with p <= GUESS_P (cached; see types.best_guess): shown apart from the name,
+        misses p <= NAMING_P, with p <= GUESS_P (cached; see types.naming): shown apart from the name,
         never as it."""
         return self._naming()[2]
 

@@ -165,16 +165,11 @@ def headline(labels: list[Label]) -> Label | None:
     return _first_passing(labels, lambda s: s.names_feature)
 
 
-def best_guess(labels: list[Label]) -> Label | None:
-    """For a feature with no `headline`: the label chosen as a headline is, among those whose detection
-    score beats its baseline and chance but misses p <= NAMING_P (often for want of held-out images) with
-    p <= GUESS_P still.
-    Shown apart from the name, with its score, never as the name; None for a named feature."""
-    return naming(labels)[1]
-
-
 def naming(labels: list[Label]) -> tuple[Label | None, Label | None]:
-    """(`headline`, `best_guess`) of one feature's labels, at most one of them not None."""
+    """(`headline`, best guess) of one feature's labels, at most one of them not None. The best guess of a
+    feature with no headline is the label chosen as a headline is, among those whose detection score beats
+    its baseline and chance but misses p <= NAMING_P (often for want of held-out images) with p <= GUESS_P
+    still: shown apart from the name, with its score, never as the name."""
     name = headline(labels)
     if name is not None:
         return name, None
