@@ -221,6 +221,20 @@ def hiding(modules: list[str], out: Path) -> list[str]:
     return [str(folder)]
 
 
+def server_command(code: Path, arguments: list[str]) -> list[str]:
+    """`python -P -m clipatlas ARGUMENTS`, importing clipatlas from `code` (with `server_environment`).
+    -P: `-m` otherwise puts the working directory first on the path, and a run from this checkout then
+    served this checkout's clipatlas whatever `code` said (every "before" of the web load tests until
+    stop 24 did)."""
+    return [sys.executable, "-P", "-m", "clipatlas", *arguments]
+
+
+def server_environment(code: Path, without: list[str], out: Path) -> dict[str, str]:
+    """The server's environment: `code` (after the folder hiding `without`) on its path, one thread."""
+    path = [*hiding(list(without), out), str(code)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
+
+
 def start_server(
     root: Path, port: int, log_path: Path, workers: int = 1, code: Path = ROOT, without: list[str] = ()
 ) -> subprocess.Popen:
@@ -231,10 +245,9 @@ def start_server(
     `without`: modules the server must run without (see `hiding`)."""
     import httpx
 
-    path = [*hiding(list(without), log_path.parent), str(code)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "clipatlas", "serve", "-w", str(root), "--port", str(port)]
+    command = server_command(code, ["serve", "-w", str(root), "--port", str(port)])
     command += ["--workers", str(workers)] if workers > 1 else []
+    env = server_environment(code, without, log_path.parent)
     server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

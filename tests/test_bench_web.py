@@ -61,3 +61,31 @@ def test_cpu_seconds_counts_the_worker_processes_too():
             process.kill()
         parent.kill()
         parent.wait()
+
+
+def test_the_server_imports_clipatlas_from_the_checkout_it_is_given(tmp_path):
+    """`--code` gives a before: run from this repository, the server must still import the other checkout."""
+    checkout = tmp_path / "older"
+    (checkout / "clipatlas").mkdir(parents=True)
+    (checkout / "clipatlas" / "__init__.py").write_text("")
+    (checkout / "clipatlas" / "__main__.py").write_text("import clipatlas, sys; print(clipatlas.__file__); sys.exit(0)")
+    repo = Path(__file__).parents[1]
+    found = subprocess.run(
+        bench.server_command(checkout, []),
+        env=bench.server_environment(checkout, ["uvloop"], tmp_path),
+        cwd=repo,  # as `bench/web.py --code OLDER` runs it: from this repository
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()) == checkout / "clipatlas" / "__init__.py"
+    hidden = subprocess.run(
+        [sys.executable, "-P", "-c", "import uvloop"],
+        env=bench.server_environment(repo, ["uvloop"], tmp_path),
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "hidden by bench/web.py --without" in hidden.stderr

@@ -676,7 +676,7 @@ def test_playground_default_strength_says_where_it_came_from(tmp_path):
 def test_number_writes_what_the_template_macro_it_replaced_wrote():
     from jinja2 import Environment
 
-    from clipatlas.web.links import number
+    from clipatlas.web.fragments import number
 
     macro = Environment(autoescape=True).from_string(  # the macro of templates/macros.html before it
         "{% macro number(value, digits=3) -%}{%- if value is none -%}–{%- elif value is number -%}"

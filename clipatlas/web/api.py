@@ -34,12 +34,12 @@ def api_summary(ctx: Context):
 
 
 @router.get("/features/{feature_id}", response_model=schemas.FeaturePage)
-def api_feature(request: Request, feature_id: int, ctx: Context, cache: Cache):
+async def api_feature(request: Request, feature_id: int, ctx: Context, cache: Cache):
     return cached_json(request, ctx, cache, schemas.FeaturePage, lambda: ctx.views.feature_page(feature_id))
 
 
 @router.get("/features/{feature_id}/brief", response_model=schemas.FeatureBriefOut)
-def api_feature_brief(request: Request, feature_id: int, ctx: Context, cache: Cache):
+async def api_feature_brief(request: Request, feature_id: int, ctx: Context, cache: Cache):
     def make():
         brief = ctx.views.brief(ctx.views.check_feature(feature_id))
         return {"feature": feature_id, **brief.naming(), "max_activation": brief.max_activation}
@@ -71,7 +71,7 @@ def api_map(request: Request, ctx: Context):
 
 
 @router.get("/images/{image_id}", response_model=schemas.ImagePage)
-def api_image(request: Request, image_id: str, ctx: Context, cache: Cache):
+async def api_image(request: Request, image_id: str, ctx: Context, cache: Cache):
     return cached_json(request, ctx, cache, schemas.ImagePage, lambda: ctx.views.image_page(valid_image_id(image_id)))
 
 

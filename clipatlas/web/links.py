@@ -7,11 +7,13 @@ only a server can do (the playground, uploads, the JSON API).
 
 from __future__ import annotations
 
-from numbers import Number
+import functools
 from typing import Any
 from urllib.parse import quote
 
 from fastapi.templating import Jinja2Templates
+
+from clipatlas.web import fragments
 
 
 class Links:
@@ -51,20 +53,21 @@ class Links:
 LINKS = Links()
 
 
-def number(value: Any, digits: int = 3) -> str:
-    """A number as the pages show it: `digits` significant digits, "–" when there is none. A function,
-    not a template macro: a feature page shows about 80, and a macro call costs ten times as much."""
-    if value is None:
-        return "–"
-    return f"%.{digits}g" % value if isinstance(value, Number) else str(value)
-
-
 def template_globals(links: Links) -> dict[str, Any]:
-    """What every template (and macro imported without context) may call: `links` and `number`."""
-    return {"links": links, "number": number}
+    """What every template (and macro imported without context) may call: `links`, `number` and the
+    repeated pieces of `fragments`, those that link bound to `links`."""
+    return {
+        "links": links,
+        "number": fragments.number,
+        "feature_name": fragments.feature_name,
+        "best_guess": fragments.best_guess,
+        "thumb": fragments.thumb,
+        "feature_link": functools.partial(fragments.feature_link, links),
+        "image_tile": functools.partial(fragments.image_tile, links),
+    }
 
 
 def with_links(templates: Jinja2Templates, links: Links = LINKS) -> Jinja2Templates:
-    """The templates with `links` and `number` as globals (so macros imported without context see them too)."""
+    """The templates with `template_globals(links)` (so macros imported without context see them too)."""
     templates.env.globals.update(template_globals(links))
     return templates

@@ -21,7 +21,7 @@ def index(request: Request, ctx: Context, cache: Cache):
 
 
 @router.get("/features/{feature_id}")
-def feature_page(request: Request, feature_id: int, ctx: Context, cache: Cache):
+async def feature_page(request: Request, feature_id: int, ctx: Context, cache: Cache):
     return cache.respond(
         request,
         ctx.views.atlas,
@@ -56,12 +56,12 @@ def feature_list_page(
 
 
 @router.get("/map")
-def map_page(request: Request, ctx: Context, cache: Cache):
+async def map_page(request: Request, ctx: Context, cache: Cache):
     return cache.respond(request, ctx.views.atlas, lambda: ctx.page(request, "map.html", title="feature map"))
 
 
 @router.get("/images/{image_id}")
-def image_page(request: Request, image_id: str, ctx: Context, cache: Cache):
+async def image_page(request: Request, image_id: str, ctx: Context, cache: Cache):
     return cache.respond(
         request,
         ctx.views.atlas,
@@ -89,7 +89,7 @@ async def search_by_image_page(request: Request, ctx: Context, file: UploadFile 
 
 
 @router.get("/playground")
-def playground_page(request: Request, ctx: Context, cache: Cache):
+async def playground_page(request: Request, ctx: Context, cache: Cache):
     # The page is the atlas's sample images and the app's fixed settings; the browser does the rest.
     return cache.respond(
         request,
