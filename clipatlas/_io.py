@@ -52,10 +52,12 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it over `target` on success.
 
     The caller writes the temporary file however it likes (numpy, pyarrow, sqlite...).
+    `durable=False` skips the fsyncs, for files a reader may find missing or empty after the machine
+    crashed and then rebuilds (still whole or absent after a killed process: the rename is atomic).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,24 +66,26 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        if durable:
+            _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+def atomic_write_bytes(target: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_path(target, durable) as tmp:
         tmp.write_bytes(data)
 
 
-def atomic_write_json(target: str | os.PathLike, obj: dict[str, Any]) -> None:
+def atomic_write_json(target: str | os.PathLike, obj: dict[str, Any], durable: bool = True) -> None:
     """Write `obj` as JSON with `schema_version` first."""
     payload = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in obj.items() if k != "schema_version"}}
-    atomic_write_bytes(target, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(target, (json.dumps(payload, indent=2, sort_keys=False) + "\n").encode(), durable)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -126,6 +126,7 @@ def test_needs_a_device():
 
 # ---- several processes on one workspace (`serve --workers N`): jobs recorded on disk ------------------
 HASH = "ab" * 32  # job ids on disk are recipe hashes
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class PngRun:
@@ -136,7 +137,8 @@ class PngRun:
 
     def __call__(self, recipe, progress):
         self.calls += 1
-        return {"images": [b"before " + recipe.encode(), b"after"], "decoder": "retrieval", "seconds": 0.01}
+        images = [PNG_SIGNATURE + b"before " + recipe.encode(), PNG_SIGNATURE + b"after"]
+        return {"images": images, "decoder": "retrieval", "seconds": 0.01}
 
 
 def test_a_job_finished_by_one_process_is_answered_and_never_rerun_by_another(tmp_path):
@@ -152,7 +154,10 @@ def test_a_job_finished_by_one_process_is_answered_and_never_rerun_by_another(tm
         seen = other.get(HASH)  # a poll that reached the other process
         assert seen.status == DONE and seen.result == job.result and other.position(seen) is None
         again = other.submit(HASH, "r1", client="127.0.0.2")  # the same recipe, submitted there
-        assert again.status == DONE and again.result["images"] == [b"before r1", b"after"]
+        assert again.status == DONE and again.result["images"] == [
+            PNG_SIGNATURE + b"before r1",
+            PNG_SIGNATURE + b"after",
+        ]
         assert (first_run.calls, other_run.calls) == (1, 0)
         assert other.get("../../etc/passwd") is None and other.get("AB" * 32) is None  # only hashes name files
     finally:
@@ -207,3 +212,27 @@ def test_records_beyond_the_limit_go_least_recently_written_first(tmp_path):
         assert kept == [f"{i:02d}" * 32 + suffix for i in (1, 2) for suffix in (".0.png", ".1.png", ".json")]
     finally:
         queue.close()
+
+
+def test_a_record_cut_short_by_a_crash_reads_as_absent_and_its_recipe_runs_again(tmp_path):
+    """Records are not fsynced (a submission writes one in the event loop): after a machine crash an image
+    may be empty. Such a record is not served; the recipe runs again."""
+    from clipatlas.web.jobs import JobRecords
+
+    first_run, second_run = PngRun(), PngRun()
+    first = GenerationQueue(first_run, records=JobRecords(tmp_path))
+    try:
+        job = first.submit(HASH, "r")
+        wait_for(lambda: job.status == DONE)
+    finally:
+        first.close()
+    assert JobRecords(tmp_path).load(HASH).result["images"][1] == PNG_SIGNATURE + b"after"
+    (tmp_path / f"{HASH}.1.png").write_bytes(b"")  # what a crash before the data reached the disk leaves
+    assert JobRecords(tmp_path).load(HASH) is None
+    second = GenerationQueue(second_run, records=JobRecords(tmp_path))
+    try:
+        again = second.submit(HASH, "r")
+        wait_for(lambda: again.status == DONE)
+        assert second_run.calls == 1 and JobRecords(tmp_path).load(HASH).result["images"][1] == PNG_SIGNATURE + b"after"
+    finally:
+        second.close()

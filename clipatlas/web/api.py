@@ -76,7 +76,7 @@ async def api_image(request: Request, image_id: str, ctx: Context, cache: Cache)
 
 
 @router.get("/search", response_model=schemas.SearchResult)
-def api_search(request: Request, ctx: Context, cache: Cache, q: Annotated[str, Query(max_length=MAX_QUERY)] = ""):
+async def api_search(request: Request, ctx: Context, cache: Cache, q: Annotated[str, Query(max_length=MAX_QUERY)] = ""):
     return cached_json(request, ctx, cache, schemas.SearchResult, lambda: ctx.views.search(q))
 
 
@@ -103,7 +103,7 @@ def api_upload_features(upload_id: str, ctx: Context):
     dependencies=[Depends(may_compute)],
     responses={429: {"description": "the queue, or this client's share of it, is full; see Retry-After"}},
 )
-def api_generate(sent: schemas.RecipeIn, request: Request, ctx: Context):
+async def api_generate(sent: schemas.RecipeIn, request: Request, ctx: Context):
     recipe, recipe_hash = ctx.steering.validate(sent)
     known = ctx.jobs.get(recipe_hash)
     cached = known is not None and known.status == DONE

@@ -25,7 +25,7 @@ def file_or_404(path: Path | None) -> FileResponse:
 
 
 @router.get("/thumbs/{image_id}")
-def thumbnail(request: Request, image_id: str, ctx: Context, cache: Cache):
+async def thumbnail(request: Request, image_id: str, ctx: Context, cache: Cache):
     image_id = valid_image_id(image_id)
     path = ctx.views.thumbnail_file(image_id)
     if path is not None:  # the atlas's own thumbnails: read once per atlas version, then from memory

@@ -67,6 +67,7 @@ class Job:
         }
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JOB_ID = re.compile(r"[0-9a-f]{16,128}")  # a recipe hash: no id can name another file
 JOB_FIELDS = ("status", "progress", "message", "device", "error", "submitted_at", "started_at", "finished_at")
 
@@ -74,24 +75,32 @@ JOB_FIELDS = ("status", "progress", "message", "device", "error", "submitted_at"
 class JobRecords:
     """Jobs on disk, one JSON record each (and a job's images beside it once done), for the processes
     that share a workspace. A queued or running record names the process that owns it; one whose
-    process is gone reads as absent, so its recipe runs again. At most `max_kept` records are kept,
-    the least recently written deleted first."""
+    process is gone reads as absent, so its recipe runs again. About `max_kept` records are kept, the least
+    recently written deleted first: each process looks every `max_kept // 16` finished jobs (a look lists and
+    stats the whole folder, a thousand system calls that each wait for the GIL under load)."""
 
     def __init__(self, directory: Path, max_kept: int = 1024):
         self.dir, self.max_kept = Path(directory), max_kept
+        self._prune_every, self._finished_since_prune = max(1, max_kept // 16), 0
 
     def save(self, job: Job) -> None:
         images = job.result["images"] if job.status == DONE else []
+        # Not fsynced: a submission writes one in the event loop, and an fsync waits for the disk's journal
+        # (tens of ms while other files are written). A machine crash may leave a record empty or an image
+        # short; `load` reads those as absent, and the recipe runs again.
         # The images first: a reader that finds a finished record finds its images.
         for index, png in enumerate(images):
-            atomic_write_bytes(self.dir / f"{job.id}.{index}.png", png)
+            atomic_write_bytes(self.dir / f"{job.id}.{index}.png", png, durable=False)
         record = {field: getattr(job, field) for field in JOB_FIELDS}
         record |= {"id": job.id, "owner": process_identity(os.getpid()), "images": len(images)}
         if job.status == DONE:
             record["result"] = {k: v for k, v in job.result.items() if k != "images"}
-        atomic_write_json(self.dir / f"{job.id}.json", record)
+        atomic_write_json(self.dir / f"{job.id}.json", record, durable=False)
         if job.status == DONE:
-            self._prune()
+            self._finished_since_prune += 1
+            if self._finished_since_prune >= self._prune_every:
+                self._prune()
+                self._finished_since_prune = 0
 
     def load(self, job_id: str) -> Job | None:
         """The job recorded under `job_id`, or None (unknown, unreadable, or owned by a process that is gone)."""
@@ -104,6 +113,8 @@ class JobRecords:
             job = Job(id=job_id, recipe=None, **{field: record[field] for field in JOB_FIELDS})
             if job.status == DONE:
                 images = [(self.dir / f"{job_id}.{i}.png").read_bytes() for i in range(record["images"])]
+                if not all(png.startswith(PNG_SIGNATURE) for png in images):
+                    return None  # cut short by a crash (records are not fsynced)
                 job.result = {**record["result"], "images": images}
         except (OSError, SchemaError, KeyError, TypeError):  # missing, half-pruned or foreign: as if never run
             return None

@@ -72,7 +72,7 @@ async def image_page(request: Request, image_id: str, ctx: Context, cache: Cache
 
 
 @router.get("/search")
-def search_page(request: Request, ctx: Context, cache: Cache, q: str = ""):
+async def search_page(request: Request, ctx: Context, cache: Cache, q: str = ""):
     def render():
         found = ctx.views.search(q)
         if found.get("exact_feature") is not None:
