@@ -221,8 +221,8 @@ def hiding(modules: list[str], out: Path) -> list[str]:
     return [str(folder)]
 
 
-def server_command(code: Path, arguments: list[str]) -> list[str]:
-    """`python -P -m clipatlas ARGUMENTS`, importing clipatlas from `code` (with `server_environment`).
+def server_command(arguments: list[str]) -> list[str]:
+    """`python -P -m clipatlas ARGUMENTS`, importing clipatlas from the checkout `server_environment` names.
     -P: `-m` otherwise puts the working directory first on the path, and a run from this checkout then
     served this checkout's clipatlas whatever `code` said (every "before" of the web load tests until
     stop 24 did)."""
@@ -245,7 +245,7 @@ def start_server(
     `without`: modules the server must run without (see `hiding`)."""
     import httpx
 
-    command = server_command(code, ["serve", "-w", str(root), "--port", str(port)])
+    command = server_command(["serve", "-w", str(root), "--port", str(port)])
     command += ["--workers", str(workers)] if workers > 1 else []
     env = server_environment(code, without, log_path.parent)
     server = subprocess.Popen(command, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)

@@ -71,7 +71,7 @@ def test_the_server_imports_clipatlas_from_the_checkout_it_is_given(tmp_path):
     (checkout / "clipatlas" / "__main__.py").write_text("import clipatlas, sys; print(clipatlas.__file__); sys.exit(0)")
     repo = Path(__file__).parents[1]
     found = subprocess.run(
-        bench.server_command(checkout, []),
+        bench.server_command([]),
         env=bench.server_environment(checkout, ["uvloop"], tmp_path),
         cwd=repo,  # as `bench/web.py --code OLDER` runs it: from this repository
         capture_output=True,

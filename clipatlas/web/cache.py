@@ -3,11 +3,13 @@
 A page (HTML, or the JSON of a GET that reads only the atlas) is a pure function of (atlas version,
 URL): render it once, compress it once, then hand out the same bytes. A route renders and keeps a page
 (`PageCache.respond`); later GETs of it are answered by `CachedPages` in front of the app, without
-routing, dependencies or a thread. The routes whose first render is a few milliseconds of Python (feature
-and image pages and their JSON, the map and playground pages) are `async def`, so that render runs in
-the event loop too: it holds the GIL in a worker thread just the same, and handing it to the thread pool and
-back cost about a tenth of the server's time under load (bench/RESULTS.md). Routes that may wait on files,
-image codecs, a count over the atlas or a first build of the search or the map stay in the thread pool.
+routing, dependencies or a thread. The routes whose first render is a few milliseconds (feature and image
+pages and their JSON, search, thumbnails, the map and playground pages; also generation submissions) are
+`async def`, so that work runs in the event loop too: it holds the GIL in a worker thread just the same, and
+handing it to the thread pool and back cost about a tenth of the server's time under load, while requests
+waiting in the pool queued behind the loop for the GIL (bench/RESULTS.md). Routes that count over the atlas
+(the home page, the feature list, the summary), build the map's JSON, or serve uploads, icons and
+generated images stay in the pool.
 The version is the atlas's build id and the identity of its database file (inode, size, mtime), so
 a rebuilt atlas (another build id, a new file) and labels, icons or scores added while serving (a
 write to the file) both make every cached page miss. A browser holding an old ETag is never told

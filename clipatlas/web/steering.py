@@ -55,9 +55,9 @@ class UploadRegistry:
     def add(self, data: bytes, image: Image.Image, embedding: np.ndarray) -> str:
         upload_id = self.id_of(data)
         path = self.workspace.upload(upload_id)
-        embedding = np.asarray(embedding, dtype=np.float32)
-        if not self.workspace.upload_embedding(upload_id).is_file():
-            with atomic_path(self.workspace.upload_embedding(upload_id)) as tmp, open(tmp, "wb") as fh:
+        embedding, embedding_path = np.asarray(embedding, dtype=np.float32), self.workspace.upload_embedding(upload_id)
+        if not embedding_path.is_file():
+            with atomic_path(embedding_path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, embedding)
         if not path.is_file():  # written last: a reader that finds the image finds its embedding
             atomic_write_bytes(path, png_bytes(image))

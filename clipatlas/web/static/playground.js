@@ -24,7 +24,7 @@
     return body;
   }
   function say(text) { $("job-status").textContent = text; }
-  // A feature's name as the atlas pages show it (macros.html feature_name): its headline label, else
+  // A feature's name as the atlas pages show it (fragments.py feature_name): its headline label, else
   // "unnamed" with the server's reason (`label_note`) as tooltip and, apart, its best guess (a label that
   // beats its baseline and chance with p <= 0.1 but not <= 0.05) with where its score came from. Never a guess as a name.
   function featureLink(f) {
